@@ -1,0 +1,14 @@
+"""The corpus cases: one module per rulesets/*.rules file, each with build() -> Case.
+CASE_MODULES lists them in the order the suite runs them."""
+
+from __future__ import annotations
+
+import importlib
+
+CASE_MODULES = [
+    "server_baseline",
+]
+
+
+def load_case(module: str):
+    return importlib.import_module(f"{__name__}.{module}").build()
