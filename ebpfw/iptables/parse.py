@@ -86,15 +86,15 @@ class _Section:
 class _Parser:
     def __init__(self, filename: str):
         self.filename = filename
-        self.problems: list[str] = []
+        self.problems: list[tuple[int, str]] = []
         self.tables: list[Table] = []
         self.seen_tables: set[str] = set()
 
     def problem(self, line: int, what: str, expected: str, found: str) -> None:
-        self.problems.append(f"{self.filename}:{line}: {what}, expected {expected}, found '{found}'")
+        self.problems.append((line, f"{self.filename}:{line}: {what}, expected {expected}, found '{found}'"))
 
     def raw_problem(self, line: int, message: str) -> None:
-        self.problems.append(f"{self.filename}:{line}: {message}")
+        self.problems.append((line, f"{self.filename}:{line}: {message}"))
 
     # --- file structure -------------------------------------------------------------------
     def run(self, text: str) -> None:
@@ -517,5 +517,6 @@ def parse_ruleset(text: str, filename: str = "<stdin>") -> Ruleset:
     parser.run(text)
     if parser.problems:
         n = len(parser.problems)
-        raise RulesetError(f"{n} problem{'s' if n != 1 else ''} in {filename}", problems=parser.problems)
+        problems = [msg for _, msg in sorted(parser.problems, key=lambda p: p[0])]
+        raise RulesetError(f"{n} problem{'s' if n != 1 else ''} in {filename}", problems=problems)
     return Ruleset(tables=tuple(parser.tables))

@@ -1,0 +1,184 @@
+"""Semantic checks on a Ruleset, before it is compiled.
+
+Contract: `check_ruleset(rs, allow_conntrack=False)` returns None when ebpfw can enforce
+`rs` exactly, and otherwise raises one RulesetError whose `problems` list every problem as
+`FILE:LINE: what was wrong, expected ..., found '...'` at the table, chain or rule it is
+about. It checks what iptables itself refuses (jump targets that are not user chains,
+loops in the jump graph, -i in OUTPUT, -o in INPUT, policies, chain names, a match without
+its -p) and what ebpfw's datapath cannot enforce yet (other tables, --tcp-option, -f,
+and conntrack/state matches unless `allow_conntrack=True`). It works on any IR, also one
+not made by the parser.
+"""
+
+from __future__ import annotations
+
+from .errors import RulesetError
+from .iptables.matches import spec_of
+from .iptables.parse import chain_name_problem
+from .iptables.protocols import protocol_name
+from .ruleset import (
+    BUILTIN_CHAINS, VERDICTS, Chain, ConntrackMatch, IpMatch, MultiportMatch, Pos, Rule, Ruleset,
+    Table, TcpMatch,
+)
+
+SUPPORTED_TABLES = ("filter",)
+
+
+def _p(pos: Pos, what: str, expected: str, found: str) -> str:
+    return f"{pos}: {what}, expected {expected}, found '{found}'"
+
+
+def _rule_text(chain: str, rule: Rule) -> str:
+    from .iptables.save import format_rule
+    try:
+        return format_rule(chain, rule)
+    except Exception:                  # a hand-made IR the printer cannot print
+        return f"-A {chain} ..."
+
+
+class _Checker:
+    def __init__(self, allow_conntrack: bool):
+        self.allow_conntrack = allow_conntrack
+        self.problems: list[tuple[int, str]] = []
+        self.file = ""
+
+    def add(self, pos: Pos, what: str, expected: str, found: str) -> None:
+        self.file = self.file or pos.file
+        self.problems.append((pos.line, _p(pos, what, expected, found)))
+
+    def table(self, table: Table) -> None:
+        if table.name not in SUPPORTED_TABLES:
+            self.add(table.pos, f"table '{table.name}' is not supported by ebpfw yet", "'*filter'",
+                     f"*{table.name}")
+            return
+        builtins = BUILTIN_CHAINS[table.name]
+        seen: dict[str, Chain] = {}
+        for chain in table.chains:
+            if chain.name in seen:
+                self.add(chain.pos, f"chain '{chain.name}' defined twice (first at {seen[chain.name].pos})",
+                         "one chain per name", chain.name)
+                continue
+            seen[chain.name] = chain
+            self.chain_head(chain, builtins)
+        for chain in table.chains:
+            for rule in chain.rules:
+                self.rule(table, chain, rule, seen, builtins)
+        self.loops(table, seen, builtins)
+
+    def chain_head(self, chain: Chain, builtins: tuple[str, ...]) -> None:
+        if chain.name in builtins:
+            if chain.policy not in VERDICTS:
+                self.add(chain.pos, f"built-in chain '{chain.name}' needs a policy", "ACCEPT or DROP",
+                         str(chain.policy if chain.policy is not None else "-"))
+            return
+        if chain.policy is not None:
+            self.add(chain.pos, f"user-defined chain '{chain.name}' cannot have a policy", "'-'",
+                     chain.policy)
+        why = chain_name_problem(chain.name)
+        if why:
+            self.add(chain.pos, f"invalid chain name: {why}", "a valid iptables chain name", chain.name)
+
+    def rule(self, table: Table, chain: Chain, rule: Rule, chains: dict[str, Chain],
+             builtins: tuple[str, ...]) -> None:
+        pos, text = rule.pos, _rule_text(chain.name, rule)
+        t = rule.target
+        if t.kind in ("JUMP", "GOTO"):
+            opt = "-j" if t.kind == "JUMP" else "-g"
+            if not t.chain or t.chain not in chains:
+                self.add(pos, f"{opt} target chain '{t.chain}' is not defined",
+                         f"a chain declared with ':{t.chain} - [0:0]'", f"{opt} {t.chain}")
+            elif t.chain in builtins:
+                self.add(pos, f"{opt} to built-in chain '{t.chain}'",
+                         "a user-defined chain", f"{opt} {t.chain}")
+        elif t.kind not in ("ACCEPT", "DROP", "RETURN", "NONE"):
+            self.add(pos, f"target '{t.kind}' is not supported yet",
+                     "ACCEPT, DROP, RETURN or a user-defined chain", t.kind)
+        ip = rule.ip
+        if chain.name == "OUTPUT" and ip.iface_in is not None:
+            self.add(pos, "-i in chain OUTPUT (iptables refuses it: no input interface there)",
+                     "no -i in OUTPUT", f"-i {ip.iface_in.name}")
+        if chain.name == "INPUT" and ip.iface_out is not None:
+            self.add(pos, "-o in chain INPUT (iptables refuses it: no output interface there)",
+                     "no -o in INPUT", f"-o {ip.iface_out.name}")
+        for net, opt in ((ip.src, "-s"), (ip.dst, "-d")):
+            if net is not None and net.addr & ~net.mask & 0xFFFFFFFF:
+                self.add(pos, f"address in {opt} has bits outside its mask",
+                         "a masked address (the parser masks it)", text)
+        if ip.fragment is not None:
+            self.add(pos, "option '-f' (fragments) is not supported yet",
+                     "a rule without -f", ("-f" if ip.fragment else "! -f"))
+        for m in rule.matches:
+            self.match(pos, ip, m, text)
+
+    def match(self, pos: Pos, ip: IpMatch, m: object, text: str) -> None:
+        try:
+            spec = spec_of(m)  # type: ignore[arg-type]
+        except TypeError:
+            self.add(pos, f"match {type(m).__name__} has no iptables form", "a known match", text)
+            return
+        need = spec.needs_proto
+        if need is not None and (ip.proto != need or ip.proto_invert):
+            self.add(pos, f"match '{spec.name}' needs -p {protocol_name(need)}",
+                     f"'-p {protocol_name(need)}' (not inverted) in the rule", text)
+        if isinstance(m, MultiportMatch) and (ip.proto not in (6, 17) or ip.proto_invert):
+            self.add(pos, "match 'multiport' needs -p tcp or -p udp",
+                     "'-p tcp' or '-p udp' (not inverted) in the rule", text)
+        if isinstance(m, TcpMatch) and m.option is not None:
+            self.add(pos, "option '--tcp-option' is not supported yet",
+                     "a tcp match without --tcp-option",
+                     f"{'! ' if m.option_invert else ''}--tcp-option {m.option}")
+        if isinstance(m, ConntrackMatch) and not self.allow_conntrack:
+            self.add(pos, f"match '{m.module}' is not supported yet (connection tracking is not "
+                     "enabled in this ebpfw)", "a rule without conntrack or state matches",
+                     f"-m {m.module}")
+
+    def loops(self, table: Table, chains: dict[str, Chain], builtins: tuple[str, ...]) -> None:
+        """iptables refuses a ruleset whose jumps/gotos form a loop; report each loop once,
+        at the rule that closes it."""
+        edges: dict[str, list[tuple[str, Rule]]] = {}
+        for name, chain in chains.items():
+            edges[name] = [(r.target.chain, r) for r in chain.rules
+                           if r.target.kind in ("JUMP", "GOTO") and r.target.chain in chains
+                           and r.target.chain not in builtins]
+        WHITE, GREY, BLACK = 0, 1, 2
+        color = {n: WHITE for n in chains}
+        for root in chains:                 # built-ins first, as they come in the IR
+            if color[root] != WHITE:
+                continue
+            # iterative DFS (a generated ruleset may nest more chains than Python recurses)
+            path: list[str] = [root]
+            stack = [iter(edges[root])]
+            color[root] = GREY
+            while stack:
+                step = next(stack[-1], None)
+                if step is None:
+                    color[path.pop()] = BLACK
+                    stack.pop()
+                    continue
+                dst, rule = step
+                if color[dst] == GREY:
+                    src = path[-1]
+                    cycle = path[path.index(dst):] + [dst]
+                    self.add(rule.pos, f"jump from chain '{src}' to '{dst}' makes a loop "
+                             f"({' -> '.join(cycle)}), iptables refuses loops too",
+                             "a jump graph without loops", _rule_text(src, rule))
+                elif color[dst] == WHITE:
+                    color[dst] = GREY
+                    path.append(dst)
+                    stack.append(iter(edges[dst]))
+
+
+def check_ruleset(rs: Ruleset, *, allow_conntrack: bool = False) -> None:
+    checker = _Checker(allow_conntrack)
+    seen: set[str] = set()
+    for table in rs.tables:
+        if table.name in seen:
+            checker.add(table.pos, f"table '{table.name}' appears twice", "one section per table",
+                        f"*{table.name}")
+            continue
+        seen.add(table.name)
+        checker.table(table)
+    if checker.problems:
+        n = len(checker.problems)
+        problems = [msg for _, msg in sorted(checker.problems, key=lambda p: p[0])]
+        raise RulesetError(f"{n} problem{'s' if n != 1 else ''} in {checker.file}", problems=problems)
