@@ -22,7 +22,7 @@ setup:
 
 # pytest's own exit code decides: failures (1), errors (2..4) and "no tests ran" (5) all fail.
 test: setup
-	$(PYTEST) -m 'not slow' tests
+	$(PYTEST) -m 'not slow' --timeout=600 tests
 
 # no root needed; builds nothing (run `sudo make setup` once first)
 unit:
