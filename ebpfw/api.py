@@ -1,0 +1,337 @@
+"""The library API behind the CLI: import, check, apply, save, show, detach, status.
+
+apply is a staged transaction: parse -> check -> compile (nothing touched yet) -> either
+rewrite the inactive slot of the loaded programs (shape fits: no compile, no re-attach) or build
+new programs (bcc + verifier) -> flip/attach -> record state. Any failure before the flip or the
+first attach leaves the enforced ruleset as it was; a failure while attaching new programs puts
+the previous programs back on the interfaces already switched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import state
+from .check import check_ruleset
+from .compiler import compile_plan
+from .datapath import Datapath, Shape, shape_for
+from .errors import EbpfwError, KernelError, StateError
+from .iptables import parse_ruleset, save_ruleset
+from .netlink import attach as nl
+from .netlink import host
+from .ruleset import Counters, Ruleset, Table
+
+CURRENT = "current.json"
+RULES_FILE = "ruleset.rules"
+MODES = ("auto", "xdp", "xdp-generic", "tc")
+
+
+def _parse(text: str, filename: str) -> Ruleset:
+    rs = parse_ruleset(text, filename)
+    check_ruleset(rs)
+    return rs
+
+
+def _filter_table(rs: Ruleset, filename: str) -> Table:
+    t = rs.table("filter")
+    if t is None:
+        raise EbpfwError(f"{filename}: no *filter table, expected an iptables-save file with '*filter'")
+    return t
+
+
+def import_ruleset(text: str, filename: str) -> str:
+    rs = _parse(text, filename)
+    t = _filter_table(rs, filename)
+    compile_plan(t)  # refuse here what the datapath cannot enforce, not at apply time
+    return save_ruleset(rs, header=f"ebpfw ruleset imported from {filename}")
+
+
+def check(text: str, filename: str) -> dict:
+    rs = _parse(text, filename)
+    links = host.links()
+    plan = compile_plan(_filter_table(rs, filename), [l.name for l in links])
+    out = plan.summary()
+    out["shape"] = shape_for(plan, len(links)).to_json()
+    return out
+
+
+# ---- apply ---------------------------------------------------------------------------------------
+
+def _gen_dir(gen: int) -> Path:
+    return state.pin_dir(create=True) / f"g{gen}"
+
+
+def _attach_all(dp: Datapath, targets: list[tuple[host.Link, str]], prev_ifaces: dict) -> list[dict]:
+    """Attach dp's programs to every (link, mode); returns the iface records. On failure, the
+    interfaces already switched get their previous programs back (or none) and it re-raises."""
+    done: list[dict] = []
+    try:
+        for link, mode in targets:
+            rec = {"name": link.name, "ifindex": link.ifindex, "created_clsact": False}
+            old = prev_ifaces.get(link.name)
+            if mode == "tc":
+                if old and old.get("ingress", "").startswith("xdp"):
+                    nl.detach_xdp(link.ifindex, old["ingress"])
+                rec["created_clsact"] |= nl.attach_tc(link.ifindex, dp.progs["tc_ingress"], "ingress", "ebpfw_ingress")
+                rec["ingress"] = "tc"
+            else:
+                if old and old.get("ingress") == "tc":
+                    nl.detach_tc(link.ifindex, "ingress")
+                rec["ingress"] = nl.attach_xdp(link.ifindex, dp.progs["xdp"], mode)
+            rec["created_clsact"] |= nl.attach_tc(link.ifindex, dp.progs["tc_egress"], "egress", "ebpfw_egress")
+            if old:
+                rec["created_clsact"] |= bool(old.get("created_clsact"))
+            done.append(rec)
+    except Exception:
+        _restore_ifaces(done, prev_ifaces)
+        raise
+    return done
+
+
+def _restore_ifaces(done: list[dict], prev_ifaces: dict) -> None:
+    """Best effort: put back what was attached before this apply on the switched interfaces."""
+    cur = state.read_json(CURRENT)
+    old_dp = None
+    if cur:
+        try:
+            old_dp = Datapath.open_pinned(Path(cur["gen_dir"]), Shape.from_json(cur["shape"]), with_progs=True)
+        except EbpfwError:
+            old_dp = None
+    for rec in done:
+        old = prev_ifaces.get(rec["name"])
+        try:
+            if old and old_dp is not None:
+                if old["ingress"] == "tc":
+                    nl.attach_tc(rec["ifindex"], old_dp.progs["tc_ingress"], "ingress", "ebpfw_ingress")
+                else:
+                    nl.attach_xdp(rec["ifindex"], old_dp.progs["xdp"], old["ingress"])
+                nl.attach_tc(rec["ifindex"], old_dp.progs["tc_egress"], "egress", "ebpfw_egress")
+            else:
+                _detach_iface(rec)
+        except EbpfwError:
+            pass
+    if old_dp is not None:
+        old_dp.close()
+
+
+def _detach_iface(rec: dict) -> list[str]:
+    out = []
+    idx = rec["ifindex"]
+    try:
+        host_names = {l.ifindex: l.name for l in host.links()}
+    except EbpfwError:
+        host_names = {}
+    if host_names.get(idx) != rec["name"]:
+        return [f"{rec['name']}: gone from this namespace, nothing to detach"]
+    if rec.get("ingress", "").startswith("xdp"):
+        if nl.detach_xdp(idx, rec["ingress"]):
+            out.append(f"{rec['name']}: removed the XDP program ({rec['ingress']})")
+    elif nl.detach_tc(idx, "ingress"):
+        out.append(f"{rec['name']}: removed the TC ingress filter")
+    if nl.detach_tc(idx, "egress"):
+        out.append(f"{rec['name']}: removed the TC egress filter")
+    if rec.get("created_clsact") and nl.remove_clsact(idx):
+        out.append(f"{rec['name']}: removed the clsact qdisc ebpfw created")
+    return out
+
+
+def _initial_counters(plan, table: Table) -> dict:
+    by_name = {c.name: c for c in table.chains}
+    rules = []
+    for chain, i in plan.rule_chain:
+        c = by_name[chain].rules[i].counters
+        rules.append((c.packets, c.bytes))
+    chains = []
+    for name in plan.chain_names:
+        c = by_name.get(name)
+        chains.append((c.counters.packets, c.counters.bytes) if c is not None else (0, 0))
+    return {"rules": rules, "chains": chains}
+
+
+def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False) -> dict:
+    t0 = time.monotonic()
+    if mode not in MODES:
+        raise EbpfwError(f"unknown --mode {mode!r}, expected one of {', '.join(MODES)}")
+    if not ifaces:
+        raise EbpfwError("no interface given, expected at least one --iface IF")
+    rs = _parse(text, filename)
+    table = _filter_table(rs, filename)
+    links = host.links()
+    by_name = {l.name: l for l in links}
+    missing = [i for i in ifaces if i not in by_name]
+    if missing:
+        raise EbpfwError(f"no interface {', '.join(repr(m) for m in missing)} in this network namespace",
+                         hint="`ip link` lists the interfaces; ebpfw applies to the namespace it runs in")
+    if len(set(ifaces)) != len(ifaces):
+        raise EbpfwError("an interface is given twice with --iface")
+    plan = compile_plan(table, [l.name for l in links])
+    need = shape_for(plan, len(links))
+    init = _initial_counters(plan, table) if counters else None
+    canonical = save_ruleset(rs)
+    pins = state.pin_dir(create=True)
+    state.state_dir(create=True)
+
+    with state.ApplyLock():
+        cur = state.read_json(CURRENT)
+        prev_ifaces = {r["name"]: r for r in cur["ifaces"]} if cur else {}
+        targets = [(by_name[i], mode) for i in ifaces]
+        judged = {by_name[i].ifindex for i in ifaces}
+        addrs = host.local_addresses()
+        cur_shape = Shape.from_json(cur["shape"]) if cur else None
+        reuse = (cur is not None and cur_shape.fits(need) and Path(cur["gen_dir"]).is_dir())
+        if reuse:
+            dp = Datapath.open_pinned(Path(cur["gen_dir"]), cur_shape, with_progs=True)
+            try:
+                slot = 1 - dp.active()[0]
+                dp.write_slot(slot, plan, links, init)
+                # the union while interfaces change, so no forwarded packet escapes judgement
+                dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
+                same = {(r["name"], r.get("mode")) for r in prev_ifaces.values()} == {
+                    (link.name, m) for link, m in targets}
+                records = list(prev_ifaces.values()) if same else _attach_all(dp, targets, prev_ifaces)
+                dp.flip(slot)
+                dp.write_host(links, addrs, judged)
+                gen = cur["generation"]
+                gen_dir = cur["gen_dir"]
+                shape = cur_shape
+            finally:
+                dp.close()
+        else:
+            gen = (cur["generation"] + 1) if cur else 1
+            gdir = pins / f"g{gen}"
+            if gdir.exists():
+                shutil.rmtree(gdir, ignore_errors=True)
+            shape = need
+            dp = Datapath.build(shape)
+            try:
+                dp.write_slot(0, plan, links, init)
+                dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
+                dp.flip(0)
+                slot = 0
+                dp.pin_all(gdir)
+                try:
+                    records = _attach_all(dp, targets, prev_ifaces)
+                except Exception:
+                    shutil.rmtree(gdir, ignore_errors=True)
+                    raise
+                dp.write_host(links, addrs, judged)
+            finally:
+                dp.close()
+            gen_dir = str(gdir)
+        modes = {link.name: m for link, m in targets}
+        for rec in records:
+            rec["mode"] = modes[rec["name"]]
+        # interfaces that were in the previous apply but not in this one
+        for name, old in prev_ifaces.items():
+            if name not in ifaces:
+                _detach_iface(old)
+        (state.state_dir() / RULES_FILE).write_text(canonical)
+        state.write_json_atomic(CURRENT, {
+            "generation": gen, "gen_dir": gen_dir, "shape": shape.to_json(), "slot": slot,
+            "ifaces": records, "rule_chain": plan.rule_chain, "chains": plan.chain_names,
+            "applied_at": time.time(), "source": filename,
+        })
+        if cur and cur["gen_dir"] != gen_dir:
+            shutil.rmtree(cur["gen_dir"], ignore_errors=True)
+    return {"generation": gen, "recompiled": not reuse,
+            "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in records],
+            "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3)}
+
+
+# ---- reading back --------------------------------------------------------------------------------
+
+def status() -> Optional[dict]:
+    try:
+        return state.read_json(CURRENT)
+    except EbpfwError:
+        return None
+
+
+def _load_applied() -> tuple[dict, Ruleset, Datapath]:
+    cur = state.read_json(CURRENT)
+    if not cur:
+        raise StateError("no ruleset is applied in this network namespace",
+                         hint="ebpfw apply RULESET --iface IF")
+    path = state.state_dir() / RULES_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise StateError(f"cannot read the applied ruleset {path}: {exc.strerror}") from None
+    rs = parse_ruleset(text, str(path))
+    dp = Datapath.open_pinned(Path(cur["gen_dir"]), Shape.from_json(cur["shape"]))
+    return cur, rs, dp
+
+
+def _counters(cur: dict, dp: Datapath) -> tuple[dict, list]:
+    slot, _ = dp.active()
+    rc, cc = dp.read_counters(slot, len(cur["rule_chain"]), len(cur["chains"]))
+    out: dict = {}
+    for (chain, i), (p, b) in zip(cur["rule_chain"], rc):
+        out[(chain, i)] = Counters(p, b)
+    for name, (p, b) in zip(cur["chains"], cc):
+        out[(name, None)] = Counters(p, b)
+    return out, rc
+
+
+def save(counters: bool = False) -> str:
+    cur, rs, dp = _load_applied()
+    try:
+        cnt = _counters(cur, dp)[0] if counters else None
+    finally:
+        dp.close()
+    return save_ruleset(rs, counters=cnt)
+
+
+def show() -> dict:
+    cur, rs, dp = _load_applied()
+    try:
+        cnt, _ = _counters(cur, dp)
+        stats = dp.read_stats()
+        slot, flips = dp.active()
+    finally:
+        dp.close()
+    text = save_ruleset(rs).splitlines()
+    rule_lines = [l for l in text if l.startswith("-A ")]
+    t = rs.table("filter")
+    chains = []
+    k = 0
+    for c in t.chains:
+        rules = []
+        for i, _ in enumerate(c.rules):
+            cn = cnt.get((c.name, i), Counters())
+            line = rule_lines[k] if k < len(rule_lines) else ""
+            k += 1
+            rules.append({"num": i + 1, "text": line, "packets": cn.packets, "bytes": cn.bytes})
+        pc = cnt.get((c.name, None), Counters())
+        chains.append({"name": c.name, "policy": c.policy or "-", "packets": pc.packets,
+                       "bytes": pc.bytes, "rules": rules})
+    return {"generation": cur["generation"], "slot": slot, "flips": flips, "source": cur.get("source"),
+            "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in cur["ifaces"]],
+            "chains": chains, "stats": stats}
+
+
+def detach() -> list[str]:
+    out: list[str] = []
+    with state.ApplyLock():
+        cur = state.read_json(CURRENT)
+        if cur:
+            for rec in cur["ifaces"]:
+                out += _detach_iface(rec)
+        try:
+            removed = state.remove_pin_dir()
+        except EbpfwError:
+            removed = False
+        if removed:
+            out.append(f"removed pinned maps and programs under {state.pin_dir()}")
+        for name in (CURRENT, RULES_FILE):
+            p = state.state_dir() / name
+            if p.exists():
+                p.unlink()
+                out.append(f"removed {p}")
+    if not out:
+        out.append("nothing was applied in this network namespace")
+    return out

@@ -1,0 +1,189 @@
+"""compile: Table (IR) -> Plan, pure Python, no syscalls.
+
+Rules of the table are numbered 0..N-1 in iptables order, chain by chain (INPUT, FORWARD,
+OUTPUT, then user chains in file order), so each chain is a contiguous range. For every
+field some rule matches on, the compiler splits the field's value space into regions on which
+every rule's condition is constant, and gives each region a *class*: the bit vector of the
+rules whose condition on that field holds there. The datapath ANDs the vectors of a packet's
+classes and walks the set bits (see programs/ebpfw.c).
+
+Conditions are evaluated here with iptables' own semantics, one "atom" per option:
+  pass_k(x) = NO_k | (C_k(x) & POS_k) | (INV_k & ~C_k(x))
+where C_k(x) are the rules whose atom of kind k contains x, POS_k/INV_k the rules with a
+plain/inverted atom of kind k and NO_k the rules without one; a field's vector is the AND
+over its kinds. Bit sets are Python ints (bit r = rule r).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+from ..errors import RulesetError
+from ..ruleset import (
+    CommentMatch, ConntrackMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, Table,
+    TcpMatch, UdpMatch,
+)
+from . import fields as F
+
+BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
+ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5}
+RF_NEEDS_L4 = 1
+
+
+@dataclass
+class Plan:
+    nrules: int
+    chain_names: list[str]                   # chain id -> name
+    chain_ranges: list[tuple[int, int]]      # chain id -> [start, end)
+    chain_policy: list[int]                  # ACT_ACCEPT / ACT_DROP for built-ins, 0 otherwise
+    rule_chain: list[tuple[str, int]]        # rule number -> (chain name, index in chain)
+    rule_kind: list[int]
+    rule_arg: list[int]
+    rule_flags: list[int]
+    max_depth: int
+    # field tables; classes are indexes into `vectors` (class 0 = all rules)
+    vectors: list[int]
+    src: Optional[list[tuple[int, int, int]]] = None    # (addr, prefixlen, class)
+    dst: Optional[list[tuple[int, int, int]]] = None
+    proto: Optional[list[int]] = None                   # 256 classes
+    sport: Optional[list[int]] = None                   # 65537 classes (last: no L4 value)
+    dport: Optional[list[int]] = None
+    xsport: Optional[list[int]] = None                  # multiport --ports, OR-ed in the datapath
+    xdport: Optional[list[int]] = None
+    tcpfl: Optional[list[int]] = None                   # 257 classes
+    icmp: Optional[list[int]] = None                    # 65537 classes
+    iif: Optional[dict[str, int]] = None                # interface name -> class ("" = none)
+    oif: Optional[dict[str, int]] = None
+    iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for f in F.FIELD_NAMES if getattr(self, f) is not None and not f.startswith("xd")]
+
+    def summary(self) -> dict:
+        return {
+            "rules": self.nrules,
+            "chains": {n: list(r) for n, r in zip(self.chain_names, self.chain_ranges)},
+            "fields": self.fields,
+            "classes": len(self.vectors),
+            "prefixes": {"src": len(self.src or []), "dst": len(self.dst or [])},
+            "max_jump_depth": self.max_depth,
+        }
+
+
+class _Classes:
+    """Dedupe vectors into class ids; class 0 is the all-rules vector."""
+
+    def __init__(self, all_rules: int):
+        self.vectors = [all_rules]
+        self.index = {all_rules: 0}
+
+    def cls(self, vec: int) -> int:
+        c = self.index.get(vec)
+        if c is None:
+            c = len(self.vectors)
+            self.vectors.append(vec)
+            self.index[vec] = c
+        return c
+
+
+def _order_chains(table: Table) -> list:
+    by_name = {c.name: c for c in table.chains}
+    order = [by_name[n] for n in BUILTINS if n in by_name]
+    missing = [n for n in BUILTINS if n not in by_name]
+    order += [c for c in table.chains if c.name not in BUILTINS]
+    return order, missing
+
+
+def _max_depth(chains, by_name) -> int:
+    memo: dict[str, int] = {}
+
+    def depth(name: str, seen: frozenset) -> int:
+        if name in memo:
+            return memo[name]
+        if name in seen:  # loops are refused by check; be safe
+            return 0
+        d = 0
+        for r in by_name[name].rules:
+            if r.target.kind in ("JUMP", "GOTO") and r.target.chain in by_name:
+                sub = depth(r.target.chain, seen | {name})
+                d = max(d, sub + (1 if r.target.kind == "JUMP" else 0))
+        memo[name] = d
+        return d
+
+    return max([depth(c.name, frozenset()) for c in chains] or [0])
+
+
+def compile_plan(table: Table, ifnames: Iterable[str] = ()) -> Plan:
+    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o."""
+    chains, missing = _order_chains(table)
+    problems: list[str] = []
+    by_name = {c.name: c for c in chains}
+    names: list[str] = []
+    ranges: list[tuple[int, int]] = []
+    policy: list[int] = []
+    rules: list[Rule] = []
+    rule_chain: list[tuple[str, int]] = []
+    # built-ins that the file does not declare behave as iptables' defaults: empty, ACCEPT
+    for n in BUILTINS:
+        c = by_name.get(n)
+        start = len(rules)
+        if c is not None:
+            for i, r in enumerate(c.rules):
+                rules.append(r)
+                rule_chain.append((n, i))
+        names.append(n)
+        ranges.append((start, len(rules)))
+        policy.append(ACT[c.policy] if c is not None else ACT["ACCEPT"])
+    for c in chains:
+        if c.name in BUILTINS:
+            continue
+        start = len(rules)
+        for i, r in enumerate(c.rules):
+            rules.append(r)
+            rule_chain.append((c.name, i))
+        names.append(c.name)
+        ranges.append((start, len(rules)))
+        policy.append(0)
+    chain_id = {n: i for i, n in enumerate(names)}
+
+    n = len(rules)
+    all_rules = (1 << n) - 1
+    kinds, args, flags = [], [], []
+    for r in rules:
+        t = r.target
+        kinds.append(ACT[t.kind])
+        if t.kind in ("JUMP", "GOTO"):
+            if t.chain not in chain_id or t.chain in BUILTINS:
+                problems.append(f"{r.pos}: jump to '{t.chain}', expected an existing user-defined chain")
+                args.append(0)
+            else:
+                args.append(chain_id[t.chain])
+        else:
+            args.append(0)
+        needs_l4 = any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches)
+        flags.append(RF_NEEDS_L4 if needs_l4 else 0)
+        for m in r.matches:
+            if isinstance(m, ConntrackMatch):
+                problems.append(f"{r.pos}: match 'conntrack' is not supported by the datapath yet, "
+                                f"expected a stateless rule, found '-m {m.module}'")
+            elif not isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch)):
+                problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
+        if r.ip.fragment is not None:
+            problems.append(f"{r.pos}: '-f' is not supported yet, expected no fragment condition, found '-f'")
+
+    classes = _Classes(all_rules)
+    atoms = F.collect_atoms(rules, problems)
+    if problems:
+        raise RulesetError(f"{len(problems)} problem(s) compiling the ruleset", problems=problems)
+
+    plan = Plan(
+        nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
+        rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
+        max_depth=_max_depth(chains, by_name), vectors=classes.vectors,
+    )
+    F.build_fields(plan, atoms, n, classes, set(ifnames) | {""})
+    plan.vectors = classes.vectors
+    return plan

@@ -1,0 +1,127 @@
+"""Python view of programs/ebpfw_abi.h: struct layouts, constants, and the program shape.
+
+The shape is what the BPF programs are specialised for (-D flags): vector length, map
+capacities and the fields in use. A new ruleset whose shape `fits` the loaded one is applied
+by rewriting maps only (no bcc compile, no re-attach).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PROGRAMS_DIR = Path(__file__).resolve().parent.parent.parent / "programs"
+SOURCE = PROGRAMS_DIR / "ebpfw.c"
+
+NSLOTS = 2
+PORT_SLOTS = 65537
+TCPFL_SLOTS = 257
+PROTO_SLOTS = 256
+MAXSTEPS = 256
+
+CTL = struct.Struct("<II")                 # active, generation
+META = struct.Struct("<IIII")              # nrules, nchains, iif_default, oif_default
+LPM_KEY = struct.Struct("<I4s4s")          # prefixlen, slot (be), addr (be)
+IFC_KEY = struct.Struct("<II")             # slot, ifindex
+IFC_VAL = struct.Struct("<II")             # in_class, out_class
+RULE = struct.Struct("<BBHI")              # kind, flags, pad, arg
+CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
+COUNTER = struct.Struct("<QQ")             # packets, bytes
+IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
+U32 = struct.Struct("<I")
+
+STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "walk_limit", "judged_forward")
+
+# maps that exist whatever the shape; field maps exist only when their field is in use
+BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
+             "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk")
+FIELD_MAPS = {
+    "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
+    "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
+    "tcpfl": ("ebpfw_tcpfl",), "icmp": ("ebpfw_icmp",), "iif": ("ebpfw_ifc",), "oif": ("ebpfw_ifc",),
+}
+PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
+
+
+def _pow2(n: int, minimum: int) -> int:
+    v = minimum
+    while v < n:
+        v <<= 1
+    return v
+
+
+@dataclass(frozen=True)
+class Shape:
+    nwords: int
+    vcap: int
+    rcap: int
+    ccap: int
+    lpm_cap: int
+    ifc_cap: int
+    maxdepth: int
+    fields: tuple[str, ...]
+
+    @property
+    def nsum(self) -> int:
+        return (self.nwords + 63) // 64
+
+    @property
+    def vec_bytes(self) -> int:
+        return 8 * (self.nsum + self.nwords)
+
+    def cflags(self) -> list[str]:
+        flags = [
+            f"-DEBPFW_NWORDS={self.nwords}", f"-DEBPFW_VCAP={self.vcap}", f"-DEBPFW_RCAP={self.rcap}",
+            f"-DEBPFW_CCAP={self.ccap}", f"-DEBPFW_LPM_CAP={self.lpm_cap}", f"-DEBPFW_IFC_CAP={self.ifc_cap}",
+            f"-DEBPFW_MAXDEPTH={self.maxdepth}", f"-DEBPFW_MAXSTEPS={MAXSTEPS}", f"-I{PROGRAMS_DIR}",
+        ]
+        flags += [f"-DEBPFW_F_{f.upper()}" for f in self.fields]
+        return flags
+
+    def maps(self) -> list[str]:
+        names = list(BASE_MAPS)
+        for f in self.fields:
+            for m in FIELD_MAPS[f]:
+                if m not in names:
+                    names.append(m)
+        return names
+
+    def fits(self, need: "Shape") -> bool:
+        """True if a ruleset needing `need` can be written into maps made for self."""
+        return (need.nwords <= self.nwords and need.nsum <= self.nsum and need.vcap <= self.vcap
+                and need.rcap <= self.rcap and need.ccap <= self.ccap and need.lpm_cap <= self.lpm_cap
+                and need.ifc_cap <= self.ifc_cap and need.maxdepth <= self.maxdepth
+                and set(need.fields) <= set(self.fields))
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["fields"] = list(self.fields)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Shape":
+        return cls(**{**d, "fields": tuple(d["fields"])})
+
+
+def shape_for(plan, nlinks: int) -> Shape:
+    """The smallest shape, with headroom so that small ruleset edits keep it."""
+    fields = []
+    for f in ("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif"):
+        if getattr(plan, f) is not None:
+            fields.append(f)
+    if plan.xsport is not None:
+        fields.append("xport")
+    words = (plan.nrules + 1 + 63) // 64
+    nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
+    nprefix = max(len(plan.src or []), len(plan.dst or []))
+    return Shape(
+        nwords=nwords,
+        vcap=_pow2(len(plan.vectors) + len(plan.vectors) // 4 + 1, 64),
+        rcap=nwords * 64,
+        ccap=_pow2(len(plan.chain_names) + 1, 16),
+        lpm_cap=_pow2(nprefix + nprefix // 4 + 1, 64),
+        ifc_cap=_pow2(nlinks + 16, 64),
+        maxdepth=max(8, plan.max_depth + 1),
+        fields=tuple(fields),
+    )

@@ -1,0 +1,250 @@
+"""load: build the programs for a shape (bcc), pin them, and read/write their maps.
+
+A `Datapath` is a set of map fds (and, when freshly built, program fds) for one generation of
+programs. It is made either by `build()` (bcc compile + verifier, ~1 s) or by `open_pinned()`
+(a later process: no compile). All ruleset tables are written into one slot; `flip()` makes
+that slot the one packets read.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from array import array
+from pathlib import Path
+
+from ..errors import KernelError
+from . import bpfsys
+from .abi import (
+    CHAIN, COUNTER, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META, NSLOTS, PORT_SLOTS, PROGRAMS,
+    PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
+)
+
+# how long to wait after a flip before the old slot may be rewritten: BPF programs run in
+# RCU read-side sections of at most microseconds; this is many orders of magnitude more
+GRACE_SECONDS = 0.02
+
+
+def _vec_bytes(v: int, nwords: int, nsum: int) -> bytes:
+    words = v.to_bytes(nwords * 8, "little")
+    summary = 0
+    x = v
+    while x:
+        low = (x & -x).bit_length() - 1
+        w = low >> 6
+        summary |= 1 << w
+        x >>= (w + 1) * 64
+        x <<= (w + 1) * 64
+    return summary.to_bytes(nsum * 8, "little") + words
+
+
+class Datapath:
+    def __init__(self, shape: Shape, maps: dict[str, int], progs: dict[str, int], bpf=None):
+        self.shape = shape
+        self.maps = maps
+        self.progs = progs
+        self._bpf = bpf  # keeps a freshly built object (and its fds) alive
+
+    # ---- building and pinning ------------------------------------------------------------
+    @classmethod
+    def build(cls, shape: Shape) -> "Datapath":
+        try:
+            from bcc import BPF
+        except ImportError as exc:
+            raise KernelError("bcc is not importable from this Python",
+                              hint="run ebpfw from the venv made by `make setup` (it sees Debian's python3-bpfcc)") from exc
+        try:
+            bpf = BPF(src_file=str(SOURCE).encode(), cflags=shape.cflags())
+        except Exception as exc:
+            raise KernelError(f"compiling {SOURCE} with bcc failed: {exc}",
+                              hint="`ebpfw doctor` checks the kernel headers bcc needs") from exc
+        progs = {}
+        for key, fn in PROGRAMS.items():
+            ptype = BPF.XDP if key == "xdp" else BPF.SCHED_CLS
+            try:
+                progs[key] = bpf.load_func(fn.encode(), ptype).fd
+            except Exception as exc:
+                raise KernelError(f"the kernel refused program {fn}: {exc}",
+                                  hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
+        maps = {name: bpf.get_table(name).get_fd() for name in shape.maps()}
+        return cls(shape, maps, progs, bpf)
+
+    def pin_all(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, fd in self.maps.items():
+            bpfsys.pin(fd, str(directory / name))
+        for key, fd in self.progs.items():
+            bpfsys.pin(fd, str(directory / f"prog_{key}"))
+
+    @classmethod
+    def open_pinned(cls, directory: Path, shape: Shape, with_progs: bool = False) -> "Datapath":
+        maps = {}
+        for name in shape.maps():
+            path = directory / name
+            if not path.exists():
+                raise KernelError(f"pinned map {path} is missing",
+                                  hint="the pinned state is damaged; `ebpfw detach` then apply again")
+            maps[name] = bpfsys.get(str(path))
+        progs = {}
+        if with_progs:
+            for key in PROGRAMS:
+                progs[key] = bpfsys.get(str(directory / f"prog_{key}"))
+        return cls(shape, maps, progs)
+
+    def close(self) -> None:
+        if self._bpf is None:
+            for fd in list(self.maps.values()) + list(self.progs.values()):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        else:
+            self._bpf.cleanup()
+        self.maps, self.progs, self._bpf = {}, {}, None
+
+    # ---- control -----------------------------------------------------------------------------
+    def active(self) -> tuple[int, int]:
+        raw = bpfsys.lookup(self.maps["ebpfw_ctl"], U32.pack(0), CTL.size)
+        if raw is None:
+            return 0, 0
+        a, g = CTL.unpack(raw)
+        return a & 1, g
+
+    def flip(self, slot: int) -> int:
+        _, gen = self.active()
+        bpfsys.update(self.maps["ebpfw_ctl"], U32.pack(0), CTL.pack(slot, gen + 1), "control map")
+        time.sleep(GRACE_SECONDS)
+        return gen + 1
+
+    # ---- writing one slot -------------------------------------------------------------------
+    def _batch(self, name: str, keys: list[int], values: list[bytes]) -> None:
+        if not keys:
+            return
+        kb = array("I", keys).tobytes()
+        bpfsys.update_batch(self.maps[name], kb, b"".join(values), len(keys), name)
+
+    def _fill_array(self, name: str, slot: int, per_slot: int, classes: list[int] | None) -> None:
+        if classes is None:
+            classes = [0] * per_slot
+        base = slot * per_slot
+        keys = array("I", range(base, base + per_slot)).tobytes()
+        vals = array("I", classes).tobytes()
+        bpfsys.update_batch(self.maps[name], keys, vals, per_slot, name)
+
+    def write_slot(self, slot: int, plan, links, initial_counters=None) -> None:
+        """Write every ruleset table of `plan` into `slot` (not yet active)."""
+        sh = self.shape
+        if len(plan.vectors) > sh.vcap or plan.nrules > sh.rcap or len(plan.chain_names) > sh.ccap:
+            raise KernelError("internal: the plan does not fit the loaded programs' shape")
+        ncpu = bpfsys.possible_cpus()
+        # vectors
+        keys = [slot * sh.vcap + c for c in range(len(plan.vectors))]
+        vals = [_vec_bytes(v, sh.nwords, sh.nsum) for v in plan.vectors]
+        self._batch("ebpfw_vec", keys, vals)
+        # rules and their counters
+        keys = [slot * sh.rcap + r for r in range(plan.nrules)]
+        self._batch("ebpfw_rule", keys, [RULE.pack(k, f, 0, a) for k, f, a in
+                                         zip(plan.rule_kind, plan.rule_flags, plan.rule_arg)])
+        zero_pc = COUNTER.pack(0, 0) * ncpu
+
+        def pc(p: int, b: int) -> bytes:
+            return COUNTER.pack(p, b) + COUNTER.pack(0, 0) * (ncpu - 1)
+
+        rc = initial_counters.get("rules") if initial_counters else None
+        self._batch("ebpfw_cnt", keys, [pc(*rc[r]) if rc else zero_pc for r in range(plan.nrules)])
+        # chains and policy counters
+        keys = [slot * sh.ccap + c for c in range(len(plan.chain_names))]
+        self._batch("ebpfw_chain", keys, [CHAIN.pack(s, e, p, 0) for (s, e), p in
+                                          zip(plan.chain_ranges, plan.chain_policy)])
+        cc = initial_counters.get("chains") if initial_counters else None
+        self._batch("ebpfw_pcnt", keys, [pc(*cc[c]) if cc else zero_pc for c in range(len(plan.chain_names))])
+        # array-indexed fields (a field in the shape but not in the plan gets class 0 = all rules)
+        f = set(sh.fields)
+        if "proto" in f:
+            self._fill_array("ebpfw_proto", slot, PROTO_SLOTS, plan.proto)
+        if "sport" in f:
+            self._fill_array("ebpfw_sport", slot, PORT_SLOTS, plan.sport)
+        if "dport" in f:
+            self._fill_array("ebpfw_dport", slot, PORT_SLOTS, plan.dport)
+        if "xport" in f:
+            self._fill_array("ebpfw_xsport", slot, PORT_SLOTS, plan.xsport)
+            self._fill_array("ebpfw_xdport", slot, PORT_SLOTS, plan.xdport)
+        if "tcpfl" in f:
+            self._fill_array("ebpfw_tcpfl", slot, TCPFL_SLOTS, plan.tcpfl)
+        if "icmp" in f:
+            self._fill_array("ebpfw_icmp", slot, PORT_SLOTS, plan.icmp)
+        # prefix tries: drop this slot's old prefixes, then insert the new ones
+        for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
+            if name not in self.maps:
+                continue
+            fd = self.maps[name]
+            slot_be = struct.pack(">I", slot)
+            for k in bpfsys.keys(fd, LPM_KEY.size):
+                if k[4:8] == slot_be:
+                    bpfsys.delete(fd, k)
+            for addr, plen, cls in entries or []:
+                key = LPM_KEY.pack(32 + plen, slot_be, struct.pack(">I", addr))
+                bpfsys.update(fd, key, U32.pack(cls), name)
+        # interfaces
+        iif_default = plan.iif[""] if plan.iif is not None else 0
+        oif_default = plan.oif[""] if plan.oif is not None else 0
+        if "ebpfw_ifc" in self.maps:
+            fd = self.maps["ebpfw_ifc"]
+            for k in bpfsys.keys(fd, IFC_KEY.size):
+                if IFC_KEY.unpack(k)[0] == slot:
+                    bpfsys.delete(fd, k)
+            for link in links:
+                ic = plan.iif.get(link.name, iif_default) if plan.iif is not None else 0
+                oc = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
+                bpfsys.update(fd, IFC_KEY.pack(slot, link.ifindex), IFC_VAL.pack(ic, oc), "ebpfw_ifc")
+            bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
+        bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
+                      META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+
+    # ---- the host view ----------------------------------------------------------------------
+    def write_host(self, links, local_addrs, judged_ifindexes: set[int]) -> None:
+        fd = self.maps["ebpfw_ifinfo"]
+        want = {}
+        for link in links:
+            mac = (link.mac + b"\0" * 6)[:6]
+            want[U32.pack(link.ifindex)] = IFINFO.pack(mac, 1 if link.ifindex in judged_ifindexes else 0, 0)
+        for k in bpfsys.keys(fd, 4):
+            if k not in want:
+                bpfsys.delete(fd, k)
+        for k, v in want.items():
+            bpfsys.update(fd, k, v, "ebpfw_ifinfo")
+        fd = self.maps["ebpfw_local"]
+        want_local = {struct.pack(">I", a) for _, a, _ in local_addrs}
+        for k in bpfsys.keys(fd, 4):
+            if k not in want_local:
+                bpfsys.delete(fd, k)
+        for k in want_local:
+            bpfsys.update(fd, k, b"\x01", "ebpfw_local")
+
+    # ---- reading ------------------------------------------------------------------------------
+    def _percpu_sum(self, name: str, key: int) -> tuple[int, int]:
+        ncpu = bpfsys.possible_cpus()
+        raw = bpfsys.lookup(self.maps[name], U32.pack(key), COUNTER.size * ncpu)
+        if raw is None:
+            return 0, 0
+        p = b = 0
+        for i in range(ncpu):
+            pp, bb = COUNTER.unpack_from(raw, i * COUNTER.size)
+            p += pp
+            b += bb
+        return p, b
+
+    def read_counters(self, slot: int, nrules: int, nchains: int) -> tuple[list, list]:
+        sh = self.shape
+        rules = [self._percpu_sum("ebpfw_cnt", slot * sh.rcap + r) for r in range(nrules)]
+        chains = [self._percpu_sum("ebpfw_pcnt", slot * sh.ccap + c) for c in range(nchains)]
+        return rules, chains
+
+    def read_stats(self) -> dict[str, int]:
+        ncpu = bpfsys.possible_cpus()
+        out = {}
+        for i, name in enumerate(STATS):
+            raw = bpfsys.lookup(self.maps["ebpfw_stat"], U32.pack(i), 8 * ncpu)
+            out[name] = sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
+        return out

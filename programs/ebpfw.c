@@ -1,0 +1,745 @@
+/* ebpfw.c — the datapath: one source, three entry points.
+ *
+ *   ebpfw_xdp_ingress  (XDP, native or generic)  INPUT / FORWARD for packets arriving
+ *   ebpfw_tc_ingress   (TC clsact ingress)       the same, where XDP is not wanted
+ *   ebpfw_tc_egress    (TC clsact egress)        OUTPUT, and FORWARD for packets that
+ *                                                entered through an interface we do not judge
+ *
+ * Contract: a packet is judged by exactly one ruleset (the control map's active slot is read
+ * once), exactly like iptables' filter table would judge it at that hook; packets the kernel
+ * would drop before any filter hook (bad IPv4 header, wrong L2 destination, TTL expiry on
+ * forward) are passed on uncounted, so the kernel drops them as it always did.
+ *
+ * Classification is a linear bit-vector search: every field in use maps the packet's value to
+ * a class, every class has a bit vector over all rules (numbered in iptables order, each chain
+ * a contiguous range); the walk ANDs the vectors word by word and visits the set bits in order,
+ * following jumps with a small return stack.
+ *
+ * The loader specialises this file with -D flags (ebpfw/datapath/loader.py):
+ *   EBPFW_NWORDS, EBPFW_VCAP, EBPFW_RCAP, EBPFW_CCAP, EBPFW_LPM_CAP, EBPFW_IFC_CAP,
+ *   EBPFW_MAXDEPTH, EBPFW_MAXSTEPS and EBPFW_F_<FIELD> for each field some rule uses.
+ */
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/if_ether.h>
+#include <uapi/linux/ip.h>
+#include <uapi/linux/in.h>
+#include <uapi/linux/tcp.h>
+#include <uapi/linux/udp.h>
+#include <uapi/linux/icmp.h>
+#include <uapi/linux/pkt_cls.h>
+
+#include "ebpfw_abi.h"
+
+#define NSLOTS 2
+
+/* A rule bit vector with a one-level summary: bit b of s[] is set when word b of w[] is not
+ * zero, so a walk skips 4,096 rules that cannot match with one AND per field. */
+#define EBPFW_NSUM ((EBPFW_NWORDS + 63) / 64)
+struct ebpfw_vec {
+    __u64 s[EBPFW_NSUM];
+    __u64 w[EBPFW_NWORDS];
+};
+
+/* ---- maps ------------------------------------------------------------------------------- */
+BPF_ARRAY(ebpfw_ctl, struct ebpfw_ctl, 1);
+BPF_ARRAY(ebpfw_meta, struct ebpfw_meta, NSLOTS);
+BPF_ARRAY(ebpfw_vec, struct ebpfw_vec, NSLOTS * EBPFW_VCAP);
+BPF_ARRAY(ebpfw_rule, struct ebpfw_rule, NSLOTS * EBPFW_RCAP);
+BPF_ARRAY(ebpfw_chain, struct ebpfw_chain, NSLOTS * EBPFW_CCAP);
+BPF_PERCPU_ARRAY(ebpfw_cnt, struct ebpfw_counter, NSLOTS * EBPFW_RCAP);
+BPF_PERCPU_ARRAY(ebpfw_pcnt, struct ebpfw_counter, NSLOTS * EBPFW_CCAP);
+BPF_PERCPU_ARRAY(ebpfw_stat, __u64, EBPFW_NSTATS);
+BPF_HASH(ebpfw_ifinfo, __u32, struct ebpfw_ifinfo, 4096);
+BPF_HASH(ebpfw_local, __u32, __u8, 4096);
+
+#ifdef EBPFW_F_SRC
+BPF_F_TABLE("lpm_trie", struct ebpfw_lpm_key, __u32, ebpfw_src, NSLOTS * EBPFW_LPM_CAP, BPF_F_NO_PREALLOC);
+#endif
+#ifdef EBPFW_F_DST
+BPF_F_TABLE("lpm_trie", struct ebpfw_lpm_key, __u32, ebpfw_dst, NSLOTS * EBPFW_LPM_CAP, BPF_F_NO_PREALLOC);
+#endif
+#ifdef EBPFW_F_PROTO
+BPF_ARRAY(ebpfw_proto, __u32, NSLOTS * EBPFW_PROTO_SLOTS);
+#endif
+#ifdef EBPFW_F_SPORT
+BPF_ARRAY(ebpfw_sport, __u32, NSLOTS * EBPFW_PORT_SLOTS);
+#endif
+#ifdef EBPFW_F_DPORT
+BPF_ARRAY(ebpfw_dport, __u32, NSLOTS * EBPFW_PORT_SLOTS);
+#endif
+#ifdef EBPFW_F_XPORT
+BPF_ARRAY(ebpfw_xsport, __u32, NSLOTS * EBPFW_PORT_SLOTS);
+BPF_ARRAY(ebpfw_xdport, __u32, NSLOTS * EBPFW_PORT_SLOTS);
+#endif
+#ifdef EBPFW_F_TCPFL
+BPF_ARRAY(ebpfw_tcpfl, __u32, NSLOTS * EBPFW_TCPFL_SLOTS);
+#endif
+#ifdef EBPFW_F_ICMP
+BPF_ARRAY(ebpfw_icmp, __u32, NSLOTS * EBPFW_PORT_SLOTS);
+#endif
+#if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
+BPF_HASH(ebpfw_ifc, struct ebpfw_ifc_key, struct ebpfw_ifc_val, NSLOTS * EBPFW_IFC_CAP);
+#endif
+
+/* ---- the parsed packet ------------------------------------------------------------------ */
+#define L4_OK     0   /* the L4 header is present */
+#define L4_NONE   1   /* a non-first fragment, or a protocol without ports */
+#define L4_TRUNC  2   /* first fragment whose L4 header is cut short: hotdrop at L4 matches */
+
+struct pkt {
+    __u32 saddr;      /* network order */
+    __u32 daddr;
+    __u32 len;        /* IP total length: what iptables counts as bytes */
+    __u16 sport;      /* host order; for ICMP: (type << 8) | code */
+    __u16 dport;
+    __u8  proto;
+    __u8  tcpflags;
+    __u8  l4;         /* L4_* */
+    __u8  ttl;
+    __u8  df;
+    __u8  tos;
+};
+
+/* the hooks a packet can be judged at */
+#define HOOK_INGRESS 0
+#define HOOK_EGRESS  1
+
+/* results of judge() */
+#define V_PASS   0    /* not ours to judge: let the kernel decide */
+#define V_ACCEPT 1
+#define V_DROP   2
+
+static __always_inline void stat_inc(__u32 idx)
+{
+    __u64 *v = ebpfw_stat.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline __u32 csum_fold32(__u32 s)
+{
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return s;
+}
+
+/* Parse Ethernet + IPv4 + the start of L4. Returns 0 for a packet to judge, 1 for not IPv4,
+ * 2 for a malformed IPv4 header (the kernel's ip_rcv would drop it). */
+static __always_inline int parse(void *data, void *data_end, __u32 wire_len, struct pkt *p, int check_csum)
+{
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 1;
+    if (eth->h_proto != htons(ETH_P_IP))
+        return 1;
+    struct iphdr *ip = (void *)(eth + 1);
+    if ((void *)(ip + 1) > data_end)
+        return 2;
+    __u32 ihl = ip->ihl * 4;
+    if (ip->version != 4 || ihl < 20)
+        return 2;
+    __u32 tot = ntohs(ip->tot_len);
+    /* wire_len counts non-linear skb data too; headers are only read below data_end */
+    if (tot < ihl || tot + sizeof(*eth) > wire_len)
+        return 2;
+    if (check_csum) {
+        /* the IPv4 header checksum, as ip_rcv checks it; ihl is at most 60 bytes */
+        __u32 s = 0;
+        __u16 *w = (__u16 *)ip;
+#pragma unroll
+        for (int i = 0; i < 10; i++)
+            s += w[i];
+        for (int i = 10; i < 30; i++) {
+            if (i * 2 >= ihl)
+                break;
+            __u16 *q = w + i;
+            asm volatile("" : "+r"(q));
+            if ((void *)(q + 1) > data_end)
+                return 2;
+            s += *q;
+        }
+        if (csum_fold32(s) != 0xffff)
+            return 2;
+    }
+    p->saddr = ip->saddr;
+    p->daddr = ip->daddr;
+    p->len = tot;
+    p->proto = ip->protocol;
+    p->ttl = ip->ttl;
+    p->tos = ip->tos;
+    __u16 frag = ntohs(ip->frag_off);
+    p->df = (frag & 0x4000) ? 1 : 0;
+    p->sport = 0;
+    p->dport = 0;
+    p->tcpflags = 0;
+    if (frag & 0x1fff) {
+        p->l4 = L4_NONE;
+        return 0;
+    }
+    p->l4 = L4_NONE;
+    void *l4 = (void *)ip + ihl;
+    __u32 l4len = tot - ihl;
+    if (p->proto == IPPROTO_TCP) {
+        struct tcphdr *th = l4;
+        if (l4len < sizeof(*th) || (void *)(th + 1) > data_end) {
+            p->l4 = L4_TRUNC;
+            return 0;
+        }
+        p->sport = ntohs(th->source);
+        p->dport = ntohs(th->dest);
+        p->tcpflags = ((__u8 *)th)[13];
+        p->l4 = L4_OK;
+    } else if (p->proto == IPPROTO_UDP) {
+        struct udphdr *uh = l4;
+        if (l4len < sizeof(*uh) || (void *)(uh + 1) > data_end) {
+            p->l4 = L4_TRUNC;
+            return 0;
+        }
+        p->sport = ntohs(uh->source);
+        p->dport = ntohs(uh->dest);
+        p->l4 = L4_OK;
+    } else if (p->proto == IPPROTO_ICMP) {
+        struct icmphdr *ic = l4;
+        if (l4len < sizeof(*ic) || (void *)(ic + 1) > data_end) {
+            p->l4 = L4_TRUNC;
+            return 0;
+        }
+        p->sport = ((__u16)ic->type << 8) | ic->code;
+        p->l4 = L4_OK;
+    }
+    return 0;
+}
+
+/* ---- classification --------------------------------------------------------------------- */
+static __always_inline struct ebpfw_vec *vec_of(__u32 slot, __u32 cls)
+{
+    __u32 k = slot * EBPFW_VCAP + cls;
+    return ebpfw_vec.lookup(&k);
+}
+
+#ifdef EBPFW_F_PROTO
+static __always_inline __u32 cls_proto(__u32 k)
+{
+    __u32 *c = ebpfw_proto.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_SPORT
+static __always_inline __u32 cls_sport(__u32 k)
+{
+    __u32 *c = ebpfw_sport.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_DPORT
+static __always_inline __u32 cls_dport(__u32 k)
+{
+    __u32 *c = ebpfw_dport.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_XPORT
+static __always_inline __u32 cls_xsport(__u32 k)
+{
+    __u32 *c = ebpfw_xsport.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_XPORT
+static __always_inline __u32 cls_xdport(__u32 k)
+{
+    __u32 *c = ebpfw_xdport.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_TCPFL
+static __always_inline __u32 cls_tcpfl(__u32 k)
+{
+    __u32 *c = ebpfw_tcpfl.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_ICMP
+static __always_inline __u32 cls_icmp(__u32 k)
+{
+    __u32 *c = ebpfw_icmp.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+
+#ifdef EBPFW_F_SRC
+static __always_inline __u32 class_src(__u32 slot, __u32 addr)
+{
+    struct ebpfw_lpm_key k = { .prefixlen = 64, .slot = htonl(slot), .addr = addr };
+    __u32 *c = ebpfw_src.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_DST
+static __always_inline __u32 class_dst(__u32 slot, __u32 addr)
+{
+    struct ebpfw_lpm_key k = { .prefixlen = 64, .slot = htonl(slot), .addr = addr };
+    __u32 *c = ebpfw_dst.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+
+/* index of the lowest set bit; __builtin_ctzll crashes bcc 0.26's backend */
+static __always_inline __u32 lowest_bit(__u64 x)
+{
+    __u64 y = (x & -x) - 1;
+    return __builtin_popcountll(y);
+}
+
+struct vecs {
+#ifdef EBPFW_F_SRC
+    struct ebpfw_vec *src;
+#endif
+#ifdef EBPFW_F_DST
+    struct ebpfw_vec *dst;
+#endif
+#ifdef EBPFW_F_PROTO
+    struct ebpfw_vec *proto;
+#endif
+#ifdef EBPFW_F_SPORT
+    struct ebpfw_vec *sport;
+#endif
+#ifdef EBPFW_F_DPORT
+    struct ebpfw_vec *dport;
+#endif
+#ifdef EBPFW_F_XPORT
+    struct ebpfw_vec *xs;
+    struct ebpfw_vec *xd;
+#endif
+#ifdef EBPFW_F_TCPFL
+    struct ebpfw_vec *tcpfl;
+#endif
+#ifdef EBPFW_F_ICMP
+    struct ebpfw_vec *icmp;
+#endif
+#ifdef EBPFW_F_IIF
+    struct ebpfw_vec *iif;
+#endif
+#ifdef EBPFW_F_OIF
+    struct ebpfw_vec *oif;
+#endif
+    int dummy;
+};
+
+#define GETVEC(dst, slot, cls)            \
+    do {                                  \
+        dst = vec_of(slot, cls);          \
+        if (!dst)                         \
+            return -1;                    \
+    } while (0)
+
+/* Look up every field's class and its vector. Returns -1 if a map is inconsistent. */
+static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u32 oif, struct vecs *v)
+{
+    __u32 k;
+    /* the port-like fields: the packet's value, the "no value" entry (no L4 header), or
+     * the all-ones class (truncated L4 header: the L4 match is reached, then hotdrops) */
+#ifdef EBPFW_F_SRC
+    GETVEC(v->src, slot, class_src(slot, p->saddr));
+#endif
+#ifdef EBPFW_F_DST
+    GETVEC(v->dst, slot, class_dst(slot, p->daddr));
+#endif
+#ifdef EBPFW_F_PROTO
+    k = slot * EBPFW_PROTO_SLOTS + p->proto;
+    GETVEC(v->proto, slot, cls_proto(k));
+#endif
+#if defined(EBPFW_F_SPORT) || defined(EBPFW_F_DPORT) || defined(EBPFW_F_XPORT)
+    int tcpudp = (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP);
+    __u32 sp = EBPFW_PORT_NONE, dp = EBPFW_PORT_NONE;
+    if (tcpudp && p->l4 == L4_OK) {
+        sp = p->sport;
+        dp = p->dport;
+    }
+#endif
+#ifdef EBPFW_F_SPORT
+    if (tcpudp && p->l4 == L4_TRUNC) {
+        GETVEC(v->sport, slot, EBPFW_CLASS_ALL);
+    } else {
+        k = slot * EBPFW_PORT_SLOTS + sp;
+        GETVEC(v->sport, slot, cls_sport(k));
+    }
+#endif
+#ifdef EBPFW_F_DPORT
+    if (tcpudp && p->l4 == L4_TRUNC) {
+        GETVEC(v->dport, slot, EBPFW_CLASS_ALL);
+    } else {
+        k = slot * EBPFW_PORT_SLOTS + dp;
+        GETVEC(v->dport, slot, cls_dport(k));
+    }
+#endif
+#ifdef EBPFW_F_XPORT
+    if (tcpudp && p->l4 == L4_TRUNC) {
+        GETVEC(v->xs, slot, EBPFW_CLASS_ALL);
+        GETVEC(v->xd, slot, EBPFW_CLASS_ALL);
+    } else {
+        k = slot * EBPFW_PORT_SLOTS + sp;
+        GETVEC(v->xs, slot, cls_xsport(k));
+        k = slot * EBPFW_PORT_SLOTS + dp;
+        GETVEC(v->xd, slot, cls_xdport(k));
+    }
+#endif
+#ifdef EBPFW_F_TCPFL
+    if (p->proto == IPPROTO_TCP && p->l4 == L4_TRUNC) {
+        GETVEC(v->tcpfl, slot, EBPFW_CLASS_ALL);
+    } else {
+        __u32 f = (p->proto == IPPROTO_TCP && p->l4 == L4_OK) ? p->tcpflags : EBPFW_TCPFL_NONE;
+        k = slot * EBPFW_TCPFL_SLOTS + f;
+        GETVEC(v->tcpfl, slot, cls_tcpfl(k));
+    }
+#endif
+#ifdef EBPFW_F_ICMP
+    if (p->proto == IPPROTO_ICMP && p->l4 == L4_TRUNC) {
+        GETVEC(v->icmp, slot, EBPFW_CLASS_ALL);
+    } else {
+        __u32 t = (p->proto == IPPROTO_ICMP && p->l4 == L4_OK) ? p->sport : EBPFW_ICMP_NONE;
+        k = slot * EBPFW_PORT_SLOTS + t;
+        GETVEC(v->icmp, slot, cls_icmp(k));
+    }
+#endif
+#if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
+    {
+        __u32 mk = slot;
+        struct ebpfw_meta *meta = ebpfw_meta.lookup(&mk);
+        if (!meta)
+            return -1;
+        struct ebpfw_ifc_key ik = { .slot = slot };
+        struct ebpfw_ifc_val *iv;
+#ifdef EBPFW_F_IIF
+        ik.ifindex = iif;
+        iv = ebpfw_ifc.lookup(&ik);
+        GETVEC(v->iif, slot, iv ? iv->in_class : meta->iif_default);
+#endif
+#ifdef EBPFW_F_OIF
+        ik.ifindex = oif;
+        iv = ebpfw_ifc.lookup(&ik);
+        GETVEC(v->oif, slot, iv ? iv->out_class : meta->oif_default);
+#endif
+    }
+#endif
+    return 0;
+}
+
+/* AND of all fields' word w; w is already known to be < EBPFW_NWORDS */
+static __always_inline __u64 word_and(struct vecs *v, __u64 w)
+{
+    __u64 m = ~0ULL;
+#ifdef EBPFW_F_SRC
+    m &= v->src->w[w];
+#endif
+#ifdef EBPFW_F_DST
+    m &= v->dst->w[w];
+#endif
+#ifdef EBPFW_F_PROTO
+    m &= v->proto->w[w];
+#endif
+#ifdef EBPFW_F_SPORT
+    m &= v->sport->w[w];
+#endif
+#ifdef EBPFW_F_DPORT
+    m &= v->dport->w[w];
+#endif
+#ifdef EBPFW_F_XPORT
+    m &= (v->xs->w[w] | v->xd->w[w]);
+#endif
+#ifdef EBPFW_F_TCPFL
+    m &= v->tcpfl->w[w];
+#endif
+#ifdef EBPFW_F_ICMP
+    m &= v->icmp->w[w];
+#endif
+#ifdef EBPFW_F_IIF
+    m &= v->iif->w[w];
+#endif
+#ifdef EBPFW_F_OIF
+    m &= v->oif->w[w];
+#endif
+    return m;
+}
+
+/* AND of all fields' summary word w; w is already known to be < EBPFW_NSUM */
+static __always_inline __u64 sum_and(struct vecs *v, __u64 w)
+{
+    __u64 m = ~0ULL;
+#ifdef EBPFW_F_SRC
+    m &= v->src->s[w];
+#endif
+#ifdef EBPFW_F_DST
+    m &= v->dst->s[w];
+#endif
+#ifdef EBPFW_F_PROTO
+    m &= v->proto->s[w];
+#endif
+#ifdef EBPFW_F_SPORT
+    m &= v->sport->s[w];
+#endif
+#ifdef EBPFW_F_DPORT
+    m &= v->dport->s[w];
+#endif
+#ifdef EBPFW_F_XPORT
+    m &= (v->xs->s[w] | v->xd->s[w]);
+#endif
+#ifdef EBPFW_F_TCPFL
+    m &= v->tcpfl->s[w];
+#endif
+#ifdef EBPFW_F_ICMP
+    m &= v->icmp->s[w];
+#endif
+#ifdef EBPFW_F_IIF
+    m &= v->iif->s[w];
+#endif
+#ifdef EBPFW_F_OIF
+    m &= v->oif->s[w];
+#endif
+    return m;
+}
+
+static __always_inline void count(void *map_value, __u32 bytes)
+{
+    struct ebpfw_counter *c = map_value;
+    if (c) {
+        c->packets += 1;
+        c->bytes += bytes;
+    }
+}
+
+/* The walk's state lives in a per-CPU scratch record rather than in registers: the verifier
+ * then sees the same abstract state at every iteration and prunes, so the cost of verifying
+ * the loop does not grow with its bound. */
+struct walkstate {
+    __u32 pos;
+    __u32 end;
+    __u32 sp;
+    __u32 pad;
+    __u32 ret_pos[EBPFW_MAXDEPTH];
+    __u32 ret_end[EBPFW_MAXDEPTH];
+};
+BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
+
+/* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP. */
+static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struct vecs *v)
+{
+    __u32 ck = slot * EBPFW_CCAP + chain_id;
+    struct ebpfw_chain *ch = ebpfw_chain.lookup(&ck);
+    if (!ch)
+        return V_DROP;
+    __u32 base_policy = ch->policy;
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws)
+        return V_DROP;
+    ws->pos = ch->start;
+    ws->end = ch->end;
+    ws->sp = 0;
+
+    for (__u32 step = 0; step < EBPFW_MAXSTEPS; step++) {
+        __u32 pos = ws->pos, end = ws->end;
+        if (pos >= end) {
+            __u32 sp = ws->sp;
+            if (sp == 0) {
+                count(ebpfw_pcnt.lookup(&ck), p->len);
+                return base_policy == EBPFW_ACT_ACCEPT ? V_ACCEPT : V_DROP;
+            }
+            sp--;
+            if (sp >= EBPFW_MAXDEPTH)
+                return V_DROP;
+            ws->pos = ws->ret_pos[sp];
+            ws->end = ws->ret_end[sp];
+            ws->sp = sp;
+            continue;
+        }
+        /* summary level: the next 64-rule word at or after pos where every field has a bit */
+        __u64 sw = pos >> 12;
+        asm volatile("" : "+r"(sw));
+        if (sw >= EBPFW_NSUM)
+            return V_DROP;
+        __u64 sm = sum_and(v, sw) & (~0ULL << ((pos >> 6) & 63));
+        if (sm == 0) {
+            ws->pos = (__u32)(sw + 1) << 12;
+            continue;
+        }
+        __u64 w = (sw << 6) + lowest_bit(sm);
+        asm volatile("" : "+r"(w));
+        if (w >= EBPFW_NWORDS)
+            return V_DROP;
+        __u64 m = word_and(v, w);
+        if (w == (pos >> 6))
+            m &= ~0ULL << (pos & 63);
+        if (m == 0) {
+            ws->pos = (__u32)(w + 1) << 6;
+            continue;
+        }
+        __u32 r = ((__u32)w << 6) + lowest_bit(m);
+        if (r >= end) {
+            ws->pos = end;
+            continue;
+        }
+        /* rule r matches */
+        __u32 rk = slot * EBPFW_RCAP + r;
+        struct ebpfw_rule *rule = ebpfw_rule.lookup(&rk);
+        if (!rule)
+            return V_DROP;
+        if (p->l4 == L4_TRUNC && (rule->flags & EBPFW_RF_NEEDS_L4)) {
+            stat_inc(EBPFW_STAT_HOTDROP);
+            return V_DROP;
+        }
+        count(ebpfw_cnt.lookup(&rk), p->len);
+        __u32 kind = rule->kind;
+        if (kind == EBPFW_ACT_ACCEPT)
+            return V_ACCEPT;
+        if (kind == EBPFW_ACT_DROP)
+            return V_DROP;
+        if (kind == EBPFW_ACT_RETURN) {
+            ws->pos = end;
+            continue;
+        }
+        ws->pos = r + 1;
+        if (kind == EBPFW_ACT_JUMP || kind == EBPFW_ACT_GOTO) {
+            __u32 tk = slot * EBPFW_CCAP + rule->arg;
+            struct ebpfw_chain *tc = ebpfw_chain.lookup(&tk);
+            if (!tc)
+                return V_DROP;
+            if (kind == EBPFW_ACT_JUMP) {
+                __u32 sp = ws->sp;
+                if (sp >= EBPFW_MAXDEPTH)
+                    return V_DROP;
+                ws->ret_pos[sp] = r + 1;
+                ws->ret_end[sp] = end;
+                ws->sp = sp + 1;
+            }
+            ws->pos = tc->start;
+            ws->end = tc->end;
+        }
+    }
+    stat_inc(EBPFW_STAT_WALK_LIMIT);
+    return V_DROP;
+}
+
+static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __u32 oif)
+{
+    __u32 zero = 0;
+    struct ebpfw_ctl *ctl = ebpfw_ctl.lookup(&zero);
+    if (!ctl)
+        return V_PASS;
+    __u32 slot = ctl->active & 1;
+    struct vecs v = {};
+    if (lookup_vecs(slot, p, iif, oif, &v) < 0)
+        return V_DROP;
+    return walk(slot, chain_id, p, &v);
+}
+
+static __always_inline int mac_differs(const __u8 *a, const __u8 *b)
+{
+    return (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]);
+}
+
+/* Ingress: INPUT for local destinations, FORWARD for routed ones, as the kernel decides. */
+static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, __u32 wire_len, __u32 ifindex)
+{
+    struct pkt p;
+    int r = parse(data, data_end, wire_len, &p, 1);
+    if (r == 1) {
+        stat_inc(EBPFW_STAT_NOTIP);
+        return V_PASS;
+    }
+    if (r == 2) {
+        stat_inc(EBPFW_STAT_MALFORMED);
+        return V_PASS;
+    }
+    stat_inc(EBPFW_STAT_SEEN);
+    struct ethhdr *eth = data;
+    int l2host = 1;
+    if (eth->h_dest[0] & 1) {
+        l2host = 0;  /* broadcast / multicast */
+    } else {
+        struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&ifindex);
+        if (ii && mac_differs(ii->mac, eth->h_dest)) {
+            stat_inc(EBPFW_STAT_OTHERHOST);
+            return V_PASS;
+        }
+    }
+    /* one call site of classify(): the walk is inlined once, which keeps verification cheap */
+    __u32 chain = EBPFW_CHAIN_INPUT, oif = 0;
+    __u32 d = ntohl(p.daddr);
+    if (!(ebpfw_local.lookup(&p.daddr) || d == 0xffffffff || (d >> 28) == 0xe)) {
+        struct bpf_fib_lookup fib = {};
+        fib.family = 2; /* AF_INET */
+        fib.l4_protocol = p.proto;
+        fib.tos = p.tos;
+        fib.tot_len = p.df ? p.len : 0;
+        fib.ifindex = ifindex;
+        fib.ipv4_src = p.saddr;
+        fib.ipv4_dst = p.daddr;
+        int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+        if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+            /* ip_forward() drops these before the FORWARD hook */
+            if (!l2host || p.ttl <= 1) {
+                stat_inc(EBPFW_STAT_NOHOOK);
+                return V_PASS;
+            }
+            chain = EBPFW_CHAIN_FORWARD;
+            oif = fib.ifindex;
+        } else if (rc != BPF_FIB_LKUP_RET_NOT_FWDED && rc != BPF_FIB_LKUP_RET_FWD_DISABLED) {
+            /* blackhole, unreachable, prohibit, fragmentation needed: no filter hook runs */
+            stat_inc(EBPFW_STAT_NOHOOK);
+            return V_PASS;
+        }
+    }
+    return classify(chain, &p, ifindex, oif);
+}
+
+int ebpfw_xdp_ingress(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    int v = judge_ingress(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex);
+    return v == V_DROP ? XDP_DROP : XDP_PASS;
+}
+
+int ebpfw_tc_ingress(struct __sk_buff *skb)
+{
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (data + 64 > data_end)
+        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+    data = (void *)(long)skb->data;
+    data_end = (void *)(long)skb->data_end;
+    int v = judge_ingress(skb, data, data_end, skb->len, skb->ifindex);
+    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* Egress: OUTPUT for locally generated packets; FORWARD for packets that came in through an
+ * interface our ingress program does not judge; already-judged forwarded packets pass. */
+int ebpfw_tc_egress(struct __sk_buff *skb)
+{
+    __u32 in = skb->ingress_ifindex;
+    __u32 chain = EBPFW_CHAIN_OUTPUT;
+    if (in != 0) {
+        struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&in);
+        if (ii && ii->attached_in) {
+            stat_inc(EBPFW_STAT_JUDGED_FWD);
+            return TC_ACT_OK;
+        }
+        chain = EBPFW_CHAIN_FORWARD;
+    }
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (data + 64 > data_end)
+        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+    data = (void *)(long)skb->data;
+    data_end = (void *)(long)skb->data_end;
+    struct pkt p;
+    int r = parse(data, data_end, skb->len, &p, 0);
+    if (r != 0) {
+        stat_inc(r == 1 ? EBPFW_STAT_NOTIP : EBPFW_STAT_MALFORMED);
+        return TC_ACT_OK;
+    }
+    stat_inc(EBPFW_STAT_SEEN);
+    int v = classify(chain, &p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex);
+    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
