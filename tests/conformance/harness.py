@@ -52,25 +52,33 @@ class SideError(RuntimeError):
 # the two firewalls under comparison
 
 class IptablesSide:
+    """The reference. Backend "legacy" (default) is the kernel's x_tables, i.e. exactly the
+    semantics of the matches ebpfw promises; "nft" is iptables-nft, which translates rules to
+    nftables and has translation bugs of its own (see docs/CONFORMANCE.md)."""
+
     name = "iptables"
 
-    def __init__(self, topo: Topology) -> None:
+    def __init__(self, topo: Topology, backend: Optional[str] = None) -> None:
         self.topo = topo
+        self.backend = backend or os.environ.get("CONFORMANCE_IPTABLES", "legacy")
+        if self.backend not in ("legacy", "nft"):
+            raise ValueError(f"CONFORMANCE_IPTABLES must be legacy or nft, not {self.backend!r}")
+        self.cmd = "iptables-legacy" if self.backend == "legacy" else "iptables-nft"
 
     def version(self) -> str:
-        return run(["iptables", "--version"]).stdout.strip()
+        return run([self.cmd, "--version"]).stdout.strip()
 
     def load(self, ruleset: str) -> None:
-        self.topo.in_dut(["iptables-restore", "-w"], input=ruleset)
-        self.topo.in_dut(["iptables", "-w", "-Z"])
+        self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=ruleset)
+        self.topo.in_dut([self.cmd, "-w", "-Z"])
         # a previous case may have left conntrack entries (no entries / no module is fine)
         self.topo.in_dut(["conntrack", "-F"], check=False)
 
     def snapshot(self) -> Snapshot:
-        return parse_save(self.topo.in_dut(["iptables-save", "-c", "-t", "filter"]).stdout)
+        return parse_save(self.topo.in_dut([f"{self.cmd}-save", "-c", "-t", "filter"]).stdout)
 
     def unload(self) -> None:
-        self.topo.in_dut(["iptables-restore", "-w"], input=(
+        self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
 
 

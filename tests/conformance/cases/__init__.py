@@ -7,6 +7,7 @@ import importlib
 
 CASE_MODULES = [
     "server_baseline",
+    "router",
 ]
 
 
