@@ -52,17 +52,18 @@ install: setup
 	find $(PREFIX)/src -name __pycache__ -prune -exec rm -rf {} +
 	test -x $(PREFIX)/venv/bin/python || /usr/bin/python3 -m venv --system-site-packages $(PREFIX)/venv
 	$(PREFIX)/venv/bin/pip install -q --disable-pip-version-check -e $(PREFIX)/src
+	install -d $(SBINDIR)
 	printf '#!/bin/sh\nexec %s/venv/bin/ebpfw "$$@"\n' '$(PREFIX)' > $(SBINDIR)/ebpfw.tmp
 	chmod 755 $(SBINDIR)/ebpfw.tmp && mv $(SBINDIR)/ebpfw.tmp $(SBINDIR)/ebpfw
 	install -D -m 644 systemd/ebpfw.service $(UNITDIR)/ebpfw.service
 	install -d $(MANDIR)/man5 $(MANDIR)/man8
 	for f in man/*.5; do [ -e "$$f" ] && install -m 644 "$$f" $(MANDIR)/man5/ || true; done
 	for f in man/*.8; do [ -e "$$f" ] && install -m 644 "$$f" $(MANDIR)/man8/ || true; done
-	-mandb -q >/dev/null 2>&1
+	@command -v mandb >/dev/null && mandb -q >/dev/null 2>&1 || true
 	install -d -m 755 $(CONFDIR)
 	test -e $(CONFDIR)/rules.v4 || install -m 644 systemd/rules.v4.example $(CONFDIR)/rules.v4
-	test -e $(DEFAULTS) || install -m 644 systemd/ebpfw.default $(DEFAULTS)
-	-systemctl daemon-reload >/dev/null 2>&1
+	test -e $(DEFAULTS) || install -D -m 644 systemd/ebpfw.default $(DEFAULTS)
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 	@echo "installed; edit $(DEFAULTS) and $(CONFDIR)/rules.v4, then: systemctl enable --now ebpfw"
 
 # Leaves /etc/ebpfw, /etc/default/ebpfw and anything still attached alone (run `ebpfw detach` first).
@@ -71,7 +72,7 @@ uninstall:
 	for f in man/*.5; do rm -f $(MANDIR)/man5/$$(basename $$f); done
 	for f in man/*.8; do rm -f $(MANDIR)/man8/$$(basename $$f); done
 	rm -rf $(PREFIX)
-	-systemctl daemon-reload >/dev/null 2>&1
+	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis bench-results
