@@ -265,7 +265,7 @@ class _RuleParser:
 
     def next_arg(self, option: str, what: str = "an argument") -> str:
         if self.i >= len(self.words):
-            self.fail(f"option '{option}' needs {what}", f"'{option} VALUE'", f"{option}" + " at end of line")
+            self.fail(f"option '{option}' needs {what}", f"'{option} VALUE'", "end of line")
         arg = self.words[self.i]
         if arg == "!":
             self.fail(f"'!' after option '{option}'", f"'! {option} VALUE' (the '!' goes first)",
@@ -424,10 +424,11 @@ class _RuleParser:
         if loaded is None:
             owners = [s.name for s in MATCHES.values() if s.option(name)]
             if owners:
+                ways = [f"-p {o}" for o in owners if o in PROTO_MATCHES.values()]
+                ways += [f"-m {o}" for o in owners]
                 self.fail(f"option '{word}' without a match that takes it",
-                          " or ".join(f"-m {o}" for o in owners) + f" (or -p {owners[0]}) before it"
-                          if owners[0] in PROTO_MATCHES.values() else
-                          " or ".join(f"-m {o}" for o in owners) + " before it", word)
+                          ", ".join(ways[:-1]) + (" or " if len(ways) > 1 else "") + ways[-1] + " before it",
+                          word)
             self.fail("unknown option", "an option of iptables or of a match loaded with -m "
                       "before it", word)
         assert loaded is not None
