@@ -50,6 +50,12 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
+def pytest_sessionfinish(session, exitstatus):
+    left = _netns.delete_leftovers()
+    if left:
+        warnings.warn(f"tests left network namespaces behind (now deleted): {left}")
+
+
 @pytest.fixture
 def netns():
     """Factory: `ns = netns("pfx")` makes a namespace; `netns.pair()` two joined by a veth.

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 NETNS_RUN_DIR = Path("/run/netns")
+_LIVE: set[str] = set()  # namespaces this process made and has not deleted yet
 MAX_NS_NAME = 12  # leaves 3 characters for interface names derived from it (IFNAMSIZ-1 = 15)
 
 
@@ -84,6 +85,7 @@ def make_ns(prefix: str = "t") -> str:
     else:  # pragma: no cover - five random collisions in a row
         raise RuntimeError(f"could not find a free namespace name for prefix {prefix!r}")
     _run(["ip", "netns", "add", name])
+    _LIVE.add(name)
     try:
         run_in(name, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])
         run_in(name, ["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])
@@ -99,6 +101,16 @@ def delete_ns(ns: str) -> None:
     last process inside it has exited."""
     if (NETNS_RUN_DIR / ns).exists():
         _run(["ip", "netns", "delete", ns], check=False)
+    if not (NETNS_RUN_DIR / ns).exists():
+        _LIVE.discard(ns)
+
+
+def delete_leftovers() -> list[str]:
+    """Delete every namespace this process made and did not delete; returns their names."""
+    left = sorted(_LIVE)
+    for ns in left:
+        delete_ns(ns)
+    return left
 
 
 def run_in(ns: str, cmd: str | Sequence[str], check: bool = True, timeout: float = 30.0,
