@@ -53,7 +53,7 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
     left = _netns.delete_leftovers()
     if left:
-        warnings.warn(f"tests left network namespaces behind (now deleted): {left}")
+        print(f"\nwarning: tests left network namespaces behind (now deleted): {left}", file=sys.stderr)
 
 
 @pytest.fixture
