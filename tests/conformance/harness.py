@@ -262,6 +262,9 @@ def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
     """Load the case's ruleset on `side`, play its script, return what was counted and seen.
     stepwise=True snapshots the counters after every step (to attribute hits to steps)."""
     topo = side.topo
+    for agent in topo.agents.values():
+        agent.call("reset_listeners")
+    _quiesce(topo, {})
     side.load(case.ruleset)
     for lis in case.listen:
         topo.agents[lis.role].call("tcp_listen", addr=lis.addr, port=lis.port)
@@ -303,9 +306,11 @@ def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
                 result = "error"
             extra.append(f"{step.role}: tcp connect {result}")
         elif isinstance(step, Udp):
-            topo.agents[step.role].call(
+            reply = topo.agents[step.role].call(
                 "udp_send", src=step.src or ROLE_ADDR[step.role], sport=step.sport or 40000 + i,
                 dst=step.dst, dport=step.dport, payload=step.payload.hex())
+            if reply.get("send_error"):
+                notes.append(f"udp send failed: {reply['send_error']}")
         else:
             raise TypeError(f"unknown step type {type(step).__name__}")
         seen = sorted(_quiesce(topo, tags) + extra)

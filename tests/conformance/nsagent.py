@@ -14,6 +14,7 @@ Commands (every answer has "ok": true, or "ok": false and "error"):
                                         so they traverse OUTPUT like locally generated traffic;
                                         "errors": [[index, errno name]] for sends that failed
   {"op": "tcp_listen", "addr": A, "port": P}     a listening socket that never accepts
+  {"op": "reset_listeners"}             close them all (no state survives into the next run)
   {"op": "tcp_connect", "src": A, "sport": P, "dst": A, "dport": P, "timeout": s}
                                         one handshake, then an abortive close (RST if connected);
                                         answers "result": connected | refused | timeout
@@ -128,6 +129,14 @@ class Agent:
         self.listeners.append(s)
         return {}
 
+    def op_reset_listeners(self) -> dict:
+        """Close every listener: drops their half-open and never-accepted connections, so no
+        TCP state carries over from one run to the next (same ports are reused per case)."""
+        for s in self.listeners:
+            s.close()
+        self.listeners.clear()
+        return {}
+
     def op_tcp_connect(self, src: str, sport: int, dst: str, dport: int,
                        timeout: float = 0.3) -> dict:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -156,7 +165,10 @@ class Agent:
         try:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((src, sport))
-            s.sendto(bytes.fromhex(payload), (dst, dport))
+            try:
+                s.sendto(bytes.fromhex(payload), (dst, dport))
+            except OSError as exc:   # EPERM when OUTPUT dropped it: an observation
+                return {"send_error": errno.errorcode.get(exc.errno, str(exc.errno))}
         finally:
             s.close()
         return {}

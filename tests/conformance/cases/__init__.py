@@ -8,6 +8,9 @@ import importlib
 CASE_MODULES = [
     "server_baseline",
     "router",
+    "fail2ban_like",
+    "ufw_like",
+    "blocklist_1k",
 ]
 
 

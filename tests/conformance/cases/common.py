@@ -49,3 +49,27 @@ def icmp(src: str, dst: str, type: int, code: int = 0) -> IP:
 
 def other(src: str, dst: str, proto: int) -> IP:
     return IP(src=src, dst=dst, proto=proto) / Raw(b"\x00" * 24)
+
+
+def chain_sources(text: str, chain: str) -> list[str]:
+    """The `-s ADDR/LEN` of every rule of `chain` in an iptables-save text, in order."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts and parts[0].startswith("[") and parts[0].endswith("]"):
+            parts = parts[1:]
+        if parts[:2] == ["-A", chain] and "-s" in parts:
+            out.append(parts[parts.index("-s") + 1])
+    return out
+
+
+def host_in(prefix: str, index: int = 77) -> str:
+    """A host inside prefix (the prefix itself for a /32)."""
+    import ipaddress
+
+    net = ipaddress.ip_network(prefix, strict=False)
+    return str(net.network_address + (index % net.num_addresses if net.num_addresses > 1 else 0))
+
+
+def chunks(items: list, n: int) -> list[list]:
+    return [items[i:i + n] for i in range(0, len(items), n)]
