@@ -1,0 +1,199 @@
+"""check_ruleset unit tests (no root): each refusal with its exact FILE:LINE text, several
+problems at once, and the whole corpus passing (conntrack allowed) or failing only on
+what the datapath cannot do yet."""
+
+from __future__ import annotations
+
+import pytest
+
+from ebpfw.check import check_ruleset
+from ebpfw.errors import RulesetError
+from ebpfw.iptables import parse_ruleset
+from ebpfw.ruleset import (
+    Chain, ConntrackMatch, IfaceMatch, IpMatch, Net, Pos, Rule, Ruleset, Table, Target, TcpMatch,
+)
+from test_iptables_oracle import CORPUS
+
+HEAD = ("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+        ":a - [0:0]\n:b - [0:0]\n:c - [0:0]\n")          # rules start on line 8
+
+
+def check_text(rules: str, **kw) -> list[str]:
+    rs = parse_ruleset(HEAD + rules + "COMMIT\n", "c.rules")
+    with pytest.raises(RulesetError) as exc:
+        check_ruleset(rs, **kw)
+    return exc.value.problems
+
+
+def passes(rules: str, **kw) -> None:
+    check_ruleset(parse_ruleset(HEAD + rules + "COMMIT\n", "c.rules"), **kw)
+
+
+CASES = [
+    ("-A OUTPUT -i eth0 -j DROP\n",
+     "c.rules:8: -i in chain OUTPUT (iptables refuses it: no input interface there), expected no -i in "
+     "OUTPUT, found '-i eth0'"),
+    ("-A INPUT ! -o eth+ -j DROP\n",
+     "c.rules:8: -o in chain INPUT (iptables refuses it: no output interface there), expected no -o in "
+     "INPUT, found '-o eth+'"),
+    ("-A INPUT -f -j DROP\n",
+     "c.rules:8: option '-f' (fragments) is not supported yet, expected a rule without -f, found '-f'"),
+    ("-A INPUT ! -f -j DROP\n",
+     "c.rules:8: option '-f' (fragments) is not supported yet, expected a rule without -f, found '! -f'"),
+    ("-A INPUT -p tcp ! --tcp-option 4 -j DROP\n",
+     "c.rules:8: option '--tcp-option' is not supported yet, expected a tcp match without --tcp-option, "
+     "found '! --tcp-option 4'"),
+    ("-A INPUT -m conntrack --ctstate NEW -j DROP\n",
+     "c.rules:8: match 'conntrack' is not supported yet (connection tracking is not enabled in this "
+     "ebpfw), expected a rule without conntrack or state matches, found '-m conntrack'"),
+    ("-A INPUT -m state --state NEW -j DROP\n",
+     "c.rules:8: match 'state' is not supported yet (connection tracking is not enabled in this ebpfw), "
+     "expected a rule without conntrack or state matches, found '-m state'"),
+    ("-A a -j a\n",
+     "c.rules:8: jump from chain 'a' to 'a' makes a loop (a -> a), iptables refuses loops too, expected "
+     "a jump graph without loops, found '-A a -j a'"),
+    ("-A INPUT -j a\n-A a -j b\n-A b -g c\n-A c -p tcp -j a\n",
+     "c.rules:11: jump from chain 'c' to 'a' makes a loop (a -> b -> c -> a), iptables refuses loops "
+     "too, expected a jump graph without loops, found '-A c -p tcp -j a'"),
+]
+
+
+@pytest.mark.parametrize("rules,message", CASES, ids=[c[0].strip()[:40] for c in CASES])
+def test_refusals(rules, message):
+    assert check_text(rules) == [message]
+
+
+ALLOWED = [
+    "-A INPUT -j a\n-A a -j b\n-A a -j c\n-A b -j c\n-A c -j RETURN\n",   # a diamond is no loop
+    "-A OUTPUT -o eth0 -j ACCEPT\n-A INPUT -i eth0 -j ACCEPT\n-A FORWARD -i a -o b -j DROP\n",
+    "-A a -i eth0 -j RETURN\n-A OUTPUT -j a\n",          # iptables only checks built-in chains
+    "-A INPUT -j RETURN\n-A a -j RETURN\n-A b\n",
+    "-A INPUT -p tcp --dport 22 --syn -j ACCEPT\n",
+]
+
+
+@pytest.mark.parametrize("rules", ALLOWED)
+def test_allowed(rules):
+    passes(rules)
+
+
+def test_conntrack_allowed_by_keyword():
+    passes("-A INPUT -m conntrack --ctstate NEW -m state ! --state INVALID -j DROP\n", allow_conntrack=True)
+
+
+def test_every_problem_reported_in_line_order():
+    problems = check_text("-A c -j a\n-A OUTPUT -i x\n-A a -j b\n-A INPUT -f -m state --state NEW\n"
+                          "-A b -j c\n")
+    assert [p.split(":")[1] for p in problems] == ["8", "9", "11", "11"]
+    assert "makes a loop (a -> b -> c -> a)" in problems[0]      # one loop, reported once
+
+
+def test_message_counts_problems():
+    with pytest.raises(RulesetError) as exc:
+        check_ruleset(parse_ruleset(HEAD + "-A INPUT -f\n-A INPUT ! -f\nCOMMIT\n", "n.rules"))
+    assert str(exc.value) == "2 problems in n.rules"
+    with pytest.raises(RulesetError) as exc:
+        check_ruleset(parse_ruleset(HEAD + "-A INPUT -f\nCOMMIT\n", "n.rules"))
+    assert str(exc.value) == "1 problem in n.rules"
+
+
+# --- IR not made by the parser -------------------------------------------------------------
+P = Pos("ir", 1)
+
+
+def ir(*chains: Chain, name: str = "filter") -> Ruleset:
+    return Ruleset((Table(name, chains, Pos("ir", 1)),))
+
+
+def builtin(name: str, *rules: Rule, policy="ACCEPT", line: int = 2) -> Chain:
+    return Chain(name, policy, tuple(rules), Pos("ir", line))
+
+
+def r(target: Target, line: int, ip: IpMatch = IpMatch(), matches=()) -> Rule:
+    return Rule(ip, tuple(matches), target, Pos("ir", line))
+
+
+def problems_ir(rs: Ruleset, **kw) -> list[str]:
+    with pytest.raises(RulesetError) as exc:
+        check_ruleset(rs, **kw)
+    return exc.value.problems
+
+
+def test_other_table_refused():
+    assert problems_ir(ir(name="nat")) == [
+        "ir:1: table 'nat' is not supported by ebpfw yet, expected '*filter', found '*nat'"]
+
+
+def test_policies_and_names():
+    rs = ir(builtin("INPUT", policy=None), builtin("FORWARD", policy="RETURN", line=3),
+            Chain("u", "ACCEPT", (), Pos("ir", 4)), Chain("-bad", None, (), Pos("ir", 5)),
+            Chain("u", None, (), Pos("ir", 6)))
+    assert problems_ir(rs) == [
+        "ir:2: built-in chain 'INPUT' needs a policy, expected ACCEPT or DROP, found '-'",
+        "ir:3: built-in chain 'FORWARD' needs a policy, expected ACCEPT or DROP, found 'RETURN'",
+        "ir:4: user-defined chain 'u' cannot have a policy, expected '-', found 'ACCEPT'",
+        "ir:5: invalid chain name: chain name starting with '-', expected a valid iptables chain name, "
+        "found '-bad'",
+        "ir:6: chain 'u' defined twice (first at ir:4), expected one chain per name, found 'u'",
+    ]
+
+
+def test_jump_targets():
+    rs = ir(builtin("INPUT", r(Target("JUMP", "nowhere"), 3), r(Target("GOTO", "OUTPUT"), 4),
+                    r(Target("JUMP", None), 5)),
+            builtin("OUTPUT", line=6))
+    assert problems_ir(rs) == [
+        "ir:3: -j target chain 'nowhere' is not defined, expected a chain declared with "
+        "':nowhere - [0:0]', found '-j nowhere'",
+        "ir:4: -g to built-in chain 'OUTPUT', expected a user-defined chain, found '-g OUTPUT'",
+        "ir:5: -j target chain 'None' is not defined, expected a chain declared with ':None - [0:0]', "
+        "found '-j None'",
+    ]
+
+
+def test_ir_consistency():
+    rs = ir(builtin("INPUT",
+                    r(Target("ACCEPT"), 3, IpMatch(src=Net(0x0A000001, 0xFF000000))),
+                    r(Target("ACCEPT"), 4, IpMatch(proto=17), (TcpMatch(dport=(1, 1)),)),
+                    r(Target("ACCEPT"), 5, IpMatch(iface_out=IfaceMatch("x")))))
+    assert problems_ir(rs) == [
+        "ir:3: address in -s has bits outside its mask, expected a masked address (the parser masks it), "
+        "found '-A INPUT -s 10.0.0.1/8 -j ACCEPT'",
+        "ir:4: match 'tcp' needs -p tcp, expected '-p tcp' (not inverted) in the rule, found "
+        "'-A INPUT -p udp -m tcp --dport 1 -j ACCEPT'",
+        "ir:5: -o in chain INPUT (iptables refuses it: no output interface there), expected no -o in "
+        "INPUT, found '-o x'",
+    ]
+
+
+def test_deep_chain_nesting_no_recursion_limit():
+    n = 3000
+    chains = [builtin("INPUT", r(Target("JUMP", "c0"), 2))]
+    for i in range(n):
+        nxt = Target("JUMP", f"c{i + 1}") if i + 1 < n else Target("JUMP", "c0")
+        chains.append(Chain(f"c{i}", None, (r(nxt, 10 + i),), Pos("ir", 10 + i)))
+    problems = problems_ir(ir(*chains))
+    assert len(problems) == 1 and problems[0].startswith(f"ir:{10 + n - 1}: jump from chain 'c{n - 1}' to 'c0'")
+    check_ruleset(ir(*chains[:-1], Chain(f"c{n - 1}", None, (r(Target("RETURN"), 5),), P)))
+
+
+def test_conntrack_ir_allowed():
+    rs = ir(builtin("INPUT", r(Target("ACCEPT"), 3, matches=(ConntrackMatch(2),))))
+    assert len(problems_ir(rs)) == 1
+    check_ruleset(rs, allow_conntrack=True)
+
+
+# --- the realistic corpus ----------------------------------------------------------------------
+UNSUPPORTED_IN_CORPUS = {"noncanonical": 2}      # -f and ! -f
+
+
+@pytest.mark.parametrize("name,text", CORPUS, ids=[n for n, _ in CORPUS])
+def test_corpus_checks(name, text):
+    rs = parse_ruleset(text, name)
+    expected = UNSUPPORTED_IN_CORPUS.get(name, 0)
+    if expected:
+        with pytest.raises(RulesetError) as exc:
+            check_ruleset(rs, allow_conntrack=True)
+        assert len(exc.value.problems) == expected, exc.value.problems
+    else:
+        check_ruleset(rs, allow_conntrack=True)
