@@ -10,7 +10,10 @@ CASE_MODULES = [
     "router",
     "fail2ban_like",
     "ufw_like",
+    "docker_like",
     "blocklist_1k",
+    "server_stateful",
+    "docker_stateful",
 ]
 
 
