@@ -1,0 +1,82 @@
+"""Test worker: runs inside a test-made network namespace, owns one loaded datapath, and
+answers JSON-line requests on stdin, so one bcc build serves many rulesets (each load is a
+maps-only rewrite of the inactive slot, followed by a flip, exactly as `apply` does).
+
+Requests:
+  {"op": "load", "rules": TEXT}                      -> {"ok": true} or {"error": TEXT}
+  {"op": "run", "prog": "xdp"|"tc_ingress"|"tc_egress", "frame": HEX,
+   "ifindex": N, "ingress_ifindex": N}               -> {"ret": R, "rules": [[idx, p, b]...],
+                                                         "chains": [[cid, p, b]...]}
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import sys
+
+from ebpfw.compiler import compile_plan
+from ebpfw.datapath import Datapath, Shape
+from ebpfw.datapath import bpfsys
+from ebpfw.errors import EbpfwError
+from ebpfw.iptables import parse_ruleset
+from ebpfw.netlink import host
+
+# one shape big enough for every test ruleset, with every field compiled in
+SHAPE = Shape(nwords=8, vcap=4096, rcap=512, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
+              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport"))
+
+
+def skb_ctx(ifindex: int, ingress_ifindex: int) -> bytes:
+    # struct __sk_buff: ingress_ifindex is at offset 36, ifindex at 40 (uapi/linux/bpf.h)
+    ctx = bytearray(192)
+    struct.pack_into("<I", ctx, 36, ingress_ifindex)
+    struct.pack_into("<I", ctx, 40, ifindex)
+    return bytes(ctx)
+
+
+def xdp_ctx(ifindex: int, size: int) -> bytes:
+    # struct xdp_md: data, data_end (must equal the frame size), data_meta, ingress_ifindex,
+    # rx_queue_index, egress_ifindex
+    return struct.pack("<IIIIII", 0, size, 0, ifindex, 0, 0)
+
+
+def main() -> None:
+    dp = Datapath.build(SHAPE)
+    plan = None
+    judged = set()
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            if req["op"] == "load":
+                links = host.links()
+                rs = parse_ruleset(req["rules"], "test.rules")
+                plan = compile_plan(rs.table("filter"), [l.name for l in links])
+                slot = 1 - dp.active()[0]
+                dp.write_slot(slot, plan, links)
+                judged = {l.ifindex for l in links if l.name in req.get("judged", [])}
+                dp.write_host(links, host.local_addresses(), judged)
+                dp.flip(slot)
+                out = {"ok": True, "chains": plan.chain_names, "rule_chain": plan.rule_chain}
+            elif req["op"] == "run":
+                slot = dp.active()[0]
+                before = dp.read_counters(slot, plan.nrules, len(plan.chain_names))
+                frame = bytes.fromhex(req["frame"])
+                if req["prog"] == "xdp":
+                    ctx = xdp_ctx(req["ifindex"], len(frame))
+                else:
+                    ctx = skb_ctx(req["ifindex"], req.get("ingress_ifindex", 0))
+                ret, _, _ = bpfsys.test_run(dp.progs[req["prog"]], frame, 1, ctx)
+                after = dp.read_counters(slot, plan.nrules, len(plan.chain_names))
+                rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
+                chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
+                out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats()}
+            else:
+                out = {"error": f"unknown op {req['op']}"}
+        except EbpfwError as exc:
+            out = {"error": exc.render()}
+        print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    main()
