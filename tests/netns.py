@@ -136,7 +136,7 @@ def veth(ns_a: str, name_a: str, ns_b: str, name_b: str, addr_a: str | None = No
     for n in (name_a, name_b):
         if len(n) > 15:
             raise ValueError(f"interface name {n!r} is longer than 15 characters")
-    _run(["ip", "link", "add", name_a, "netns", ns_a, "type", "veth",
+    _run(["ip", "link", "add", "name", name_a, "netns", ns_a, "type", "veth",
           "peer", "name", name_b, "netns", ns_b])
     for ns, name, addr in ((ns_a, name_a, addr_a), (ns_b, name_b, addr_b)):
         if addr:
