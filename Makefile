@@ -33,13 +33,13 @@ kernel: setup
 	$(PYTEST) -m 'not slow' tests/kernel
 
 demo: setup
-	scripts/demo.sh
+	bash scripts/demo.sh
 
 conformance: setup
 	$(PYTEST) tests/conformance -m 'slow or not slow'
 
 bench: setup
-	bench/run.sh
+	bash bench/run.sh
 
 # A venv under $(PREFIX) holding an editable install of a copy of the package tree (so the
 # BPF sources in programs/ stay next to the Python package), a wrapper in $(SBINDIR), the unit,

@@ -181,7 +181,7 @@ def check_hooks(timeout: float = 60.0) -> list[Check]:
     """Load a trivial XDP and TC program and attach them, in a throwaway namespace."""
     if os.geteuid() != 0:
         return [Check("xdp/tc attach", True, "skipped: needs root", warning=True)]
-    ns = f"ebpfwdoc{os.getpid() % 100000}{secrets.token_hex(2)}"[:15]
+    ns = f"ebpfwdoc{os.getpid() % 10000}{secrets.token_hex(2)}"  # unique per process and call
     iface = "ebpfwdoc0"
 
     def run(argv: list[str], **kw) -> subprocess.CompletedProcess:
