@@ -189,10 +189,10 @@ def read_multiport(args: list[str], ctx: Ctx, option: str) -> tuple[PortRange, .
 
 
 def _read_ipv4(text: str, option: str) -> int:
-    try:
-        return int(ipaddress.IPv4Address(text))
-    except ValueError:
-        raise OptionError(f"invalid address in {option}", "a dotted-quad IPv4 address", text) from None
+    addr = P.parse_ipv4(text)
+    if addr is None:
+        raise OptionError(f"invalid address in {option}", "a dotted-quad IPv4 address", text)
+    return addr
 
 
 def read_iprange(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:

@@ -19,7 +19,6 @@ features) are in ebpfw.check.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Optional
@@ -474,22 +473,21 @@ def parse_net(text: str, option: str) -> Net:
         raise _LineProblem(f"address list in {option} (iptables would make one rule per address)",
                            "one address or network per rule; write one rule per address", text)
     addr_s, slash, mask_s = text.partition("/")
-    try:
-        addr = int(ipaddress.IPv4Address(addr_s))
-    except ValueError:
+    addr = P.parse_ipv4(addr_s)
+    if addr is None:
         if re.fullmatch(r"[A-Za-z0-9.-]+", addr_s) and re.search(r"[A-Za-z]", addr_s):
             raise _LineProblem(f"host name in {option} (ebpfw does no DNS lookups)",
-                               "an IPv4 address such as 192.0.2.1 or 10.0.0.0/8", text) from None
+                               "an IPv4 address such as 192.0.2.1 or 10.0.0.0/8", text)
         raise _LineProblem(f"invalid address in {option}",
-                           "an IPv4 address such as 192.0.2.1 or 10.0.0.0/8", text) from None
+                           "an IPv4 address such as 192.0.2.1 or 10.0.0.0/8", text)
     if not slash:
         mask = 0xFFFFFFFF
     elif "." in mask_s:
-        try:
-            mask = int(ipaddress.IPv4Address(mask_s))
-        except ValueError:
+        dotted = P.parse_ipv4(mask_s)
+        if dotted is None:
             raise _LineProblem(f"invalid mask in {option}", "a prefix length 0-32 or a dotted mask",
-                               text) from None
+                               text)
+        mask = dotted
     else:
         bits = P.strtoui(mask_s, 32)
         if bits is None:

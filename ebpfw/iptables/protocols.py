@@ -53,6 +53,21 @@ _FALLBACK_SERVICES: tuple[tuple[str, int, tuple[str, ...], tuple[str, ...]], ...
 )
 
 
+_DOTTED = re.compile(r"(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})")
+
+
+def parse_ipv4(text: str) -> Optional[int]:
+    """A dotted quad of decimal octets (no leading zeros, no short forms: iptables would read
+    "010" as octal and "10.1" as 10.1.0.0, which we refuse rather than guess) → host-order int."""
+    m = _DOTTED.fullmatch(text)
+    if not m:
+        return None
+    a, b, c, d = (int(x) for x in m.groups())
+    if a > 255 or b > 255 or c > 255 or d > 255:
+        return None
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
 def strtoui(text: str, maximum: int) -> Optional[int]:
     """Read `text` the way iptables' xtables_strtoui(..., base 0) does: decimal,
     0x-prefixed hex or 0-prefixed octal, the whole string, at most `maximum`.

@@ -32,7 +32,12 @@ class Token:
         return self.text
 
 
+_SPACES = re.compile(r"[ \t\n]+")
+
+
 def tokenize(line: str) -> list[Token]:
+    if '"' not in line:               # fast path: nothing but separators to care about
+        return [Token(w) for w in _SPACES.split(line) if w]
     words: list[Token] = []
     buf: list[str] = []
     quote_open = False

@@ -202,6 +202,12 @@ NEGATIVE_CASES = [
      "192.0.2.1 or 10.0.0.0/8, found 'localhost'"),
     ("-d 10.1.2", "invalid address in -d, expected an IPv4 address such as 192.0.2.1 or 10.0.0.0/8, "
      "found '10.1.2'"),
+    ("-s 010.0.0.1", "invalid address in -s, expected an IPv4 address such as 192.0.2.1 or 10.0.0.0/8, "
+     "found '010.0.0.1'"),
+    ("-s 1.2.3.256/8", "invalid address in -s, expected an IPv4 address such as 192.0.2.1 or "
+     "10.0.0.0/8, found '1.2.3.256/8'"),
+    ("-s 1.2.3.4/255.0.0.256", "invalid mask in -s, expected a prefix length 0-32 or a dotted mask, "
+     "found '1.2.3.4/255.0.0.256'"),
     ("-s 10.0.0.0/33", "invalid mask in -s, expected a prefix length 0-32 or a dotted mask, "
      "found '10.0.0.0/33'"),
     ("-s 1.1.1.1 -s 2.2.2.2", "option '-s' given twice, expected one -s and one -d per rule, found '-s'"),
@@ -473,6 +479,17 @@ def test_corpus_round_trip(name, text):
     assert save_ruleset(again, counters=counters_of(again)) == saved
     plain = save_ruleset(rs)
     assert save_ruleset(parse_ruleset(plain)) == plain
+
+
+def test_large_ruleset_is_fast():
+    import time
+    from test_iptables_oracle import generated
+    text = generated(5000)
+    start = time.perf_counter()
+    rs = parse_ruleset(text, "big")
+    save_ruleset(rs)
+    assert sum(len(c.rules) for c in rs.tables[0].chains) > 5000
+    assert time.perf_counter() - start < 5.0
 
 
 # --- tokenizer ------------------------------------------------------------------------------
