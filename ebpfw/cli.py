@@ -298,7 +298,9 @@ def _render_show(data: dict) -> None:
                      f"{ch.get('bytes', 0)} bytes)")
         else:
             title = f"Chain {ch['name']} (user-defined)"
-        t = Table(title=Text(title), title_justify="left", show_lines=False, expand=False)
+        con.print()
+        con.print(Text(title, style="bold"))
+        t = Table(show_lines=False, expand=False)
         t.add_column("num", justify="right")
         t.add_column("pkts", justify="right")
         t.add_column("bytes", justify="right")
@@ -311,7 +313,9 @@ def _render_show(data: dict) -> None:
         con.print(t)
     stats = data.get("stats") or {}
     if stats:
-        t = Table(title=Text("Datapath statistics"), title_justify="left")
+        con.print()
+        con.print(Text("Datapath statistics", style="bold"))
+        t = Table()
         t.add_column("counter")
         t.add_column("value", justify="right")
         for k, v in stats.items():
