@@ -16,9 +16,10 @@ from .errors import RulesetError
 from .iptables.matches import spec_of
 from .iptables.parse import chain_name_problem
 from .iptables.protocols import protocol_name
+from .iptables.save import format_rule
 from .ruleset import (
-    BUILTIN_CHAINS, VERDICTS, Chain, ConntrackMatch, IpMatch, MultiportMatch, Pos, Rule, Ruleset,
-    Table, TcpMatch,
+    BUILTIN_CHAINS, VERDICTS, Chain, ConntrackMatch, IcmpMatch, IpMatch, MultiportMatch, Pos, Rule,
+    Ruleset, Table, TcpMatch,
 )
 
 SUPPORTED_TABLES = ("filter",)
@@ -29,7 +30,6 @@ def _p(pos: Pos, what: str, expected: str, found: str) -> str:
 
 
 def _rule_text(chain: str, rule: Rule) -> str:
-    from .iptables.save import format_rule
     try:
         return format_rule(chain, rule)
     except Exception:                  # a hand-made IR the printer cannot print
@@ -127,6 +127,12 @@ class _Checker:
             self.add(pos, "option '--tcp-option' is not supported yet",
                      "a tcp match without --tcp-option",
                      f"{'! ' if m.option_invert else ''}--tcp-option {m.option}")
+        if isinstance(m, IcmpMatch) and m.type != 0xFF and (m.code_min, m.code_max) != (0, 0xFF) \
+                and m.code_min != m.code_max:
+            self.add(pos, f"ICMP code range {m.code_min}-{m.code_max} has no iptables form",
+                     "one code or all codes (0-255)", text)
+        if isinstance(m, ConntrackMatch) and not m.states:
+            self.add(pos, f"match '{m.module}' without states", "at least one state", text)
         if isinstance(m, ConntrackMatch) and not self.allow_conntrack:
             self.add(pos, f"match '{m.module}' is not supported yet (connection tracking is not "
                      "enabled in this ebpfw)", "a rule without conntrack or state matches",

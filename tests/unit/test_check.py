@@ -10,7 +10,7 @@ from ebpfw.check import check_ruleset
 from ebpfw.errors import RulesetError
 from ebpfw.iptables import parse_ruleset
 from ebpfw.ruleset import (
-    Chain, ConntrackMatch, IfaceMatch, IpMatch, Net, Pos, Rule, Ruleset, Table, Target, TcpMatch,
+    Chain, ConntrackMatch, IcmpMatch, IfaceMatch, IpMatch, Net, Pos, Rule, Ruleset, Table, Target, TcpMatch,
 )
 from test_iptables_oracle import CORPUS
 
@@ -175,6 +175,17 @@ def test_deep_chain_nesting_no_recursion_limit():
     problems = problems_ir(ir(*chains))
     assert len(problems) == 1 and problems[0].startswith(f"ir:{10 + n - 1}: jump from chain 'c{n - 1}' to 'c0'")
     check_ruleset(ir(*chains[:-1], Chain(f"c{n - 1}", None, (r(Target("RETURN"), 5),), P)))
+
+
+def test_unprintable_ir_matches():
+    rs = ir(builtin("INPUT", r(Target("ACCEPT"), 3, IpMatch(proto=1), (IcmpMatch(3, 1, 5),)),
+                    r(Target("ACCEPT"), 4, matches=(ConntrackMatch(None),))))
+    assert problems_ir(rs, allow_conntrack=True) == [
+        "ir:3: ICMP code range 1-5 has no iptables form, expected one code or all codes (0-255), found "
+        "'-A INPUT -p icmp -m icmp --icmp-type 3/1 -j ACCEPT'",
+        "ir:4: match 'conntrack' without states, expected at least one state, found "
+        "'-A INPUT -m conntrack -j ACCEPT'",
+    ]
 
 
 def test_conntrack_ir_allowed():
