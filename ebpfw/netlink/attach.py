@@ -69,6 +69,7 @@ TC_HANDLE = 0xEBF
 OUR_FILTER_PREFIX = "ebpfw"
 
 XDP_MODES = ("auto", "xdp", "xdp-generic")
+RECV_TIMEOUT = 10.0
 _MODE_FLAGS = {"xdp": XDP_FLAGS_DRV_MODE, "xdp-generic": XDP_FLAGS_SKB_MODE}
 _ATTACHED_MODE = {XDP_ATTACHED_DRV: "xdp", XDP_ATTACHED_SKB: "xdp-generic", XDP_ATTACHED_HW: "xdp-offload"}
 
@@ -143,6 +144,7 @@ class _Rtnl:
             except OSError:
                 pass  # old kernels: no extended acks, the errno is still there
         self.sock.bind((0, 0))
+        self.sock.settimeout(RECV_TIMEOUT)
         self.seq = 0
 
     def __enter__(self) -> "_Rtnl":
@@ -156,10 +158,16 @@ class _Rtnl:
         self.seq += 1
         seq = self.seq
         hdr = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), msg_type, flags | NLM_F_REQUEST, seq, 0)
-        self.sock.send(hdr + body)
         replies: list[tuple[int, bytes]] = []
+        try:
+            self.sock.send(hdr + body)
+        except OSError as exc:
+            raise NetlinkError(exc.errno or errno.EIO) from None
         while True:
-            data = self.sock.recv(1 << 20)
+            try:
+                data = self.sock.recv(1 << 20)
+            except socket.timeout:
+                raise KernelError(f"rtnetlink did not answer within {RECV_TIMEOUT:.0f} s") from None
             off = 0
             while off + _NLMSGHDR.size <= len(data):
                 length, rtype, rflags, rseq, _pid = _NLMSGHDR.unpack_from(data, off)

@@ -93,9 +93,27 @@ def ifname(index: int) -> str:
                          hint="list them with: ip -br link") from None
 
 
+SO_NETNS_COOKIE = 71
+
+
+def netns_cookie() -> int | None:
+    """The kernel's 64-bit cookie of the current network namespace (Linux 5.14+), never reused
+    during one boot (unlike inode numbers, which a new namespace may recycle); None if the
+    kernel is too old."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            return int.from_bytes(s.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+        except OSError:
+            return None
+
+
 def netns_key() -> str:
     """A stable identifier of the current network namespace: 'ns<inode>' of /proc/self/ns/net.
-    The same namespace always gives the same key (while it exists); different namespaces differ."""
+    The same namespace always gives the same key (while it exists); different namespaces differ.
+    The initial namespace's inode is allocated early at boot and is in practice the same on
+    every boot of a given kernel, but the kernel does not promise it. A namespace created later
+    may reuse a dead one's inode, so callers that keep state beyond a namespace's lifetime
+    should also record netns_cookie() and compare it."""
     try:
         st = os.stat("/proc/thread-self/ns/net")
     except OSError:

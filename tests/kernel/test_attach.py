@@ -210,16 +210,18 @@ def test_host_view_and_errors(netns):
         out["addrs"] = local_addresses()
         out["key"] = netns_key()
         out["key2"] = netns_key()
+        out["cookie"] = netns_cookie()
         out["ifindex"] = ifindex({if_a!r})
         out["missing"] = err_of(ifindex, "nosuchif0")
         out["gone"] = err_of(attach_xdp, 999999, fds["x_pass"], "xdp-generic")
     """)
-    key_b = json.loads(netns.python(ns_b, "from ebpfw.netlink import netns_key; import json;"
-                                    "print(json.dumps(netns_key()))").stdout)
+    key_b, cookie_b = json.loads(netns.python(ns_b, "from ebpfw.netlink import netns_key, netns_cookie;"
+                                              "import json; print(json.dumps([netns_key(), netns_cookie()]))").stdout)
     assert ["lo", "", 6] in out["links"] and [if_a, "veth", 6] in out["links"]
     assert if_b not in [name for name, _k, _m in out["links"]]
     assert out["addrs"] == [[1, 0x7F000001, 8], [out["ifindex"], 0x0AC70401, 24]]
     assert out["key"] == out["key2"] and out["key"].startswith("ns") and out["key"] != key_b
+    assert isinstance(out["cookie"], int) and out["cookie"] != cookie_b
     assert out["missing"]["text"].startswith("no interface 'nosuchif0' in this network namespace")
     assert out["gone"]["type"] == "KernelError" and "ifindex 999999" in out["gone"]["text"]
 
