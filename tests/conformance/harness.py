@@ -83,10 +83,12 @@ class IptablesSide:
 
 
 def ebpfw_argv() -> list[str]:
-    """How to run the ebpfw CLI: $EBPFW_PY (e.g. '/work/main/.venv/bin/python -m ebpfw.cli'),
-    else this interpreter with -m ebpfw.cli from the repository."""
+    """How to run the ebpfw CLI: $EBPFW_PY (e.g. '/work/main/.venv/bin/ebpfw'), else this
+    interpreter running ebpfw.cli:main from the repository (PYTHONPATH is set to it)."""
     env = os.environ.get("EBPFW_PY")
-    return shlex.split(env) if env else [sys.executable, "-m", "ebpfw.cli"]
+    if env:
+        return shlex.split(env)
+    return [sys.executable, "-c", "import sys; from ebpfw.cli import main; sys.exit(main())"]
 
 
 def ebpfw_unavailable() -> Optional[str]:

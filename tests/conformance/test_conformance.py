@@ -10,10 +10,14 @@ test_ebpfw_matches_iptables: the same ruleset and script under ebpfw give the sa
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from .cases import CASE_MODULES, load_case
 from .harness import ImportRefused, compare, coverage_report, render_report, run_case
+
+STEPWISE_ON_FAILURE = os.environ.get("CONFORMANCE_STEPWISE_REPLAY", "1") != "0"
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(600)]
 
@@ -42,11 +46,17 @@ def test_ebpfw_matches_iptables(module, iptables_side, ebpfw_side, iptables_runs
         ebpfw_side.import_ruleset(case.ruleset)
     except ImportRefused as exc:
         if case.stateful:
-            pytest.xfail(f"ebpfw import refuses this stateful ruleset yet: {exc}")
+            first = str(exc).splitlines()
+            pytest.xfail(f"ebpfw import refuses this stateful ruleset yet ({len(first)} lines): "
+                         f"{first[0] if first else ''}")
         raise AssertionError(f"ebpfw import refused {case.source}:\n{exc}") from None
     ref = _iptables_run(case, iptables_side, iptables_runs)
-    got = run_case(ebpfw_side, case)
+    got = run_case(ebpfw_side, case, stepwise=False)
     diffs = compare(case, ref, got)
+    if diffs and STEPWISE_ON_FAILURE:
+        # replay with a counter snapshot after every step, to show which steps hit the rule
+        got = run_case(ebpfw_side, case, stepwise=True)
+        diffs = compare(case, ref, got)
     report = render_report(case, ref, got, diffs)
     print(report)
     assert not diffs, report
