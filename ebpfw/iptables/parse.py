@@ -155,6 +155,16 @@ class _Parser:
             self.problem(lineno, "malformed chain line", "':CHAIN POLICY [PACKETS:BYTES]'", s)
             return
         name, policy = words[0], words[1]
+        if name in sec.chains:
+            first = sec.chains[name][2]
+            self.problem(lineno, f"chain '{name}' declared twice (first at line {first.line})",
+                         "one ':CHAIN' line per chain", s)
+            return
+        builtins = BUILTIN_CHAINS.get(sec.name, ())
+        pol: Optional[str] = policy if name in builtins else None
+        # From here on the chain is declared even if the line has a problem, so its rules
+        # are still parsed (and not reported as rules of an undeclared chain).
+        sec.chains[name] = (pol, Counters(), pos)
         counters = Counters()
         if len(words) == 3:
             m = _COUNTERS.fullmatch(words[2])
@@ -162,12 +172,10 @@ class _Parser:
                 self.problem(lineno, f"malformed counters for chain '{name}'", "[PACKETS:BYTES]", words[2])
                 return
             counters = Counters(int(m.group(1)), int(m.group(2)))
-        builtins = BUILTIN_CHAINS.get(sec.name, ())
         if name in builtins:
             if policy not in VERDICTS:
                 self.problem(lineno, f"built-in chain '{name}' needs a policy", "ACCEPT or DROP", policy)
                 return
-            pol: Optional[str] = policy
         else:
             why = chain_name_problem(name)
             if why:
@@ -180,13 +188,7 @@ class _Parser:
                              f"(built-in chains of table '{sec.name}' are {', '.join(builtins)})",
                              "'-'", policy)
                 return
-            pol = None
             counters = Counters()      # iptables-save prints [0:0] for user chains
-        if name in sec.chains:
-            first = sec.chains[name][2]
-            self.problem(lineno, f"chain '{name}' declared twice (first at line {first.line})",
-                         "one ':CHAIN' line per chain", s)
-            return
         sec.chains[name] = (pol, counters, pos)
 
     def store_rule(self, sec: _Section, s: str, lineno: int) -> None:
@@ -212,13 +214,14 @@ class _Parser:
                 sec.chains[b] = ("ACCEPT", Counters(), sec.pos)
         rules: dict[str, list[Rule]] = {name: [] for name in sec.chains}
         for lineno, tokens, counters in sec.rules:
+            rp = _RuleParser(self.filename, lineno, sec, tokens)
             try:
-                chain, rule = _RuleParser(self.filename, lineno, sec, tokens).parse()
+                chain, rule = rp.parse()
             except _LineProblem as exc:
                 self.raw_problem(lineno, str(exc))
                 continue
             if counters is not None:
-                if rule.counters != Counters():
+                if rp.counters_given:
                     self.problem(lineno, "counters given twice", "either [p:b] or -c", "-c")
                     continue
                 rule = Rule(rule.ip, rule.matches, rule.target, rule.pos, counters)

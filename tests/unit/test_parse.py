@@ -392,6 +392,11 @@ STRUCTURE_CASES = [
      ["t.rules:2: command '-I' is not allowed in a ruleset file, expected '-A CHAIN ...', found '-I'"]),
     ("*filter\n[1:x] -A INPUT\nCOMMIT\n",
      ["t.rules:2: malformed rule counters, expected [PACKETS:BYTES] -A CHAIN ..., found '[1:x] -A INPUT'"]),
+    ("*filter\n:mine ACCEPT [0:0]\n-A mine -j DROP\n-A INPUT -j mine\nCOMMIT\n",   # no cascade
+     ["t.rules:2: user-defined chain 'mine' cannot have a policy (built-in chains of table 'filter' "
+      "are INPUT, FORWARD, OUTPUT), expected '-', found 'ACCEPT'"]),
+    ("*filter\n[1:2] -A INPUT -c 0 0\nCOMMIT\n",
+     ["t.rules:2: counters given twice, expected either [p:b] or -c, found '-c'"]),
     ("*filter\n[1:2] -A INPUT -c 3 4\nCOMMIT\n",
      ["t.rules:2: counters given twice, expected either [p:b] or -c, found '-c'"]),
 ]
