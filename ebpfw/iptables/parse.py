@@ -269,11 +269,14 @@ class _RuleParser:
         if self.i >= len(self.words):
             self.fail(f"option '{option}' needs {what}", f"'{option} VALUE'", "end of line")
         arg = self.words[self.i]
+        self.i += 1
+        return arg
+
+    def intrapositioned(self, option: str, arg: str) -> None:
+        """`-s ! ADDR`: old iptables syntax, refused by iptables 1.8 too."""
         if arg == "!":
             self.fail(f"'!' after option '{option}'", f"'! {option} VALUE' (the '!' goes first)",
                       f"{option} !")
-        self.i += 1
-        return arg
 
     def parse(self) -> tuple[str, Rule]:
         if not self.words:
@@ -314,7 +317,9 @@ class _RuleParser:
             if key in self.given:
                 self.fail(f"option '{word}' given twice", "one -s and one -d per rule", word)
             self.given.add(key)
-            net = parse_net(self.next_arg(word, "an address"), word)
+            arg = self.next_arg(word, "an address")
+            self.intrapositioned(word, arg)
+            net = parse_net(arg, word)
             if net.mask or invert:        # iptables-save drops a plain 0.0.0.0/0
                 self.ip[key] = net
                 self.ip[key + "_invert"] = invert
@@ -324,7 +329,9 @@ class _RuleParser:
             if key in self.given:
                 self.fail(f"option '{word}' given twice", "one -i and one -o per rule", word)
             self.given.add(key)
-            iface = parse_iface(self.next_arg(word, "an interface name"), word, invert)
+            arg = self.next_arg(word, "an interface name")
+            self.intrapositioned(word, arg)
+            iface = parse_iface(arg, word, invert)
             if iface.name != "+" or invert:   # a plain "-i +" matches every interface
                 self.ip[key] = iface
             return
@@ -332,6 +339,7 @@ class _RuleParser:
             if "proto" in self.given:
                 self.fail(f"option '{word}' given twice", "one -p per rule", word)
             arg = self.next_arg(word, "a protocol")
+            self.intrapositioned(word, arg)
             self.given.add("proto")
             proto = P.parse_protocol(arg)
             if proto is None:
@@ -447,6 +455,8 @@ class _RuleParser:
         try:
             value = opt.read(args, self.ctx, word)
         except OptionError as exc:
+            for arg in args:
+                self.intrapositioned(word, arg)
             self.fail(exc.what, exc.expected, exc.found)
         loaded.values[opt.key] = Given(value, invert, word)
 

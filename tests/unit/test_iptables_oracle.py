@@ -227,6 +227,8 @@ COMMENTS = r"""
 -A INPUT -m comment --comment "dollar $HOME # not a comment" -j ACCEPT
 -A INPUT -p tcp -m comment --comment first --dport 22 -m comment --comment second -j ACCEPT
 -A INPUT -j ACCEPT -m comment --comment after-target
+-A INPUT -m comment --comment "!" -j ACCEPT
+-A INPUT -m comment --comment -j -j ACCEPT
 COMMIT
 """
 

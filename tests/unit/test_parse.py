@@ -106,6 +106,8 @@ IR_CASES = [
      (IprangeMatch(src=(0x0A000001, 0x0A000009), dst=(0x0A000005, 0x0A000005), dst_invert=True),)),
     ('-m comment --comment "a \\"b\\" c"', IpMatch(), (CommentMatch('a "b" c'),)),
     ("-m comment --comment ''", IpMatch(), (CommentMatch("''"),)),
+    ('-m comment --comment "!"', IpMatch(), (CommentMatch("!"),)),
+    ("-m comment --comment -x", IpMatch(), (CommentMatch("-x"),)),
     ("-m conntrack --ctstate established,related", IpMatch(),
      (ConntrackMatch(CT_ESTABLISHED | CT_RELATED),)),
     ("-m conntrack ! --ctstate INVALID,NEW,UNTRACKED", IpMatch(),
@@ -327,6 +329,9 @@ NEGATIVE_CASES = [
      "match, found '-x'"),
     ("foo", "unexpected word, expected an option such as -s, -p, -m or -j, found 'foo'"),
     ("! ! -s 1.1.1.1", "'!' twice, expected one '!' before an option, found '! !'"),
+    ("-p tcp --dport ! 22", "'!' after option '--dport', expected '! --dport VALUE' (the '!' goes first), "
+     "found '--dport !'"),
+    ("-i !", "'!' after option '-i', expected '! -i VALUE' (the '!' goes first), found '-i !'"),
     ("-s 1.1.1.1 !", "'!' at the end of the rule, expected an option after '!', found '!'"),
     ("-c 1 x", "malformed counters, expected '-c PACKETS BYTES' with decimal numbers, found '1 x'"),
 ]

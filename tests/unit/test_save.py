@@ -190,8 +190,10 @@ def iprange_matches(draw):
                         dst is not None and draw(st.booleans()))
 
 
-comment_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"),
-                       max_size=60).filter(lambda s: len(s.encode()) <= 255)
+comment_text = st.one_of(
+    st.sampled_from(["!", "-x", "--comment", "", '"', "\\", "'", " ", "-j", "# x", "[1:2]"]),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"),
+            max_size=60).filter(lambda s: len(s.encode()) <= 255))
 
 
 @st.composite
