@@ -1,0 +1,202 @@
+"""Property-based differential test: random rulesets within ebpfw's supported subset and random
+packets must give the same per-rule counters and deliveries under iptables and under ebpfw.
+
+The rulesets nest user chains (jumps only go "forward", so there are no loops), use goto,
+RETURN, negations everywhere iptables allows them, overlapping prefixes, port ranges,
+multiport, tcp flags, icmp types and iprange. Packets enter from both sides and are generated
+by the DUT itself, from a small pool of addresses and ports chosen to sit on the rules'
+boundaries.
+
+`make test` runs a few examples (CONFORMANCE_EXAMPLES, default 5) without shrinking; the slow
+run (`make conformance`, CONFORMANCE_LONG_EXAMPLES, default 200) shrinks a failure to a small
+ruleset. The same two topologies serve every example: rules are reloaded and counters start
+from zero each time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from .harness import ImportRefused, compare, render_report, run_case
+from .packets import Case, Send
+
+pytestmark = [pytest.mark.kernel, pytest.mark.timeout(3600)]
+
+DUT_WAN, DUT_LAN, CLI, SRV = "10.91.1.1", "10.91.2.1", "10.91.1.2", "10.91.2.2"
+
+PREFIXES = ["10.91.1.2/32", "10.91.1.0/24", "10.91.0.0/16", "10.91.2.2/32", "10.91.2.0/24",
+            "10.91.1.1/32", "10.91.2.1/32", "203.0.113.0/24", "203.0.113.0/25",
+            "203.0.113.128/26", "203.0.113.7/32", "198.51.100.0/24", "198.51.100.128/25",
+            "172.16.0.0/12", "172.17.0.0/16", "0.0.0.0/1", "128.0.0.0/1"]
+RANGES = [("203.0.113.1", "203.0.113.100"), ("203.0.113.100", "203.0.113.200"),
+          ("10.91.1.0", "10.91.2.255"), ("198.51.100.10", "198.51.100.10"),
+          ("172.17.0.1", "172.17.0.9")]
+IFACES = ["dut0", "dut1", "dut+", "d+", "cli0"]
+PORTS = [0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65535]
+PORT_SPECS = ["22", "80", "53", "1024:65535", "0:1023", "80:443", "443", "8080", "65535", "1:79"]
+FLAG_NAMES = ["FIN", "SYN", "RST", "PSH", "ACK", "URG"]
+ICMP_SPECS = ["8", "0", "3", "3/3", "11", "11/1", "13", "any", "5/1"]
+
+# (role, src, dst): who sends, and addresses that make INPUT, FORWARD and OUTPUT traffic
+CLI_SRCS = [CLI, "203.0.113.7", "203.0.113.50", "203.0.113.130", "203.0.113.150", "192.0.2.5",
+            "198.51.100.129"]
+CLI_DSTS = [DUT_WAN, DUT_LAN, SRV, "198.51.100.10", "198.51.100.200", "172.17.0.2",
+            "203.0.113.99"]
+SRV_SRCS = [SRV, "198.51.100.10", "198.51.100.200", "172.17.0.2", "10.91.2.77"]
+SRV_DSTS = [DUT_LAN, DUT_WAN, CLI, "203.0.113.7", "203.0.113.130", "172.17.0.9"]
+DUT_DSTS = [CLI, SRV, "203.0.113.7", "198.51.100.10", "198.51.100.200"]
+
+
+def _neg(draw) -> str:
+    return "! " if draw(st.booleans()) else ""
+
+
+@st.composite
+def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: bool) -> list[str]:
+    out = []
+    for _ in range(draw(st.integers(0, 5))):
+        parts = ["-A", chain]
+        if draw(st.integers(0, 2)) == 0:
+            parts += [f"{_neg(draw)}-s", draw(st.sampled_from(PREFIXES))]
+        if draw(st.integers(0, 2)) == 0:
+            parts += [f"{_neg(draw)}-d", draw(st.sampled_from(PREFIXES))]
+        if may_in and draw(st.integers(0, 2)) == 0:
+            parts += [f"{_neg(draw)}-i", draw(st.sampled_from(IFACES))]
+        if may_out and draw(st.integers(0, 2)) == 0:
+            parts += [f"{_neg(draw)}-o", draw(st.sampled_from(IFACES))]
+        proto = draw(st.sampled_from([None, "tcp", "udp", "icmp", "47"]))
+        if proto:
+            neg = draw(st.integers(0, 5)) == 0
+            parts += [f"{'! ' if neg else ''}-p", proto]
+            if not neg and proto in ("tcp", "udp"):
+                kind = draw(st.sampled_from(["none", "ports", "multiport", "flags"]
+                                            if proto == "tcp" else ["none", "ports", "multiport"]))
+                if kind == "ports":
+                    parts += ["-m", proto]
+                    if draw(st.booleans()):
+                        parts += [f"{_neg(draw)}--sport", draw(st.sampled_from(PORT_SPECS))]
+                    parts += [f"{_neg(draw)}--dport", draw(st.sampled_from(PORT_SPECS))]
+                elif kind == "flags":
+                    parts += ["-m", "tcp"]
+                    if draw(st.booleans()):
+                        parts += [f"{_neg(draw)}--syn"]
+                    else:
+                        mask = draw(st.lists(st.sampled_from(FLAG_NAMES), min_size=1,
+                                             unique=True))
+                        comp = draw(st.lists(st.sampled_from(mask), unique=True))
+                        parts += [f"{_neg(draw)}--tcp-flags", ",".join(mask),
+                                  ",".join(comp) if comp else "NONE"]
+                elif kind == "multiport":
+                    items = draw(st.lists(st.sampled_from(PORT_SPECS + ["25", "8443"]),
+                                          min_size=1, max_size=4, unique=True))
+                    parts += ["-m", "multiport",
+                              f"{_neg(draw)}--{draw(st.sampled_from(['dports', 'sports', 'ports']))}",
+                              ",".join(items)]
+            elif not neg and proto == "icmp" and draw(st.booleans()):
+                parts += ["-m", "icmp", f"{_neg(draw)}--icmp-type", draw(st.sampled_from(ICMP_SPECS))]
+        if draw(st.integers(0, 4)) == 0:
+            lo, hi = draw(st.sampled_from(RANGES))
+            which = draw(st.sampled_from(["--src-range", "--dst-range"]))
+            parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
+        if draw(st.integers(0, 6)) == 0:
+            parts += ["-m", "comment", "--comment", f'"rule {len(out) + 1} of {chain}"']
+        targets = ["ACCEPT", "DROP", "RETURN", None]
+        targets += [f"J:{c}" for c in user_chains] + [f"G:{c}" for c in user_chains]
+        t = draw(st.sampled_from(targets))
+        if t and t.startswith(("J:", "G:")):
+            parts += ["-j" if t[0] == "J" else "-g", t[2:]]
+        elif t:
+            parts += ["-j", t]
+        out.append(" ".join(parts))
+    return out
+
+
+@st.composite
+def rulesets(draw) -> str:
+    n_user = draw(st.integers(0, 3))
+    users = [f"U{i}" for i in range(n_user)]
+    lines = ["*filter"]
+    for c in ("INPUT", "FORWARD", "OUTPUT"):
+        lines.append(f":{c} {draw(st.sampled_from(['ACCEPT', 'DROP']))} [0:0]")
+    lines += [f":{u} - [0:0]" for u in users]
+    lines += draw(rules_for("INPUT", users, True, False))
+    lines += draw(rules_for("FORWARD", users, True, True))
+    lines += draw(rules_for("OUTPUT", users, False, True))
+    for i, u in enumerate(users):
+        lines += draw(rules_for(u, users[i + 1:], True, True))
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def packets(draw):
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Raw
+
+    role = draw(st.sampled_from(["cli", "cli", "srv", "srv", "dut"]))
+    if role == "cli":
+        src, dst = draw(st.sampled_from(CLI_SRCS)), draw(st.sampled_from(CLI_DSTS))
+    elif role == "srv":
+        src, dst = draw(st.sampled_from(SRV_SRCS)), draw(st.sampled_from(SRV_DSTS))
+    else:
+        src, dst = None, draw(st.sampled_from(DUT_DSTS))
+    ip = IP(dst=dst) if src is None else IP(src=src, dst=dst)
+    proto = draw(st.sampled_from(["tcp", "tcp", "udp", "icmp", "gre"]))
+    if proto == "tcp":
+        flags = draw(st.integers(0, 63))
+        pkt = ip / TCP(sport=draw(st.sampled_from(PORTS)), dport=draw(st.sampled_from(PORTS)),
+                       flags=flags, seq=1000, ack=1 if flags & 0x10 else 0, window=1024)
+    elif proto == "udp":
+        pkt = ip / UDP(sport=draw(st.sampled_from(PORTS)), dport=draw(st.sampled_from(PORTS))) \
+            / Raw(b"hypothesis")
+    elif proto == "icmp":
+        t = draw(st.sampled_from([0, 3, 5, 8, 11, 13, 14]))
+        pkt = ip / ICMP(type=t, code=draw(st.sampled_from([0, 1, 3]))) / Raw(b"\x00" * 28)
+    else:
+        ip.proto = 47
+        pkt = ip / Raw(b"\x00\x00\x08\x00" + b"\x00" * 20)
+    return Send(role, [pkt])
+
+
+def _check(text: str, steps: list, iptables_side, ebpfw_side) -> None:
+    case = Case(name="hypothesis", ruleset=text, steps=steps)
+    try:
+        ebpfw_side.import_ruleset(text)
+    except ImportRefused as exc:
+        raise AssertionError(f"ebpfw import refused a ruleset in the supported subset:\n{exc}\n"
+                             f"--- ruleset\n{text}") from None
+    ref = run_case(iptables_side, case, stepwise=True)
+    got = run_case(ebpfw_side, case, stepwise=False)
+    diffs = compare(case, ref, got)
+    if diffs:
+        got = run_case(ebpfw_side, case, stepwise=True)
+        diffs = compare(case, ref, got) or diffs
+        raise AssertionError(render_report(case, ref, got, diffs, limit=20)
+                             + f"\n--- ruleset\n{text}")
+
+
+def _settings(examples: int, shrink: bool):
+    phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
+    if shrink:
+        phases.append(Phase.shrink)
+    return settings(max_examples=examples, deadline=None, phases=phases, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+
+
+@_settings(int(os.environ.get("CONFORMANCE_EXAMPLES", "5")),
+           os.environ.get("CONFORMANCE_SHRINK", "0") == "1")
+@given(text=rulesets(), steps=st.lists(packets(), min_size=8, max_size=20))
+def test_random_rulesets_match(text, steps, iptables_side, ebpfw_side):
+    _check(text, steps, iptables_side, ebpfw_side)
+
+
+@pytest.mark.slow
+@_settings(int(os.environ.get("CONFORMANCE_LONG_EXAMPLES", "200")), True)
+@given(text=rulesets(), steps=st.lists(packets(), min_size=8, max_size=30))
+def test_random_rulesets_match_long(text, steps, iptables_side, ebpfw_side):
+    _check(text, steps, iptables_side, ebpfw_side)
