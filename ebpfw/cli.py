@@ -243,8 +243,9 @@ def apply(
     ruleset: Annotated[str, typer.Argument(metavar="RULESET", help="Ruleset file; '-' reads stdin.")],
     iface: Annotated[list[str], typer.Option("--iface", "-i", metavar="IF",
                                              help="Interface to enforce on (repeat for several).")],
-    mode: Annotated[Mode, typer.Option("--mode", help="Ingress hook: auto tries native XDP, then "
-                                       "generic XDP, then TC.", case_sensitive=False)] = Mode.auto,
+    mode: Annotated[Mode, typer.Option("--mode", help="Ingress hook: xdp (native), xdp-generic, tc "
+                                       "(clsact); auto keeps the XDP mode in use, else tries native "
+                                       "XDP, then generic XDP.", case_sensitive=False)] = Mode.auto,
     counters: Annotated[bool, typer.Option("--counters", "-c", help="Start the counters from the "
                                            "file's [packets:bytes] (like iptables-restore -c).")] = False,
 ) -> None:
