@@ -152,10 +152,14 @@ def _initial_counters(plan, table: Table) -> dict:
     return {"rules": rules, "chains": chains}
 
 
-def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False) -> dict:
+def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False,
+          modes: Optional[dict[str, str]] = None) -> dict:
+    """`modes` optionally gives some interfaces another ingress mode than `mode`."""
     t0 = time.monotonic()
-    if mode not in MODES:
-        raise EbpfwError(f"unknown --mode {mode!r}, expected one of {', '.join(MODES)}")
+    modes = dict(modes or {})
+    for m in [mode, *modes.values()]:
+        if m not in MODES:
+            raise EbpfwError(f"unknown --mode {m!r}, expected one of {', '.join(MODES)}")
     if not ifaces:
         raise EbpfwError("no interface given, expected at least one --iface IF")
     rs = _parse(text, filename)
@@ -178,7 +182,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
     with state.ApplyLock():
         cur = state.read_json(CURRENT)
         prev_ifaces = {r["name"]: r for r in cur["ifaces"]} if cur else {}
-        targets = [(by_name[i], mode) for i in ifaces]
+        targets = [(by_name[i], modes.get(i, mode)) for i in ifaces]
         judged = {by_name[i].ifindex for i in ifaces}
         addrs = host.local_addresses()
         cur_shape = Shape.from_json(cur["shape"]) if cur else None
@@ -190,8 +194,9 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                 dp.write_slot(slot, plan, links, init)
                 # the union while interfaces change, so no forwarded packet escapes judgement
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
-                same = {(r["name"], r.get("mode")) for r in prev_ifaces.values()} == {
-                    (link.name, m) for link, m in targets}
+                # an interface re-created under the same name has a new ifindex: attach again
+                same = {(r["name"], r["ifindex"], r.get("mode")) for r in prev_ifaces.values()} == {
+                    (link.name, link.ifindex, m) for link, m in targets}
                 records = list(prev_ifaces.values()) if same else _attach_all(dp, targets, prev_ifaces)
                 dp.flip(slot)
                 dp.write_host(links, addrs, judged)
