@@ -79,7 +79,7 @@ def bpffs(tmp_path):
 @pytest.fixture
 def ebpfw_env(bpffs, tmp_path, monkeypatch):
     """Point ebpfw's pin and state roots at private places; returns (bpffs, state_dir).
-    Child processes inherit the variables through os.environ."""
+    Child processes inherit the variables through os.environ. Needs root (mounts a bpffs)."""
     state = tmp_path / "state"
     state.mkdir()
     monkeypatch.setenv("EBPFW_BPFFS", str(bpffs))
