@@ -32,6 +32,20 @@ DUT_ADDR = "10.0.0.2"   # on d0 in the DUT namespace
 PEER_ADDR = "10.0.0.1"  # on p0 in the peer namespace
 
 
+def exit_on_term() -> None:
+    """SIGTERM (run.sh stopping a step) becomes SystemExit, so every `with Sandbox()` cleans up."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def register(kind: str, what: str) -> None:
+    """Note an object we created in $BENCH_REGISTRY, so run.sh's trap can remove it even if
+    this process is killed before its own cleanup runs."""
+    reg = os.environ.get("BENCH_REGISTRY")
+    if reg:
+        with open(reg, "a") as f:
+            f.write(f"{kind} {what}\n")
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -91,6 +105,7 @@ class Memcg:
         self.ok = False
         try:
             self.path.mkdir()
+            register("memcg", str(self.path))
             self.ok = True
             if limit_bytes:
                 (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
@@ -156,6 +171,7 @@ class Sandbox:
         for ns in (self.dut, self.peer):
             if Path("/run/netns", ns).exists():
                 raise RuntimeError(f"namespace {ns} exists already; refusing to touch it")
+            register("netns", ns)
             run(["ip", "netns", "add", ns])
             self._made.append(ns)
         run(["ip", "link", "add", "d0", "netns", self.dut, "type", "veth", "peer", "name", "p0", "netns", self.peer])
@@ -166,6 +182,7 @@ class Sandbox:
             run(["ip", "-n", ns, "link", "set", dev, "up"])
         self.bpffs.mkdir()
         self.state.mkdir()
+        register("mount", str(self.bpffs))
         run(["mount", "-t", "bpf", "bpf", str(self.bpffs)])
         self._mounted = True
 

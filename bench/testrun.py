@@ -228,6 +228,7 @@ def main() -> int:
     ap.add_argument("--mem-limit-gb", type=float, default=6)
     ap.add_argument("--out")
     a = ap.parse_args()
+    B.exit_on_term()
     if a.worker:
         print(json.dumps(worker(json.loads(a.worker))), flush=True)
         return 0
