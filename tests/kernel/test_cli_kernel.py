@@ -267,3 +267,40 @@ def test_unprivileged_user_gets_a_clear_message(topo):
     assert r.returncode == 1, r.stderr
     assert "error: `ebpfw save` needs root" in r.stderr
     assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+def test_switch_hooks_and_interfaces_keeps_a_foreign_clsact(netns, ebpfw_env, tmp_path):
+    """xdp on two interfaces -> tc on both -> generic XDP on one: each step leaves exactly the
+    hooks asked for; a clsact qdisc that existed before ebpfw survives everything."""
+    client, dut = netns("clc"), netns("cld")
+    c0, d0, c1, d1 = client + "a", dut + "a", client + "b", dut + "b"
+    veth(client, c0, dut, d0, "10.200.1.2/24", "10.200.1.1/24")
+    veth(client, c1, dut, d1, "10.200.2.2/24", "10.200.2.1/24")
+    run_in(dut, ["tc", "qdisc", "add", "dev", d1, "clsact"])
+    rules = tmp_path / "r.rules"
+    rules.write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                     "-A INPUT -s 10.200.2.0/24 -p icmp -j DROP\nCOMMIT\n")
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", d0, "--iface", d1, "--mode", "xdp"))
+        for dev in (d0, d1):
+            st = attached(dut, dev)
+            assert st["xdp"] is not None and st["clsact"] and "ebpfw_egress" in st["filters"]
+        assert ping(client, "10.200.1.1") and not ping(client, "10.200.2.1")
+
+        ok(ebpfw(dut, "apply", str(rules), "--iface", d0, "--iface", d1, "--mode", "tc"))
+        for dev in (d0, d1):
+            st = attached(dut, dev)
+            assert st["xdp"] is None and "ebpfw_ingress" in st["filters"], st
+        assert ping(client, "10.200.1.1") and not ping(client, "10.200.2.1")
+
+        ok(ebpfw(dut, "apply", str(rules), "--iface", d0, "--mode", "xdp-generic"))
+        st = attached(dut, d0)
+        assert st["xdp"] is not None and "ebpfw_ingress" not in st["filters"], st
+        assert attached(dut, d1) == {"xdp": None, "clsact": True, "filters": ""}  # ours gone, theirs kept
+        assert ping(client, "10.200.2.1")                                      # d1 no longer judged
+
+        ok(ebpfw(dut, "detach"))
+        assert attached(dut, d0) == {"xdp": None, "clsact": False, "filters": ""}
+        assert attached(dut, d1)["clsact"]
+    finally:
+        ebpfw(dut, "detach", timeout=60)
