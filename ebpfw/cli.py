@@ -248,11 +248,17 @@ def apply(
                                        "XDP, then generic XDP.", case_sensitive=False)] = Mode.auto,
     counters: Annotated[bool, typer.Option("--counters", "-c", help="Start the counters from the "
                                            "file's [packets:bytes] (like iptables-restore -c).")] = False,
+    confirm: Annotated[Optional[str], typer.Option("--confirm", metavar="DURATION", help="Put the previous "
+                                                   "ruleset back after DURATION (30s, 2m) unless `ebpfw "
+                                                   "confirm` runs first.")] = None,
 ) -> None:
     """Enforce RULESET on the given interfaces of this network namespace (atomic replace of
     whatever ebpfw enforced before). Interfaces not named are detached."""
     _need_root("apply")
     text, name = _read_input(ruleset)
+    if confirm is not None:
+        from .hostcli import confirmed_apply
+        return confirmed_apply(text, name, list(iface), mode.value, counters, confirm)
     res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters)
     where = ", ".join(f"{i['name']} ({i.get('ingress', '?')})" for i in res.get("ifaces", []))
     how = "new programs" if res.get("recompiled") else "maps updated, programs kept"
@@ -442,6 +448,11 @@ def doctor(
         con.print(Text(f"{failed} check(s) failed", style="bold red"))
         raise typer.Exit(1)
     con.print(Text("all checks passed", style="green"))
+
+
+from .hostcli import register as _register_host_commands  # noqa: E402  (agent, confirm, diff)
+
+_register_host_commands(app)
 
 
 def main() -> None:
