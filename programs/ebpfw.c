@@ -18,6 +18,9 @@
  * The loader specialises this file with -D flags (ebpfw/datapath/loader.py):
  *   EBPFW_NWORDS, EBPFW_VCAP, EBPFW_RCAP, EBPFW_CCAP, EBPFW_LPM_CAP, EBPFW_IFC_CAP,
  *   EBPFW_MAXDEPTH, EBPFW_MAXSTEPS and EBPFW_F_<FIELD> for each field some rule uses.
+ * With EBPFW_F_CT (some rule uses -m conntrack / -m state) every judged packet is labelled by
+ * connection tracking first (the section below) and the `ct` field classifies its state;
+ * EBPFW_CT_SIZE, EBPFW_CT_PATH and EBPFW_CTSTAT_PATH place the shared, pinned table.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -98,6 +101,10 @@ struct pkt {
     __u8  ttl;
     __u8  df;
     __u8  tos;
+    __u16 l4off;      /* offset of the L4 header from the frame start */
+    __u16 l4len;      /* IP total length - IP header length */
+    __u8  frag;       /* a non-first fragment */
+    __u8  ctstate;    /* EBPFW_CT_* bit number (EBPFW_F_CT only) */
 };
 
 /* the hooks a packet can be judged at */
@@ -108,6 +115,446 @@ struct pkt {
 #define V_PASS   0    /* not ours to judge: let the kernel decide */
 #define V_ACCEPT 1
 #define V_DROP   2
+
+#ifdef EBPFW_F_CT
+/* ---- connection tracking (compiled in with -DEBPFW_F_CT) ---------------------------------
+ *
+ * (It lives in this file because bcc rewrites map calls only in the main source file.)
+ *
+ *
+ * Contract: ct_label() gives every judged packet netfilter's ctstate (INVALID, ESTABLISHED,
+ * RELATED, NEW; never UNTRACKED: there is no raw table) before classification, and updates
+ * the entry of a known connection the way nf_conntrack_in does (state, timeout, counters),
+ * whatever the verdict. A packet that would start a connection only prepares its entry in a
+ * per-CPU scratch record; ct_commit() inserts it after the ruleset ACCEPTed the packet
+ * (netfilter confirms an entry only for a packet that survives the hooks).
+ *
+ * The table is an LRU hash keyed by the canonical 5-tuple (struct ebpfw_ct_key), shared by
+ * the ingress and egress programs and, with -DEBPFW_CT_PATH="...", pinned outside the
+ * generation directory so it survives re-applies and program swaps.
+ *
+ * TCP follows nf_conntrack_proto_tcp: the tcp_valid_flags check, the tcp_conntracks
+ * transition table (written by userspace into ebpfw_ctcfg.tcp_rows), mid-stream pickup of a
+ * bare ACK when tcp_loose is set, reopening from TIME_WAIT/CLOSE, simultaneous open, and
+ * the kill of a connection whose only reply is a RST. Not done: sequence/window tracking
+ * (tcp_in_window: an out-of-window segment is not INVALID here), TCP/UDP/ICMP checksum
+ * validation, the SYN-ACK resync of an ignored SYN, and reassembly: a non-first fragment is
+ * labelled INVALID (netfilter reassembles before tracking).
+ * UDP: NEW until a reply, 30 s unreplied / 120 s once replied and older than 2 s.
+ * ICMP echo/timestamp/info/address-mask: pseudo-connections by (requester, id, type); an
+ * ICMP error quoting a tracked flow (inner IP header + 8 bytes) is RELATED, else INVALID.
+ * Other protocols: generic, by addresses and protocol, 600 s.
+ */
+
+#ifndef EBPFW_CT_SIZE
+#define EBPFW_CT_SIZE 262144
+#endif
+
+#ifdef EBPFW_CT_PATH
+BPF_TABLE_PINNED("lru_hash", struct ebpfw_ct_key, struct ebpfw_ct_val, ebpfw_ct, EBPFW_CT_SIZE, EBPFW_CT_PATH);
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, ebpfw_ctstat, EBPFW_NCTSTATS, EBPFW_CTSTAT_PATH);
+#else
+BPF_TABLE("lru_hash", struct ebpfw_ct_key, struct ebpfw_ct_val, ebpfw_ct, EBPFW_CT_SIZE);
+BPF_PERCPU_ARRAY(ebpfw_ctstat, __u64, EBPFW_NCTSTATS);
+#endif
+BPF_ARRAY(ebpfw_ctcfg, struct ebpfw_ctcfg, 1);
+BPF_ARRAY(ebpfw_ctcls, __u32, NSLOTS * EBPFW_CT_SLOTS);
+
+struct ctwork {
+    struct ebpfw_ct_key key;
+    struct ebpfw_ct_val val;
+    __u32 pending;       /* 1: insert val at key once the packet is accepted */
+    __u32 pad;
+};
+BPF_PERCPU_ARRAY(ebpfw_ctw, struct ctwork, 1);
+
+/* tcp flag index (netfilter's get_conntrack_index) */
+#define TIX_SYN    0
+#define TIX_SYNACK 1
+#define TIX_FIN    2
+#define TIX_ACK    3
+#define TIX_RST    4
+#define TIX_NONE   5
+
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
+#define TH_URG 0x20
+/* tcp_valid_flags[]: the combinations of FIN SYN RST ACK URG (PSH ECE CWR ignored) netfilter
+ * accepts; bit n set = flags value n is valid */
+#define TCP_VALID_FLAGS ((1ULL << TH_SYN) | (1ULL << (TH_SYN | TH_URG)) | (1ULL << (TH_SYN | TH_ACK)) | \
+                         (1ULL << TH_RST) | (1ULL << (TH_RST | TH_ACK)) | (1ULL << (TH_FIN | TH_ACK)) | \
+                         (1ULL << (TH_FIN | TH_ACK | TH_URG)) | (1ULL << TH_ACK) | (1ULL << (TH_ACK | TH_URG)))
+
+#define NS_PER_SEC 1000000000ULL
+
+static __always_inline void ctstat_inc(__u32 idx)
+{
+    __u64 *v = ebpfw_ctstat.lookup(&idx);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline __u32 tcp_index(__u8 f)
+{
+    if (f & TH_RST)
+        return TIX_RST;
+    if (f & TH_SYN)
+        return (f & TH_ACK) ? TIX_SYNACK : TIX_SYN;
+    if (f & TH_FIN)
+        return TIX_FIN;
+    if (f & TH_ACK)
+        return TIX_ACK;
+    return TIX_NONE;
+}
+
+/* canonical key of a flow; returns 1 when the packet goes a -> b */
+static __always_inline int ct_key_norm(struct ebpfw_ct_key *k, __u32 s, __u32 d, __u16 sp, __u16 dp, __u8 proto)
+{
+    __u32 hs = ntohl(s), hd = ntohl(d);
+    int a_is_src = hs < hd || (hs == hd && sp <= dp);
+    if (a_is_src) {
+        k->a_addr = s;
+        k->b_addr = d;
+        k->a_port = sp;
+        k->b_port = dp;
+    } else {
+        k->a_addr = d;
+        k->b_addr = s;
+        k->a_port = dp;
+        k->b_port = sp;
+    }
+    k->proto = proto;
+    k->kind = 0;
+    k->pad = 0;
+    return a_is_src;
+}
+
+/* ICMP query types: the request type of a query family, or 0 if `type` is none */
+static __always_inline __u8 icmp_request_of(__u8 type, int *is_request)
+{
+    *is_request = 1;
+    if (type == 8 || type == 13 || type == 15 || type == 17)
+        return type;
+    *is_request = 0;
+    if (type == 0)
+        return 8;
+    if (type == 14 || type == 16 || type == 18)
+        return type - 1;
+    return 0;
+}
+
+static __always_inline int icmp_is_error(__u8 type)
+{
+    return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+static __always_inline void ct_acct(struct ebpfw_ct_val *v, __u32 dir, __u32 len)
+{
+    if (dir) {
+        __sync_fetch_and_add(&v->packets[1], 1);
+        __sync_fetch_and_add(&v->bytes[1], len);
+    } else {
+        __sync_fetch_and_add(&v->packets[0], 1);
+        __sync_fetch_and_add(&v->bytes[0], len);
+    }
+}
+
+static __always_inline __u64 cfg_timeout(struct ebpfw_ctcfg *cfg, __u64 i)
+{
+    asm volatile("" : "+r"(i));
+    if (i >= EBPFW_NTIMEOUTS)
+        return 0;
+    return cfg->timeout[i];
+}
+
+/* prepare the entry a first packet would create (inserted by ct_commit on ACCEPT) */
+static __always_inline __u32 ct_prepare(struct ctwork *w, int from_a, __u8 state, __u8 last,
+                                        __u64 now, __u64 timeout, __u32 len)
+{
+    struct ebpfw_ct_val *v = &w->val;
+    v->expires = now + timeout;
+    v->created = now;
+    v->packets[0] = 1;
+    v->bytes[0] = len;
+    v->packets[1] = 0;
+    v->bytes[1] = 0;
+    v->orig_a = from_a ? 1 : 0;
+    v->state = state;
+    v->status = 0;
+    v->last = last;
+    v->pad = 0;
+    w->pending = 1;
+    return EBPFW_CT_NEW;
+}
+
+/* ICMP error: RELATED if the quoted packet (inner IP header + 8 bytes) belongs to a tracked
+ * connection whose packet we sent (the inner source is the outer destination) */
+static __always_inline __u32 ct_icmp_error(struct pkt *p, void *data, void *data_end, __u64 now)
+{
+    __u64 off = p->l4off + 8;
+    asm volatile("" : "+r"(off));
+    if (off > 128)
+        return EBPFW_CT_INVALID;
+    struct iphdr *in = data + off;
+    if ((void *)(in + 1) > data_end)
+        return EBPFW_CT_INVALID;
+    __u64 ihl = in->ihl * 4;
+    if (in->version != 4 || ihl < 20)
+        return EBPFW_CT_INVALID;
+    if (in->saddr != p->daddr)
+        return EBPFW_CT_INVALID;
+    __u64 l4 = off + ihl;
+    asm volatile("" : "+r"(l4));
+    if (l4 > 200)
+        return EBPFW_CT_INVALID;
+    __u8 *q = data + l4;
+    if ((void *)(q + 8) > data_end)
+        return EBPFW_CT_INVALID;
+    struct ebpfw_ct_key k = {};
+    __u8 proto = in->protocol;
+    if (proto == IPPROTO_TCP || proto == IPPROTO_UDP) {
+        __u16 sp = ((__u16)q[0] << 8) | q[1];
+        __u16 dp = ((__u16)q[2] << 8) | q[3];
+        ct_key_norm(&k, in->saddr, in->daddr, sp, dp, proto);
+    } else if (proto == IPPROTO_ICMP) {
+        int req;
+        __u8 kind = icmp_request_of(q[0], &req);
+        if (!kind)
+            return EBPFW_CT_INVALID;
+        k.a_addr = req ? in->saddr : in->daddr;
+        k.b_addr = req ? in->daddr : in->saddr;
+        k.a_port = k.b_port = ((__u16)q[4] << 8) | q[5];
+        k.proto = IPPROTO_ICMP;
+        k.kind = kind;
+    } else {
+        ct_key_norm(&k, in->saddr, in->daddr, 0, 0, proto);
+    }
+    struct ebpfw_ct_val *v = ebpfw_ct.lookup(&k);
+    if (!v || v->expires <= now)
+        return EBPFW_CT_INVALID;
+    ctstat_inc(EBPFW_CTSTAT_RELATED);
+    return EBPFW_CT_RELATED;
+}
+
+/* a known TCP connection: netfilter's tcp_packet() without window tracking */
+static __always_inline __u32 ct_tcp(struct ebpfw_ctcfg *cfg, struct ctwork *w, struct ebpfw_ct_val *v,
+                                    __u32 dir, __u32 idx, __u64 now, __u32 len, int *reopen)
+{
+    __u32 old = v->state;
+    if (old > EBPFW_TCP_SYN_SENT2)
+        old = EBPFW_TCP_NONE;
+    __u64 ri = dir * 6 + idx;
+    asm volatile("" : "+r"(ri));
+    if (ri >= 12)
+        return EBPFW_CT_INVALID;
+    __u32 nw = (cfg->tcp_rows[ri] >> (old * 4)) & 0xf;
+    __u32 seen = v->status & EBPFW_CTS_SEEN_REPLY;
+    __u32 label = (dir || seen) ? EBPFW_CT_ESTABLISHED : EBPFW_CT_NEW;
+    __u32 ldir = v->last >> 4, lidx = v->last & 0xf;
+    if (nw == EBPFW_TCP_SYN_SENT && old >= EBPFW_TCP_TIME_WAIT) {
+        /* reopening a closed or aborted connection: forget it, track the SYN as new */
+        if ((v->status & (EBPFW_CTS_CLOSE_INIT0 | EBPFW_CTS_CLOSE_INIT1)) || (ldir == dir && lidx == TIX_RST)) {
+            *reopen = 1;
+            return EBPFW_CT_NEW;
+        }
+        nw = EBPFW_TCP_IGNORE;
+    }
+    if (nw == EBPFW_TCP_IGNORE) {
+        v->last = idx | (dir << 4);
+        return label;
+    }
+    if (nw >= EBPFW_TCP_MAX)
+        return EBPFW_CT_INVALID;
+    if (nw == EBPFW_TCP_SYN_SENT2)
+        v->status |= EBPFW_CTS_SIMOPEN;
+    if (nw == EBPFW_TCP_SYN_RECV && dir == 1 && idx == TIX_ACK && (v->status & EBPFW_CTS_SIMOPEN))
+        nw = EBPFW_TCP_ESTABLISHED;
+    v->last = idx | (dir << 4);
+    v->state = nw;
+    if (old != nw && nw == EBPFW_TCP_FIN_WAIT)
+        v->status |= dir ? EBPFW_CTS_CLOSE_INIT1 : EBPFW_CTS_CLOSE_INIT0;
+    __u64 to = idx == TIX_RST ? cfg_timeout(cfg, EBPFW_TCP_CLOSE) : cfg_timeout(cfg, nw);
+    int renew = 1;
+    if (!seen) {
+        if (idx == TIX_RST) {
+            /* the only reply is a RST: no connection, drop the entry now */
+            *reopen = 2;
+            return label;
+        }
+        if (idx == TIX_SYN && old == EBPFW_TCP_SYN_SENT)
+            renew = 0;   /* a retransmitted SYN does not extend the SYN_SENT timeout */
+        __u64 unack = cfg_timeout(cfg, EBPFW_TO_TCP_UNACK);
+        if (nw == EBPFW_TCP_ESTABLISHED && to > unack)
+            to = unack;
+    } else if (!(v->status & EBPFW_CTS_ASSURED) &&
+               (old == EBPFW_TCP_SYN_RECV || old == EBPFW_TCP_ESTABLISHED) && nw == EBPFW_TCP_ESTABLISHED) {
+        v->status |= EBPFW_CTS_ASSURED;
+    }
+    if (renew)
+        v->expires = now + to;
+    ct_acct(v, dir, len);
+    if (dir)
+        v->status |= EBPFW_CTS_SEEN_REPLY;
+    return label;
+}
+
+/* Label packet p; returns the ctstate bit number (EBPFW_CT_*). */
+static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
+{
+    __u32 zero = 0;
+    struct ebpfw_ctcfg *cfg = ebpfw_ctcfg.lookup(&zero);
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    if (!cfg || !w)
+        return EBPFW_CT_INVALID;
+    w->pending = 0;
+    if (p->frag)
+        return EBPFW_CT_INVALID;   /* no reassembly: see the header comment */
+    __u64 now = bpf_ktime_get_ns();
+    struct ebpfw_ct_key *k = &w->key;
+    __u8 proto = p->proto;
+    int from_a = 1;
+    __u32 idx = TIX_NONE;
+    __u64 off = p->l4off;
+    asm volatile("" : "+r"(off));
+    if (off > 128)
+        return EBPFW_CT_INVALID;
+    if (proto == IPPROTO_TCP) {
+        if (p->l4 != L4_OK)
+            return EBPFW_CT_INVALID;
+        __u8 *th = data + off;
+        if ((void *)(th + 20) > data_end)
+            return EBPFW_CT_INVALID;
+        __u32 doff = (th[12] >> 4) * 4;
+        if (doff < 20 || doff > p->l4len)
+            return EBPFW_CT_INVALID;
+        __u32 f = p->tcpflags & (TH_FIN | TH_SYN | TH_RST | TH_ACK | TH_URG);
+        if (!((TCP_VALID_FLAGS >> f) & 1))
+            return EBPFW_CT_INVALID;
+        idx = tcp_index(p->tcpflags);
+        from_a = ct_key_norm(k, p->saddr, p->daddr, p->sport, p->dport, proto);
+    } else if (proto == IPPROTO_UDP) {
+        if (p->l4 != L4_OK)
+            return EBPFW_CT_INVALID;
+        __u8 *uh = data + off;
+        if ((void *)(uh + 8) > data_end)
+            return EBPFW_CT_INVALID;
+        __u32 ulen = ((__u32)uh[4] << 8) | uh[5];
+        if (ulen < 8 || ulen > p->l4len)
+            return EBPFW_CT_INVALID;
+        from_a = ct_key_norm(k, p->saddr, p->daddr, p->sport, p->dport, proto);
+    } else if (proto == IPPROTO_ICMP) {
+        if (p->l4 != L4_OK)
+            return EBPFW_CT_INVALID;
+        __u8 type = p->sport >> 8;
+        if (type > 18)
+            return EBPFW_CT_INVALID;
+        if (icmp_is_error(type))
+            return ct_icmp_error(p, data, data_end, now);
+        int req;
+        __u8 kind = icmp_request_of(type, &req);
+        if (!kind)
+            return EBPFW_CT_INVALID;   /* no reply type: netfilter cannot track it */
+        __u8 *ic = data + off;
+        if ((void *)(ic + 8) > data_end)
+            return EBPFW_CT_INVALID;
+        k->a_addr = req ? p->saddr : p->daddr;
+        k->b_addr = req ? p->daddr : p->saddr;
+        k->a_port = k->b_port = ((__u16)ic[4] << 8) | ic[5];
+        k->proto = IPPROTO_ICMP;
+        k->kind = kind;
+        k->pad = 0;
+        from_a = req;
+    } else {
+        from_a = ct_key_norm(k, p->saddr, p->daddr, 0, 0, proto);
+    }
+
+    struct ebpfw_ct_val *v = ebpfw_ct.lookup(k);
+    if (v && v->expires <= now) {
+        ebpfw_ct.delete(k);
+        ctstat_inc(EBPFW_CTSTAT_DELETED);
+        v = NULL;
+    }
+    if (v) {
+        __u32 dir = (from_a ? 1 : 0) == v->orig_a ? 0 : 1;
+        if (proto == IPPROTO_TCP) {
+            int reopen = 0;
+            __u32 label = ct_tcp(cfg, w, v, dir, idx, now, p->len, &reopen);
+            if (!reopen)
+                return label;
+            if (ebpfw_ct.delete(k) == 0)
+                ctstat_inc(EBPFW_CTSTAT_DELETED);
+            if (reopen == 2)
+                return label;
+            /* reopened: falls through to a new connection for this SYN */
+        } else {
+            __u32 seen = v->status & EBPFW_CTS_SEEN_REPLY;
+            __u64 to;
+            if (proto == IPPROTO_UDP) {
+                to = cfg_timeout(cfg, EBPFW_TO_UDP);
+                if (seen && now > v->created + 2 * NS_PER_SEC) {
+                    to = cfg_timeout(cfg, EBPFW_TO_UDP_STREAM);
+                    v->status |= EBPFW_CTS_ASSURED;
+                }
+            } else if (proto == IPPROTO_ICMP) {
+                to = cfg_timeout(cfg, EBPFW_TO_ICMP);
+            } else {
+                to = cfg_timeout(cfg, EBPFW_TO_GENERIC);
+            }
+            v->expires = now + to;
+            ct_acct(v, dir, p->len);
+            if (dir)
+                v->status |= EBPFW_CTS_SEEN_REPLY;
+            return (dir || seen) ? EBPFW_CT_ESTABLISHED : EBPFW_CT_NEW;
+        }
+    }
+
+    /* no entry: the first packet of a connection, if it may start one */
+    if (proto == IPPROTO_TCP) {
+        __u64 ri = idx;
+        asm volatile("" : "+r"(ri));
+        if (ri >= 6)
+            return EBPFW_CT_INVALID;
+        __u32 nw = cfg->tcp_rows[ri] & 0xf;   /* original direction, from state NONE */
+        if (nw >= EBPFW_TCP_MAX)
+            return EBPFW_CT_INVALID;
+        if (nw != EBPFW_TCP_SYN_SENT) {
+            if (!cfg->tcp_loose)
+                return EBPFW_CT_INVALID;
+            /* picked up mid-stream: ESTABLISHED, with the short timeout until a reply */
+            __u64 to = cfg_timeout(cfg, EBPFW_TCP_ESTABLISHED);
+            __u64 unack = cfg_timeout(cfg, EBPFW_TO_TCP_UNACK);
+            return ct_prepare(w, from_a, nw, idx, now, to > unack ? unack : to, p->len);
+        }
+        return ct_prepare(w, from_a, nw, idx, now, cfg_timeout(cfg, EBPFW_TCP_SYN_SENT), p->len);
+    }
+    if (proto == IPPROTO_UDP)
+        return ct_prepare(w, from_a, 0, 0, now, cfg_timeout(cfg, EBPFW_TO_UDP), p->len);
+    if (proto == IPPROTO_ICMP) {
+        if (!from_a)
+            return EBPFW_CT_INVALID;   /* a reply without its request */
+        return ct_prepare(w, 1, 0, 0, now, cfg_timeout(cfg, EBPFW_TO_ICMP), p->len);
+    }
+    return ct_prepare(w, from_a, 0, 0, now, cfg_timeout(cfg, EBPFW_TO_GENERIC), p->len);
+}
+
+/* After the verdict: an accepted first packet creates its connection. */
+static __always_inline void ct_commit(int verdict)
+{
+    if (verdict != V_ACCEPT)
+        return;
+    __u32 zero = 0;
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    if (!w || !w->pending)
+        return;
+    w->pending = 0;
+    if (ebpfw_ct.insert(&w->key, &w->val) == 0)
+        ctstat_inc(EBPFW_CTSTAT_CREATED);
+    else
+        ctstat_inc(EBPFW_CTSTAT_RACE);
+}
+#endif /* EBPFW_F_CT */
 
 static __always_inline void stat_inc(__u32 idx)
 {
@@ -172,6 +619,10 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->sport = 0;
     p->dport = 0;
     p->tcpflags = 0;
+    p->l4off = sizeof(*eth) + ihl;
+    p->l4len = tot - ihl;
+    p->frag = (frag & 0x1fff) ? 1 : 0;
+    p->ctstate = 0;
     if (frag & 0x1fff) {
         p->l4 = L4_NONE;
         return 0;
@@ -323,6 +774,9 @@ struct vecs {
 #ifdef EBPFW_F_OIF
     struct ebpfw_vec *oif;
 #endif
+#ifdef EBPFW_F_CT
+    struct ebpfw_vec *ct;
+#endif
     int dummy;
 };
 
@@ -402,6 +856,13 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
         GETVEC(v->icmp, slot, cls_icmp(k));
     }
 #endif
+#ifdef EBPFW_F_CT
+    {
+        __u32 ck = slot * EBPFW_CT_SLOTS + (p->ctstate & (EBPFW_CT_SLOTS - 1));
+        __u32 *cc = ebpfw_ctcls.lookup(&ck);
+        GETVEC(v->ct, slot, cc ? *cc : EBPFW_CLASS_ALL);
+    }
+#endif
 #if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
     {
         __u32 mk = slot;
@@ -459,6 +920,9 @@ static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 #ifdef EBPFW_F_OIF
     m &= v->oif->w[w];
 #endif
+#ifdef EBPFW_F_CT
+    m &= v->ct->w[w];
+#endif
     return m;
 }
 
@@ -495,6 +959,9 @@ static __always_inline __u64 sum_and(struct vecs *v, __u64 w)
 #endif
 #ifdef EBPFW_F_OIF
     m &= v->oif->s[w];
+#endif
+#ifdef EBPFW_F_CT
+    m &= v->ct->s[w];
 #endif
     return m;
 }
@@ -690,7 +1157,16 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
             return V_PASS;
         }
     }
+#ifdef EBPFW_F_CT
+    p.ctstate = ct_label(&p, data, data_end);
+    if (p.ctstate == EBPFW_CT_INVALID)
+        ctstat_inc(EBPFW_CTSTAT_INVALID);
+    int v = classify(chain, &p, ifindex, oif);
+    ct_commit(v);
+    return v;
+#else
     return classify(chain, &p, ifindex, oif);
+#endif
 }
 
 int ebpfw_xdp_ingress(struct xdp_md *ctx)
@@ -740,6 +1216,14 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     stat_inc(EBPFW_STAT_SEEN);
+#ifdef EBPFW_F_CT
+    p.ctstate = ct_label(&p, data, data_end);
+    if (p.ctstate == EBPFW_CT_INVALID)
+        ctstat_inc(EBPFW_CTSTAT_INVALID);
+#endif
     int v = classify(chain, &p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex);
+#ifdef EBPFW_F_CT
+    ct_commit(v);
+#endif
     return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }

@@ -103,4 +103,89 @@ struct ebpfw_ifinfo {
 #define EBPFW_STAT_JUDGED_FWD  7   /* forwarded packets already judged at ingress */
 #define EBPFW_NSTATS           8
 
+
+/* ---- connection tracking (compiled in with EBPFW_F_CT, see programs/ebpfw.c) ---------- */
+
+/* ctstate bit numbers: the `ct` field's class array is indexed by these, and a rule's
+ * --ctstate mask uses 1 << n (ebpfw/ruleset.py CT_*) */
+#define EBPFW_CT_INVALID     0
+#define EBPFW_CT_ESTABLISHED 1
+#define EBPFW_CT_RELATED     2
+#define EBPFW_CT_NEW         3
+#define EBPFW_CT_UNTRACKED   4
+#define EBPFW_CT_SLOTS       8
+
+/* TCP states, numbered as netfilter's enum tcp_conntrack */
+#define EBPFW_TCP_NONE        0
+#define EBPFW_TCP_SYN_SENT    1
+#define EBPFW_TCP_SYN_RECV    2
+#define EBPFW_TCP_ESTABLISHED 3
+#define EBPFW_TCP_FIN_WAIT    4
+#define EBPFW_TCP_CLOSE_WAIT  5
+#define EBPFW_TCP_LAST_ACK    6
+#define EBPFW_TCP_TIME_WAIT   7
+#define EBPFW_TCP_CLOSE       8
+#define EBPFW_TCP_SYN_SENT2   9
+#define EBPFW_TCP_MAX        10   /* "sIV": the packet is INVALID */
+#define EBPFW_TCP_IGNORE     11   /* "sIG": let through, no state change */
+
+/* timeout slots of struct ebpfw_ctcfg.timeout (ns): 0..9 by TCP state, then these */
+#define EBPFW_TO_TCP_UNACK    10  /* picked-up TCP connection without a reply yet */
+#define EBPFW_TO_UDP          11
+#define EBPFW_TO_UDP_STREAM   12
+#define EBPFW_TO_ICMP         13
+#define EBPFW_TO_GENERIC      14
+#define EBPFW_NTIMEOUTS       16
+
+/* struct ebpfw_ct_val.status bits */
+#define EBPFW_CTS_SEEN_REPLY  1
+#define EBPFW_CTS_ASSURED     2
+#define EBPFW_CTS_CLOSE_INIT0 4   /* FIN_WAIT entered by the original direction */
+#define EBPFW_CTS_CLOSE_INIT1 8   /* ... by the reply direction */
+#define EBPFW_CTS_SIMOPEN     16  /* simultaneous open seen */
+#define EBPFW_CTS_SEEDED      32  /* copied from the kernel's conntrack at apply */
+
+/* Key: the connection's two ends in a canonical order, so both directions find one entry.
+ * TCP/UDP/generic: (a_addr, a_port) <= (b_addr, b_port) compared in host order.
+ * ICMP queries: a = the requester, a_port = b_port = the query id, kind = the request type. */
+struct ebpfw_ct_key {
+    __u32 a_addr;        /* network order */
+    __u32 b_addr;
+    __u16 a_port;        /* host order */
+    __u16 b_port;
+    __u8  proto;
+    __u8  kind;
+    __u16 pad;
+};
+
+struct ebpfw_ct_val {
+    __u64 expires;       /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) deadline */
+    __u64 created;
+    __u64 packets[2];    /* [0] original direction, [1] reply direction */
+    __u64 bytes[2];      /* IP total length, as netfilter's accounting */
+    __u8  orig_a;        /* 1: the original direction is a -> b */
+    __u8  state;         /* TCP: EBPFW_TCP_*; others 0 */
+    __u8  status;        /* EBPFW_CTS_* */
+    __u8  last;          /* TCP: last packet's flag index | direction << 4 */
+    __u32 pad;
+};
+
+/* configuration written by userspace at every apply */
+struct ebpfw_ctcfg {
+    __u64 timeout[EBPFW_NTIMEOUTS];
+    __u64 tcp_rows[12];  /* [dir * 6 + flag index]: 4 bits of new state per old state */
+    __u32 tcp_loose;     /* pick up connections from a mid-stream ACK (nf_conntrack_tcp_loose) */
+    __u32 pad;
+};
+
+/* conntrack statistics (per CPU, pinned next to the table), index = EBPFW_CTSTAT_* */
+#define EBPFW_CTSTAT_CREATED  0   /* entries inserted by the datapath */
+#define EBPFW_CTSTAT_DELETED  1   /* entries removed by the datapath (expired, reset, reopened) */
+#define EBPFW_CTSTAT_SEEDED   2   /* entries inserted by userspace (seed from the kernel) */
+#define EBPFW_CTSTAT_FLUSHED  3   /* entries removed by userspace (flush) */
+#define EBPFW_CTSTAT_INVALID  4   /* packets labelled INVALID */
+#define EBPFW_CTSTAT_RELATED  5   /* packets labelled RELATED */
+#define EBPFW_CTSTAT_RACE     6   /* insert lost to another CPU's insert of the same flow */
+#define EBPFW_NCTSTATS        8
+
 #endif /* EBPFW_ABI_H */

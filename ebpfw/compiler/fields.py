@@ -6,6 +6,8 @@ Each field is one classifier kind:
   xport     multiport --ports     two interval tables OR-ed by the datapath
   exact     proto, tcpfl          every value of a small domain
   iface     iif, oif              every interface name of the host, plus "" (no interface)
+  ctstate   ct                    the 8 conntrack state bit numbers (CT_* = 1 << n); the
+                                  datapath labels each packet before classification
 Adding a match extension means adding its atoms in `collect_atoms`.
 """
 
@@ -13,9 +15,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..ruleset import IcmpMatch, IprangeMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
+from ..ruleset import ConntrackMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
 
-FIELD_NAMES = ("src", "dst", "proto", "sport", "dport", "xsport", "xdport", "tcpfl", "icmp", "iif", "oif")
+FIELD_NAMES = ("src", "dst", "proto", "sport", "dport", "xsport", "xdport", "tcpfl", "icmp", "iif", "oif", "ct")
+CT_SLOTS = 8
 PORT_NONE = 65536
 
 
@@ -97,6 +100,13 @@ def collect_atoms(rules: list[Rule], problems: list[str]) -> Atoms:
                 else:
                     rng = [((m.type << 8) | m.code_min, (m.type << 8) | m.code_max)]
                 a.add(problems, rule, r, "icmp", "icmp", rng, m.invert)
+            elif isinstance(m, ConntrackMatch):
+                if m.states is None:
+                    problems.append(f"{rule.pos}: match '{m.module}' without a state list is not supported, "
+                                    f"expected --{'ctstate' if m.module == 'conntrack' else 'state'} STATES")
+                    continue
+                # -m conntrack and -m state in one rule are two conditions, ANDed
+                a.add(problems, rule, r, "ct", m.module, m.states, m.states_invert)
             elif isinstance(m, IprangeMatch):
                 if m.src is not None:
                     a.add(problems, rule, r, "src", "range", range_to_cidrs(*m.src), m.src_invert)
@@ -233,6 +243,22 @@ def build_iface(atoms: list, all_rules: int, classes, names: set[str]) -> dict[s
     return out
 
 
+def build_ct(field_atoms: dict, all_rules: int, classes) -> list[int]:
+    """Classes for the conntrack state bit numbers 0..7 (payload = a CT_* mask)."""
+    kinds = {k: _kind_sets(v, all_rules) for k, v in field_atoms.items()}
+    out = []
+    for bit in range(CT_SLOTS):
+        contained: dict[str, int] = {}
+        for kind, lst in field_atoms.items():
+            c = 0
+            for r, mask, _ in lst:
+                if (mask >> bit) & 1:
+                    c |= 1 << r
+            contained[kind] = c
+        out.append(classes.cls(_combine(kinds, contained, all_rules)))
+    return out
+
+
 def build_fields(plan, atoms: Atoms, n: int, classes, ifnames: set[str]) -> None:
     all_rules = (1 << n) - 1
     bf = atoms.by_field
@@ -257,3 +283,5 @@ def build_fields(plan, atoms: Atoms, n: int, classes, ifnames: set[str]) -> None
     if "oif" in bf:
         plan.oif = build_iface(bf["oif"]["iface"], all_rules, classes, ifnames)
         plan.iface_patterns.append(("oif", bf["oif"]["iface"]))
+    if "ct" in bf:
+        plan.ct = build_ct(bf["ct"], all_rules, classes)

@@ -56,6 +56,7 @@ class Plan:
     icmp: Optional[list[int]] = None                    # 65537 classes
     iif: Optional[dict[str, int]] = None                # interface name -> class ("" = none)
     oif: Optional[dict[str, int]] = None
+    ct: Optional[list[int]] = None                      # 8 classes by conntrack state bit number
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
 
     @property
@@ -70,6 +71,7 @@ class Plan:
             "classes": len(self.vectors),
             "prefixes": {"src": len(self.src or []), "dst": len(self.dst or [])},
             "max_jump_depth": self.max_depth,
+            "conntrack": self.ct is not None,
         }
 
 
@@ -166,10 +168,8 @@ def compile_plan(table: Table, ifnames: Iterable[str] = ()) -> Plan:
         needs_l4 = any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches)
         flags.append(RF_NEEDS_L4 if needs_l4 else 0)
         for m in r.matches:
-            if isinstance(m, ConntrackMatch):
-                problems.append(f"{r.pos}: match 'conntrack' is not supported by the datapath yet, "
-                                f"expected a stateless rule, found '-m {m.module}'")
-            elif not isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch)):
+            if not isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch,
+                                  ConntrackMatch)):
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
         if r.ip.fragment is not None:
             problems.append(f"{r.pos}: '-f' is not supported yet, expected no fragment condition, found '-f'")

@@ -31,6 +31,17 @@ COUNTER = struct.Struct("<QQ")             # packets, bytes
 IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
 U32 = struct.Struct("<I")
 
+# connection tracking (programs/ebpfw.c, EBPFW_F_CT)
+CT_KEY = struct.Struct("<4s4sHHBBH")       # a_addr (be), b_addr (be), a_port, b_port, proto, kind, pad
+CT_VAL = struct.Struct("<QQQQQQBBBBI")     # expires, created, packets[2], bytes[2], orig_a, state, status, last, pad
+NTIMEOUTS = 16
+CT_CFG = struct.Struct(f"<{NTIMEOUTS}Q12QII")  # timeouts (ns), tcp transition rows, tcp_loose, pad
+CT_SLOTS = 8
+CT_STATS = ("created", "deleted", "seeded", "flushed", "invalid", "related", "insert_race", "reserved")
+CT_DEFAULT_SIZE = 262144
+CT_TABLE = "ct"          # pin names under <pin_dir>, outside the generation directories
+CT_STAT = "ct_stat"
+
 STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "walk_limit", "judged_forward")
 
 # maps that exist whatever the shape; field maps exist only when their field is in use
@@ -40,6 +51,9 @@ FIELD_MAPS = {
     "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
     "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
     "tcpfl": ("ebpfw_tcpfl",), "icmp": ("ebpfw_icmp",), "iif": ("ebpfw_ifc",), "oif": ("ebpfw_ifc",),
+    # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
+    # generation directory, see Datapath.build
+    "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw"),
 }
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
 
@@ -61,6 +75,7 @@ class Shape:
     ifc_cap: int
     maxdepth: int
     fields: tuple[str, ...]
+    ct_size: int = 0          # conntrack table entries; 0 when no rule uses conntrack
 
     @property
     def nsum(self) -> int:
@@ -77,6 +92,8 @@ class Shape:
             f"-DEBPFW_MAXDEPTH={self.maxdepth}", f"-DEBPFW_MAXSTEPS={MAXSTEPS}", f"-I{PROGRAMS_DIR}",
         ]
         flags += [f"-DEBPFW_F_{f.upper()}" for f in self.fields]
+        if "ct" in self.fields:
+            flags.append(f"-DEBPFW_CT_SIZE={self.ct_size or CT_DEFAULT_SIZE}")
         return flags
 
     def maps(self) -> list[str]:
@@ -92,7 +109,8 @@ class Shape:
         return (need.nwords <= self.nwords and need.nsum <= self.nsum and need.vcap <= self.vcap
                 and need.rcap <= self.rcap and need.ccap <= self.ccap and need.lpm_cap <= self.lpm_cap
                 and need.ifc_cap <= self.ifc_cap and need.maxdepth <= self.maxdepth
-                and set(need.fields) <= set(self.fields))
+                and set(need.fields) <= set(self.fields)
+                and ("ct" not in need.fields or need.ct_size == self.ct_size))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -104,14 +122,34 @@ class Shape:
         return cls(**{**d, "fields": tuple(d["fields"])})
 
 
-def shape_for(plan, nlinks: int) -> Shape:
-    """The smallest shape, with headroom so that small ruleset edits keep it."""
+def ct_size_from_env() -> int:
+    """EBPFW_CT_SIZE (entries of the conntrack table), default 262144."""
+    import os
+    from ..errors import EbpfwError
+    raw = os.environ.get("EBPFW_CT_SIZE", "").strip()
+    if not raw:
+        return CT_DEFAULT_SIZE
+    try:
+        n = int(raw.replace("_", ""))
+    except ValueError:
+        n = 0
+    if n < 1024 or n > (1 << 26):
+        raise EbpfwError(f"EBPFW_CT_SIZE={raw!r} is not usable, expected a number of entries "
+                         "from 1024 to 67108864, e.g. 262144 or 1048576")
+    return n
+
+
+def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
+    """The smallest shape, with headroom so that small ruleset edits keep it. `ct_size`
+    (conntrack entries) defaults to EBPFW_CT_SIZE or 262144 when some rule uses conntrack."""
     fields = []
     for f in ("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif"):
         if getattr(plan, f) is not None:
             fields.append(f)
     if plan.xsport is not None:
         fields.append("xport")
+    if getattr(plan, "ct", None) is not None:
+        fields.append("ct")
     words = (plan.nrules + 1 + 63) // 64
     nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
     nprefix = max(len(plan.src or []), len(plan.dst or []))
@@ -124,4 +162,5 @@ def shape_for(plan, nlinks: int) -> Shape:
         ifc_cap=_pow2(nlinks + 16, 64),
         maxdepth=max(8, plan.max_depth + 1),
         fields=tuple(fields),
+        ct_size=(ct_size or ct_size_from_env()) if "ct" in fields else 0,
     )

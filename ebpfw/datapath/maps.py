@@ -16,9 +16,10 @@ from pathlib import Path
 
 from ..errors import KernelError
 from . import bpfsys
+from . import ct as ctdata
 from .abi import (
-    CHAIN, COUNTER, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META, NSLOTS, PORT_SLOTS, PROGRAMS,
-    PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
+    CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META,
+    NSLOTS, PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
 )
 
 # how long to wait after a flip before the old slot may be rewritten: BPF programs run in
@@ -40,22 +41,32 @@ def _vec_bytes(v: int, nwords: int, nsum: int) -> bytes:
 
 
 class Datapath:
-    def __init__(self, shape: Shape, maps: dict[str, int], progs: dict[str, int], bpf=None):
+    def __init__(self, shape: Shape, maps: dict[str, int], progs: dict[str, int], bpf=None,
+                 ct_maps: dict[str, int] | None = None):
         self.shape = shape
         self.maps = maps
         self.progs = progs
+        self.ct_maps = ct_maps or {}   # ebpfw_ct, ebpfw_ctstat: pinned outside the generation
         self._bpf = bpf  # keeps a freshly built object (and its fds) alive
 
     # ---- building and pinning ------------------------------------------------------------
     @classmethod
-    def build(cls, shape: Shape) -> "Datapath":
+    def build(cls, shape: Shape, ct_dir: Path | None = None) -> "Datapath":
+        """Compile and load the programs for `shape`. With conntrack in the shape and `ct_dir`
+        given, the table and its statistics are pinned at ct_dir/ct and ct_dir/ct_stat (bcc
+        opens them when they exist, so every generation shares one table); without `ct_dir`
+        they are private to this object (tests)."""
         try:
             from bcc import BPF
         except ImportError as exc:
             raise KernelError("bcc is not importable from this Python",
                               hint="run ebpfw from the venv made by `make setup` (it sees Debian's python3-bpfcc)") from exc
+        cflags = shape.cflags()
+        if "ct" in shape.fields and ct_dir is not None:
+            ct_dir.mkdir(parents=True, exist_ok=True)
+            cflags += [f'-DEBPFW_CT_PATH="{ct_dir / CT_TABLE}"', f'-DEBPFW_CTSTAT_PATH="{ct_dir / CT_STAT}"']
         try:
-            bpf = BPF(src_file=str(SOURCE).encode(), cflags=shape.cflags())
+            bpf = BPF(src_file=str(SOURCE).encode(), cflags=cflags)
         except Exception as exc:
             raise KernelError(f"compiling {SOURCE} with bcc failed: {exc}",
                               hint="`ebpfw doctor` checks the kernel headers bcc needs") from exc
@@ -68,7 +79,10 @@ class Datapath:
                 raise KernelError(f"the kernel refused program {fn}: {exc}",
                                   hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
         maps = {name: bpf.get_table(name).get_fd() for name in shape.maps()}
-        return cls(shape, maps, progs, bpf)
+        ct_maps = {}
+        if "ct" in shape.fields:
+            ct_maps = {name: bpf.get_table(name).get_fd() for name in ("ebpfw_ct", "ebpfw_ctstat")}
+        return cls(shape, maps, progs, bpf, ct_maps)
 
     def pin_all(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -79,6 +93,8 @@ class Datapath:
 
     @classmethod
     def open_pinned(cls, directory: Path, shape: Shape, with_progs: bool = False) -> "Datapath":
+        """Open generation `directory`; the conntrack table, when the shape has one, is
+        opened from the directory above it (where Datapath.build pinned it)."""
         maps = {}
         for name in shape.maps():
             path = directory / name
@@ -90,18 +106,24 @@ class Datapath:
         if with_progs:
             for key in PROGRAMS:
                 progs[key] = bpfsys.get(str(directory / f"prog_{key}"))
-        return cls(shape, maps, progs)
+        ct_maps = {}
+        if "ct" in shape.fields:
+            for name, pin in (("ebpfw_ct", CT_TABLE), ("ebpfw_ctstat", CT_STAT)):
+                path = directory.parent / pin
+                if path.exists():
+                    ct_maps[name] = bpfsys.get(str(path))
+        return cls(shape, maps, progs, ct_maps=ct_maps)
 
     def close(self) -> None:
         if self._bpf is None:
-            for fd in list(self.maps.values()) + list(self.progs.values()):
+            for fd in list(self.maps.values()) + list(self.progs.values()) + list(self.ct_maps.values()):
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         else:
             self._bpf.cleanup()
-        self.maps, self.progs, self._bpf = {}, {}, None
+        self.maps, self.progs, self.ct_maps, self._bpf = {}, {}, {}, None
 
     # ---- control -----------------------------------------------------------------------------
     def active(self) -> tuple[int, int]:
@@ -174,6 +196,9 @@ class Datapath:
             self._fill_array("ebpfw_tcpfl", slot, TCPFL_SLOTS, plan.tcpfl)
         if "icmp" in f:
             self._fill_array("ebpfw_icmp", slot, PORT_SLOTS, plan.icmp)
+        if "ct" in f:
+            self._fill_array("ebpfw_ctcls", slot, CT_SLOTS, getattr(plan, "ct", None))
+            self.write_ct_config()
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -201,6 +226,13 @@ class Datapath:
             bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
                       META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+
+    def write_ct_config(self, timeouts: dict[str, int] | None = None, tcp_loose: bool | None = None) -> None:
+        """Timeouts (EBPFW_CT_TIMEOUTS over netfilter's defaults) and the TCP transition table."""
+        if tcp_loose is None:
+            tcp_loose = ctdata.tcp_loose_from_env()
+        bpfsys.update(self.maps["ebpfw_ctcfg"], U32.pack(0), ctdata.config_bytes(timeouts, tcp_loose),
+                      "ebpfw_ctcfg")
 
     # ---- the host view ----------------------------------------------------------------------
     def write_host(self, links, local_addrs, judged_ifindexes: set[int]) -> None:
@@ -240,6 +272,17 @@ class Datapath:
         rules = [self._percpu_sum("ebpfw_cnt", slot * sh.rcap + r) for r in range(nrules)]
         chains = [self._percpu_sum("ebpfw_pcnt", slot * sh.ccap + c) for c in range(nchains)]
         return rules, chains
+
+    def read_ct_stats(self) -> dict[str, int]:
+        fd = self.ct_maps.get("ebpfw_ctstat")
+        if fd is None:
+            return {}
+        ncpu = bpfsys.possible_cpus()
+        out = {}
+        for i, name in enumerate(CT_STATS):
+            raw = bpfsys.lookup(fd, U32.pack(i), 8 * ncpu)
+            out[name] = sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
+        return out
 
     def read_stats(self) -> dict[str, int]:
         ncpu = bpfsys.possible_cpus()

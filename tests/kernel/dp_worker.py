@@ -7,17 +7,27 @@ Requests:
   {"op": "run", "prog": "xdp"|"tc_ingress"|"tc_egress", "frame": HEX,
    "ifindex": N, "ingress_ifindex": N}               -> {"ret": R, "rules": [[idx, p, b]...],
                                                          "chains": [[cid, p, b]...]}
+With EBPFW_TEST_CT=1 in the environment the programs have connection tracking compiled in
+(a private, unpinned table) and these requests work too:
+  {"op": "ct_list"}                                  -> {"entries": [Entry as dict...]}
+  {"op": "ct_flush"}                                 -> {"flushed": N}
+  {"op": "ct_config", "timeouts": {NAME: SECONDS}, "tcp_loose": BOOL} -> {"ok": true}
+  {"op": "bench", "prog": ..., "frame": HEX, "ifindex": N, "repeat": N} -> {"ns": per-packet ns}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import struct
 import sys
 
 from ebpfw.compiler import compile_plan
 from ebpfw.datapath import Datapath, Shape
 from ebpfw.datapath import bpfsys
+from ebpfw.datapath import ct as ctdata
+from ebpfw.datapath.abi import CT_KEY, CT_VAL
 from ebpfw.errors import EbpfwError
 from ebpfw.iptables import parse_ruleset
 from ebpfw.netlink import host
@@ -25,6 +35,8 @@ from ebpfw.netlink import host
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=8, vcap=4096, rcap=512, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport"))
+if os.environ.get("EBPFW_TEST_CT") == "1":
+    SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 
 
 def skb_ctx(ifindex: int, ingress_ifindex: int) -> bytes:
@@ -71,6 +83,30 @@ def main() -> None:
                 rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
                 chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
                 out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats()}
+            elif req["op"] == "ct_list":
+                fd = dp.ct_maps["ebpfw_ct"]
+                entries = []
+                for k in bpfsys.keys(fd, CT_KEY.size):
+                    v = bpfsys.lookup(fd, k, CT_VAL.size)
+                    if v is not None:
+                        e = dataclasses.asdict(ctdata.decode(k, v))
+                        e["key"] = k.hex()
+                        entries.append(e)
+                out = {"entries": entries}
+            elif req["op"] == "ct_flush":
+                fd = dp.ct_maps["ebpfw_ct"]
+                out = {"flushed": sum(bpfsys.delete(fd, k) for k in bpfsys.keys(fd, CT_KEY.size))}
+            elif req["op"] == "ct_config":
+                t = ctdata.timeouts_from_env({})
+                for name, secs in req.get("timeouts", {}).items():
+                    t[ctdata.SHORT_NAMES.get(name, name)] = secs
+                dp.write_ct_config(t, req.get("tcp_loose", True))
+                out = {"ok": True}
+            elif req["op"] == "bench":
+                frame = bytes.fromhex(req["frame"])
+                ctx = xdp_ctx(req["ifindex"], len(frame)) if req["prog"] == "xdp" else skb_ctx(req["ifindex"], 0)
+                ret, ns, _ = bpfsys.test_run(dp.progs[req["prog"]], frame, req.get("repeat", 100000), ctx)
+                out = {"ret": ret, "ns": ns}
             else:
                 out = {"error": f"unknown op {req['op']}"}
         except EbpfwError as exc:

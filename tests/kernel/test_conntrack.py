@@ -1,0 +1,312 @@
+"""Connection tracking in the datapath, through BPF_PROG_TEST_RUN: sequences of crafted
+packets against the real programs (conntrack compiled in), reading the label of each packet
+from per-state counting rules, and the table from the map.
+
+Topology (all made here): namespace DUT with veth `va` (10.9.0.1/24) whose peer is in namespace
+PEER. Nothing is transmitted: test runs do not send packets anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+import netns as nsh
+
+pytestmark = pytest.mark.kernel
+
+XDP_DROP, XDP_PASS = 1, 2
+TC_OK, TC_SHOT = 0, 2
+WORKER = Path(__file__).with_name("dp_worker.py")
+REPO = Path(__file__).resolve().parents[2]
+DUT, PEER, OTHER = "10.9.0.1", "10.9.0.2", "10.9.0.3"
+LABELS = ("NEW", "ESTABLISHED", "RELATED", "INVALID")
+
+# counting rules first (one per state, in INPUT and OUTPUT), then a few verdicts
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate NEW
+-A INPUT -m conntrack --ctstate ESTABLISHED
+-A INPUT -m conntrack --ctstate RELATED
+-A INPUT -m conntrack --ctstate INVALID
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -p tcp -m tcp --dport 23 -j DROP
+-A INPUT -p udp -m udp --dport 23 -j DROP
+-A OUTPUT -m state --state NEW
+-A OUTPUT -m state --state ESTABLISHED
+-A OUTPUT -m state --state RELATED
+-A OUTPUT -m state --state INVALID
+-A OUTPUT -m conntrack --ctstate INVALID -j DROP
+COMMIT
+"""
+
+
+class Worker:
+    def __init__(self, ns: str):
+        env = dict(os.environ, PYTHONPATH=str(REPO), EBPFW_TEST_CT="1")
+        self.p = subprocess.Popen(nsh.nsenter_argv(ns) + [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, env=env)
+
+    def call(self, **req) -> dict:
+        self.p.stdin.write(json.dumps(req) + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError("datapath worker died")
+        out = json.loads(line)
+        assert "error" not in out, out["error"]
+        return out
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def dut():
+    factory = nsh.NetnsFactory()
+    try:
+        d, peer = factory("ct"), factory("ct")
+        nsh.veth(d, "va", peer, "pa", "10.9.0.1/24", "10.9.0.2/24")
+        info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
+        links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
+        w = Worker(d)
+        w.call(op="load", rules=RULES)
+        yield w, links
+        w.close()
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture
+def ct(dut):
+    """A clean table and default timeouts for each test."""
+    w, links = dut
+    w.call(op="ct_flush")
+    w.call(op="ct_config", timeouts={}, tcp_loose=True)
+    return Dp(w, links)
+
+
+class Dp:
+    def __init__(self, w: Worker, links: dict):
+        self.w, self.links = w, links
+        self.idx, self.mac = links["va"]
+
+    def frame_in(self, l3) -> bytes:
+        return bytes(Ether(dst=self.mac, src="02:00:00:00:00:02") / l3)
+
+    def inbound(self, l3) -> tuple[str, bool]:
+        """Run a packet arriving on va (INPUT); returns (label, dropped)."""
+        r = self.w.call(op="run", prog="xdp", frame=self.frame_in(l3).hex(), ifindex=self.idx)
+        return self._label(r["rules"], 0), r["ret"] == XDP_DROP
+
+    def outbound(self, l3) -> tuple[str, bool]:
+        """Run a locally generated packet leaving through va (OUTPUT)."""
+        frame = bytes(Ether(dst="02:00:00:00:00:02", src=self.mac) / l3)
+        r = self.w.call(op="run", prog="tc_egress", frame=frame.hex(), ifindex=self.idx, ingress_ifindex=0)
+        return self._label(r["rules"], 7), r["ret"] == TC_SHOT
+
+    @staticmethod
+    def _label(rules: list, base: int) -> str:
+        hit = [LABELS[i - base] for i, _, _ in rules if base <= i < base + 4]
+        assert len(hit) == 1, f"expected exactly one state rule to count, got {rules}"
+        return hit[0]
+
+    def entries(self) -> list[dict]:
+        return self.w.call(op="ct_list")["entries"]
+
+
+def tcp_in(flags: str, sport: int = 40000, dport: int = 22, payload: bytes = b"") -> IP:
+    return IP(src=PEER, dst=DUT) / TCP(sport=sport, dport=dport, flags=flags) / payload
+
+
+def tcp_out(flags: str, sport: int = 22, dport: int = 40000, payload: bytes = b"") -> IP:
+    return IP(src=DUT, dst=PEER) / TCP(sport=sport, dport=dport, flags=flags) / payload
+
+
+def test_tcp_handshake_data_and_fin_teardown(ct):
+    assert ct.inbound(tcp_in("S")) == ("NEW", False)
+    (e,) = ct.entries()
+    assert (e["proto"], e["src"], e["dst"], e["sport"], e["dport"], e["state"]) == (6, PEER, DUT, 40000, 22, "SYN_SENT")
+    assert ct.inbound(tcp_in("S")) == ("NEW", False), "a retransmitted SYN before any reply stays NEW"
+    assert ct.outbound(tcp_out("SA")) == ("ESTABLISHED", False)
+    assert ct.entries()[0]["state"] == "SYN_RECV"
+    assert ct.inbound(tcp_in("A")) == ("ESTABLISHED", False)
+    assert ct.inbound(tcp_in("PA", payload=b"hello")) == ("ESTABLISHED", False)
+    assert ct.outbound(tcp_out("PA", payload=b"hi")) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert e["state"] == "ESTABLISHED" and e["status"] & 2, "assured after the handshake"
+    assert e["packets"] == [4, 2]
+    assert e["bytes"][0] == 40 + 40 + 40 + 45
+    # client closes
+    assert ct.inbound(tcp_in("FA")) == ("ESTABLISHED", False)
+    assert ct.entries()[0]["state"] == "FIN_WAIT"
+    assert ct.outbound(tcp_out("A")) == ("ESTABLISHED", False)
+    assert ct.entries()[0]["state"] == "CLOSE_WAIT"
+    assert ct.outbound(tcp_out("FA")) == ("ESTABLISHED", False)
+    assert ct.entries()[0]["state"] == "LAST_ACK"
+    assert ct.inbound(tcp_in("A")) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert e["state"] == "TIME_WAIT"
+    left = (e["expires_ns"] - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+    assert 110 < left <= 120, f"TIME_WAIT timeout is 120 s, {left:.1f} s left"
+    # a new SYN on the same tuple reopens the connection
+    assert ct.inbound(tcp_in("S")) == ("NEW", False)
+    assert ct.entries()[0]["state"] == "SYN_SENT"
+
+
+def test_tcp_rst_teardown(ct):
+    ct.inbound(tcp_in("S"))
+    ct.outbound(tcp_out("SA"))
+    ct.inbound(tcp_in("A"))
+    assert ct.inbound(tcp_in("R")) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert e["state"] == "CLOSE"
+    left = (e["expires_ns"] - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+    assert 0 < left <= 10, "CLOSE lasts 10 s"
+    # after a RST from the client, its new SYN starts a new connection
+    assert ct.inbound(tcp_in("S")) == ("NEW", False)
+    assert ct.entries()[0]["state"] == "SYN_SENT"
+
+
+def test_connection_refused_rst_removes_the_entry(ct):
+    assert ct.inbound(tcp_in("S", dport=81)) == ("NEW", False)
+    assert ct.outbound(tcp_out("RA", sport=81)) == ("ESTABLISHED", False)
+    assert ct.entries() == [], "an unreplied connection whose only reply is a RST is forgotten"
+
+
+def test_mid_stream_pickup_with_tcp_loose(ct):
+    assert ct.inbound(tcp_in("A", sport=41000)) == ("NEW", False)
+    (e,) = ct.entries()
+    assert e["state"] == "ESTABLISHED" and not e["status"] & 1
+    left = (e["expires_ns"] - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+    assert 290 < left <= 300, "a picked-up connection has the 300 s unacknowledged timeout until a reply"
+    assert ct.inbound(tcp_in("PA", sport=41000, payload=b"x")) == ("NEW", False), "NEW until a reply is seen"
+    assert ct.outbound(tcp_out("A", dport=41000)) == ("ESTABLISHED", False)
+    assert ct.inbound(tcp_in("A", sport=41000)) == ("ESTABLISHED", False)
+    left = (ct.entries()[0]["expires_ns"] - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+    assert left > 400000, "assured: the 5-day established timeout"
+
+
+def test_mid_stream_without_tcp_loose_is_invalid(ct):
+    ct.w.call(op="ct_config", timeouts={}, tcp_loose=False)
+    assert ct.inbound(tcp_in("A", sport=41001)) == ("INVALID", True)
+    assert ct.entries() == []
+
+
+@pytest.mark.parametrize("flags", ["R", "RA", "F", "FA", "SA", ""], ids=lambda f: f or "none")
+def test_stray_packets_without_entry_are_invalid(ct, flags):
+    assert ct.inbound(tcp_in(flags, sport=42000)) == ("INVALID", True)
+    assert ct.entries() == []
+
+
+@pytest.mark.parametrize("flags", ["SF", "SR", "SRA", "FPU", "F", "SFRPAU", "U", "P"])
+def test_bad_flag_combinations_are_invalid_even_on_a_connection(ct, flags):
+    ct.inbound(tcp_in("S"))
+    ct.outbound(tcp_out("SA"))
+    ct.inbound(tcp_in("A"))
+    assert ct.inbound(tcp_in(flags)) == ("INVALID", True)
+    assert ct.entries()[0]["state"] == "ESTABLISHED", "an INVALID packet does not change the state"
+
+
+def test_ack_before_synack_is_invalid(ct):
+    ct.inbound(tcp_in("S"))
+    assert ct.inbound(tcp_in("A")) == ("INVALID", True), "SYN_SENT + ACK from the client: sIV"
+
+
+def test_syn_in_established_is_ignored_not_invalid(ct):
+    ct.inbound(tcp_in("S"))
+    ct.outbound(tcp_out("SA"))
+    ct.inbound(tcp_in("A"))
+    assert ct.inbound(tcp_in("S")) == ("ESTABLISHED", False)
+    assert ct.entries()[0]["state"] == "ESTABLISHED"
+
+
+def test_dropped_first_packet_creates_no_entry(ct):
+    assert ct.inbound(tcp_in("S", dport=23)) == ("NEW", True)
+    assert ct.entries() == []
+    assert ct.inbound(tcp_in("S", dport=23)) == ("NEW", True)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / UDP(sport=5000, dport=23)) == ("NEW", True)
+    assert ct.entries() == []
+
+
+def test_udp_new_then_established(ct):
+    assert ct.outbound(IP(src=DUT, dst=PEER) / UDP(sport=5353, dport=53)) == ("NEW", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER) / UDP(sport=5353, dport=53)) == ("NEW", False)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / UDP(sport=53, dport=5353)) == ("ESTABLISHED", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER) / UDP(sport=5353, dport=53)) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert (e["src"], e["dst"], e["sport"], e["dport"], e["packets"]) == (DUT, PEER, 5353, 53, [3, 1])
+    left = (e["expires_ns"] - time.clock_gettime_ns(time.CLOCK_MONOTONIC)) / 1e9
+    assert 25 < left <= 30, "replied but younger than 2 s: still the 30 s timeout"
+
+
+def test_udp_bad_length_is_invalid(ct):
+    pkt = IP(src=PEER, dst=DUT) / UDP(sport=53, dport=5353, len=100) / b"abc"
+    assert ct.inbound(pkt) == ("INVALID", True)
+
+
+def test_udp_timeout_expires(ct):
+    ct.w.call(op="ct_config", timeouts={"udp": 1})
+    assert ct.outbound(IP(src=DUT, dst=PEER) / UDP(sport=5354, dport=53)) == ("NEW", False)
+    time.sleep(1.2)
+    # the entry expired: the "reply" is now the first packet of a new flow
+    assert ct.inbound(IP(src=PEER, dst=DUT) / UDP(sport=53, dport=5354)) == ("NEW", False)
+    (e,) = ct.entries()
+    assert (e["src"], e["sport"]) == (PEER, 53)
+
+
+def test_icmp_echo_and_orphan_reply(ct):
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=8, id=77, seq=1)) == ("NEW", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER) / ICMP(type=0, id=77, seq=1)) == ("ESTABLISHED", False)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=8, id=77, seq=2)) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert (e["proto"], e["src"], e["icmp_type"], e["icmp_id"]) == (1, PEER, 8, 77)
+    # a reply nobody asked for, an echo request with another id, and an untrackable type
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=0, id=78)) == ("INVALID", True)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=8, id=78)) == ("NEW", False)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=9)) == ("INVALID", True)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=13, id=5)) == ("NEW", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER) / ICMP(type=14, id=5)) == ("ESTABLISHED", False)
+
+
+def test_icmp_errors_quoting_a_flow_are_related(ct):
+    udp = IP(src=DUT, dst=PEER) / UDP(sport=5355, dport=9999)
+    assert ct.outbound(udp) == ("NEW", False)
+    err = IP(src=PEER, dst=DUT) / ICMP(type=3, code=3) / bytes(udp)[:28]
+    assert ct.inbound(err) == ("RELATED", False)
+    # quoting a flow that is not tracked, or a quote whose source is not the error's destination
+    other = IP(src=DUT, dst=PEER) / UDP(sport=5356, dport=9999)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=3, code=3) / bytes(other)[:28]) == ("INVALID", True)
+    forged = IP(src=OTHER, dst=PEER) / UDP(sport=5355, dport=9999)
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=3, code=3) / bytes(forged)[:28]) == ("INVALID", True)
+    # truncated quote
+    assert ct.inbound(IP(src=PEER, dst=DUT) / ICMP(type=11) / bytes(udp)[:20]) == ("INVALID", True)
+    # a TCP flow, the error sent by the host itself (OUTPUT)
+    ct.inbound(tcp_in("S", sport=43000, dport=80))
+    quote = bytes(tcp_in("S", sport=43000, dport=80))[:28]
+    assert ct.outbound(IP(src=DUT, dst=PEER) / ICMP(type=3, code=1) / quote) == ("RELATED", False)
+    assert len(ct.entries()) == 2, "errors create no entries"
+
+
+def test_generic_protocol(ct):
+    gre = IP(src=PEER, dst=DUT, proto=47) / (b"\0" * 8)
+    assert ct.inbound(gre) == ("NEW", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER, proto=47) / (b"\0" * 8)) == ("ESTABLISHED", False)
+    (e,) = ct.entries()
+    assert (e["proto"], e["src"], e["dst"]) == (47, PEER, DUT)
+
+
+def test_fragments_are_invalid(ct):
+    frag = IP(src=PEER, dst=DUT, proto=17, frag=100) / (b"\0" * 16)
+    assert ct.inbound(frag) == ("INVALID", True)
