@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import state
+from . import conntrack, state
 from .check import check_ruleset
 from .compiler import compile_plan
 from .datapath import Datapath, Shape, shape_for
@@ -32,7 +32,7 @@ MODES = ("auto", "xdp", "xdp-generic", "tc")
 
 def _parse(text: str, filename: str) -> Ruleset:
     rs = parse_ruleset(text, filename)
-    check_ruleset(rs)
+    check_ruleset(rs, allow_conntrack=True)   # the datapath tracks connections
     return rs
 
 
@@ -211,7 +211,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             if gdir.exists():
                 shutil.rmtree(gdir, ignore_errors=True)
             shape = need
-            dp = Datapath.build(shape)
+            dp = conntrack.build_datapath(shape, pins)   # shares the pinned conntrack table
             try:
                 dp.write_slot(0, plan, links, init)
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
