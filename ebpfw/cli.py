@@ -455,6 +455,11 @@ from .hostcli import register as _register_host_commands  # noqa: E402  (agent, 
 _register_host_commands(app)
 
 
+from .ctcli import conntrack_app  # noqa: E402  (no bcc at import time)
+
+app.add_typer(conntrack_app, name="conntrack")
+
+
 def main() -> None:
     """Console entry point (`ebpfw`, `python -m ebpfw`)."""
     try:
