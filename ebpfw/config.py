@@ -114,14 +114,15 @@ class _Lines:
                     head, tail = key.rsplit(".", 1)
                     self.keys.setdefault(((table + "." if table else "") + head, tail), no)
 
-    def of(self, table: str, key: Optional[str] = None, needle: Optional[str] = None) -> int:
-        """Line of `key` in `table`; with `needle`, the first line at or after it containing
-        that text (an array element); else the table header, else 1."""
+    def of(self, table: str, key: Optional[str] = None, needle: Optional[str] = None, after: int = 0) -> int:
+        """Line of `key` in `table`; with `needle`, the first line at or after it (and at or
+        after line `after`) containing that text (an array element); else the table header,
+        else 1."""
         start = self.keys.get((table, key)) if key else None
         if start is None:
             return self.headers.get(table, 1)
         if needle:
-            for no in range(start, len(self.lines) + 1):
+            for no in range(max(start, after), len(self.lines) + 1):
                 if needle in self.lines[no - 1]:
                     return no
         return start
@@ -208,14 +209,17 @@ def _check(path: Path, text: str, data: dict) -> Config:
     elif not data["interfaces"]:
         ck.bad(w.of("", "interfaces"), "empty interfaces", "at least one name or pattern", "[]")
     else:
+        at = 0  # elements are in file order: each is looked for from the previous one's line
         for item in data["interfaces"]:
             if isinstance(item, str):
-                p = ck.pattern(item, "interfaces", w.of("", "interfaces", f'"{item}"'))
+                at = line = w.of("", "interfaces", f'"{item}"', at)
+                p = ck.pattern(item, "interfaces", line)
                 if p:
                     rules.append(IfaceRule(p, None))
             elif isinstance(item, dict):
                 needle = f'"{item["match"]}"' if isinstance(item.get("match"), str) else "{"
-                line = w.of("", "interfaces", needle)
+                at = line = w.of("", "interfaces", needle, at)
+                at += 1
                 for k in item:
                     if k not in IFACE_KEYS:
                         ck.bad(line, f"unknown key {k!r} in an interfaces entry", "match and mode", repr(k))
@@ -232,7 +236,8 @@ def _check(path: Path, text: str, data: dict) -> Config:
                 if p:
                     rules.append(IfaceRule(p, m))
             else:
-                ck.bad(w.of("", "interfaces", str(item).lower()), "invalid interfaces entry", "a name or pattern string, or a "
+                at = line = w.of("", "interfaces", str(item).lower(), at)
+                ck.bad(line, "invalid interfaces entry", "a name or pattern string, or a "
                        "{ match = PATTERN, mode = MODE } table", _type_name(item))
 
     exclude: list[str] = []

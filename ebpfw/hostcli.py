@@ -51,9 +51,21 @@ def register(app: typer.Typer) -> None:
                                                       help="Configuration file (default /etc/ebpfw/ebpfw.toml; "
                                                       "see ebpfw.toml(5)).")] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log every netlink wake-up.")] = False,
+        check: Annotated[bool, typer.Option("--check", help="Only check the configuration and its ruleset "
+                                            "and say which interfaces match now; change nothing.")] = False,
     ) -> None:
         """Enforce the configured ruleset and keep it enforced: attach to matching interfaces as
         they appear, follow local address changes, reload on SIGHUP, exit on SIGTERM."""
+        if check:
+            from .agent import Agent
+            from .netlink import host
+
+            a = Agent(config)
+            cfg, _ = a.load()
+            sel = cfg.select([l.name for l in host.links()])
+            print(f"{cfg.path}: ok: ruleset {cfg.ruleset} checks; interfaces matching now: "
+                  f"{', '.join(f'{n} ({m})' for n, m in sel) or 'none'}; on stop: {cfg.on_stop}")
+            return
         _need_root("agent")
         from .agent import run_agent
 
