@@ -117,7 +117,8 @@ class EbpfwSide:
         self.topo = topo
         self.bpffs = Path(bpffs)
         self.state_dir = Path(state_dir)
-        self.mode = mode or os.environ.get("CONFORMANCE_MODE", "auto")
+        self.default_mode = mode or os.environ.get("CONFORMANCE_MODE", "auto")
+        self.mode = self.default_mode
         self.workdir = Path(tempfile.mkdtemp(prefix="ebpfw-cf-"))
         self.attached = False
 

@@ -39,9 +39,18 @@ def test_script_reaches_everything(module, iptables_side, iptables_runs):
     assert not stale, f"{case.name}: expect_unhit names keys that do not exist: {stale}"
 
 
+# `make test` covers the default hook choice and TC; the slow tier adds the XDP modes
+# explicitly (CONFORMANCE_MODE still overrides "default").
+MODES = [pytest.param("default", id="default"), pytest.param("tc", id="tc"),
+         pytest.param("xdp", id="xdp", marks=pytest.mark.slow),
+         pytest.param("xdp-generic", id="xdp-generic", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("module", CASE_MODULES)
-def test_ebpfw_matches_iptables(module, iptables_side, ebpfw_side, iptables_runs):
+def test_ebpfw_matches_iptables(module, mode, iptables_side, ebpfw_side, iptables_runs):
     case = load_case(module)
+    ebpfw_side.mode = ebpfw_side.default_mode if mode == "default" else mode
     try:
         ebpfw_side.import_ruleset(case.ruleset)
     except ImportRefused as exc:
