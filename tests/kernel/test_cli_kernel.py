@@ -55,10 +55,10 @@ BAD_RULES = """*filter
 COMMIT
 """
 
-LISTENER = f"""
-import socket, selectors, time
+LISTENER = """
+import socket, selectors, sys, time
 sel = selectors.DefaultSelector()
-for port in ({OPEN_PORT}, {CLOSED_PORT}):
+for port in map(int, sys.argv[1:]):
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", port)); s.listen(64); s.setblocking(False); sel.register(s, selectors.EVENT_READ)
 print("ready", flush=True)
@@ -124,16 +124,25 @@ def attached(ns: str, dev: str) -> dict:
     return {"xdp": xdp, "clsact": "clsact" in qdisc, "filters": filters.strip()}
 
 
+def start_listener(ns: str, *ports: int) -> subprocess.Popen:
+    """A TCP server in `ns` that answers b"hi" on every port given; the caller kills it."""
+    proc = subprocess.Popen(nsenter_argv(ns) + [sys.executable, "-c", LISTENER, *map(str, ports)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().strip()
+    if line != "ready":
+        proc.kill()
+        raise AssertionError(f"listener in {ns} did not start: {proc.stderr.read()}")
+    return proc
+
+
 @pytest.fixture
 def topo(netns, ebpfw_env, tmp_path):
     """(client ns, dut ns, dut iface, rules file path); a listener runs in the DUT."""
     client, dut = netns("clc"), netns("cld")
     if_c, if_d = client + "c", dut + "d"
     veth(client, if_c, dut, if_d, f"{CLIENT_IP}/24", f"{DUT_IP}/24")
-    listener = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", LISTENER],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    listener = start_listener(dut, OPEN_PORT, CLOSED_PORT)
     try:
-        assert listener.stdout.readline().strip() == "ready", listener.stderr.read()
         rules = tmp_path / "rules.v4"
         rules.write_text(RULES)
         yield client, dut, if_d, rules
@@ -304,3 +313,44 @@ def test_switch_hooks_and_interfaces_keeps_a_foreign_clsact(netns, ebpfw_env, tm
         assert attached(dut, d1)["clsact"]
     finally:
         ebpfw(dut, "detach", timeout=60)
+
+
+STATEFUL = f"""*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -m conntrack --ctstate INVALID -j DROP
+-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport {OPEN_PORT} -j ACCEPT
+COMMIT
+"""
+
+
+def test_stateful_ruleset_tracks_connections(topo, tmp_path):
+    """INPUT DROP with ESTABLISHED,RELATED accepted: the DUT's own outgoing connection gets its
+    replies, new connections come in only on the open port, and the table is visible."""
+    client, dut, dev, _ = topo
+    rules = tmp_path / "stateful.rules"
+    rules.write_text(STATEFUL)
+    outside = start_listener(client, 7070)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dev))
+        assert tcp(client, DUT_IP, OPEN_PORT) == "open"
+        assert tcp(client, DUT_IP, CLOSED_PORT) == "timeout"
+        assert not ping(client, DUT_IP)                         # NEW icmp: policy DROP
+        assert tcp(dut, CLIENT_IP, 7070) == "open"              # replies are ESTABLISHED
+        assert ping(dut, CLIENT_IP)                             # echo reply is ESTABLISHED
+
+        cnt = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        est = cnt["-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"][0]
+        assert est >= 3                                         # SYN-ACK, data, FIN, echo reply
+        new = cnt[f"-A INPUT -p tcp -m conntrack --ctstate NEW -m tcp --dport {OPEN_PORT} -j ACCEPT"][0]
+        assert new == 1                                         # only the client's SYN is NEW
+
+        entries = json.loads(ok(ebpfw(dut, "conntrack", "list", "--json")).stdout)
+        assert any(e["protonum"] == 6 and e["original"].get("dport") == 7070 for e in entries), entries
+        stats = json.loads(ok(ebpfw(dut, "conntrack", "stats", "--json")).stdout)
+        assert stats["entries"] >= 1
+    finally:
+        outside.kill()
+        outside.wait(timeout=10)
