@@ -62,9 +62,11 @@ install: setup
 	@command -v mandb >/dev/null && mandb -q >/dev/null 2>&1 || true
 	install -d -m 755 $(CONFDIR)
 	test -e $(CONFDIR)/rules.v4 || install -m 644 systemd/rules.v4.example $(CONFDIR)/rules.v4
+	install -m 644 etc/ebpfw.toml.example $(CONFDIR)/ebpfw.toml.example
+	test -e $(CONFDIR)/ebpfw.toml || install -m 644 etc/ebpfw.toml.example $(CONFDIR)/ebpfw.toml
 	test -e $(DEFAULTS) || install -D -m 644 systemd/ebpfw.default $(DEFAULTS)
 	@if [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
-	@echo "installed; edit $(DEFAULTS) and $(CONFDIR)/rules.v4, then: systemctl enable --now ebpfw"
+	@echo "installed; edit $(CONFDIR)/ebpfw.toml and $(CONFDIR)/rules.v4, check with 'ebpfw agent --check', then: systemctl enable --now ebpfw"
 
 # Leaves /etc/ebpfw, /etc/default/ebpfw and anything still attached alone (run `ebpfw detach` first).
 uninstall:
