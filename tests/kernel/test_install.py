@@ -1,6 +1,7 @@
-"""`make install` into temporary prefixes gives a working ebpfw: the installed wrapper applies
-the example ruleset in a test namespace exactly as the systemd unit's ExecStart would run it
-(variables from the installed /etc/default file), reload re-applies, stop leaves it enforcing."""
+"""`make install` into temporary prefixes gives a working ebpfw: the installed wrapper runs the
+agent in a test namespace exactly as the systemd unit's ExecStart would (variables from the
+installed /etc/default file, the installed ebpfw.toml edited to name a test interface), it says
+READY=1 like Type=notify wants, ExecReload's SIGHUP re-applies, stop leaves it enforcing."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import configparser
 import json
 import os
 import shlex
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from netns import run_in
+from netns import nsenter_argv, run_in
 
 pytestmark = pytest.mark.kernel
 REPO = Path(__file__).resolve().parents[2]
@@ -57,30 +59,57 @@ def test_make_install_then_run_like_the_unit(tmp_path, netns, ebpfw_env):
     for page in REPO.glob("man/*.[58]"):
         assert (dirs["MANDIR"] / f"man{page.suffix[1:]}" / page.name).exists()
 
+    assert (dirs["CONFDIR"] / "ebpfw.toml").read_text() == (REPO / "etc/ebpfw.toml.example").read_text()
+
     ns_a, if_a, _ns_b, _if_b = netns.pair("in")
-    # the admin edits /etc/default/ebpfw; the unit's ExecStart then points at our copies
+    # the admin points /etc/default/ebpfw at the configuration and edits it
+    config = dirs["CONFDIR"] / "ebpfw.toml"
+    config.write_text(config.read_text().replace("/etc/ebpfw/rules.v4", str(dirs["CONFDIR"] / "rules.v4"))
+                      .replace('"eth*",', f'"{if_a}",'))
     defaults = dirs["DEFAULTS"]
-    defaults.write_text(defaults.read_text().replace('EBPFW_IFACE_ARGS=""', f'EBPFW_IFACE_ARGS="--iface {if_a}"')
-                        .replace("/etc/ebpfw/rules.v4", str(dirs["CONFDIR"] / "rules.v4")))
+    defaults.write_text(defaults.read_text().replace("/etc/ebpfw/ebpfw.toml", str(config)))
     env = _read_default(defaults)
     unit = dirs["UNITDIR"] / "ebpfw.service"
     start = _exec_line(unit, "ExecStart", env)
-    assert start[0] == "/usr/local/sbin/ebpfw"
+    assert start == ["/usr/local/sbin/ebpfw", "agent"]
     start[0] = str(wrapper)
-    assert start[1:] == ["apply", str(dirs["CONFDIR"] / "rules.v4"), "--iface", if_a]
+    check = run_in(ns_a, [str(wrapper), "agent", "--check"], env=dict(os.environ, **env), timeout=60)
+    assert f"interfaces matching now: {if_a} (auto)" in check.stdout, check.stdout + check.stderr
 
-    out = run_in(ns_a, start, timeout=180)
-    assert f"on {if_a} (" in out.stdout
-    ids = json.loads(netns.python(ns_a, f"import json\nfrom ebpfw.netlink import attached_prog_ids, ifindex\n"
-                                  f"print(json.dumps(attached_prog_ids(ifindex({if_a!r}))))").stdout)
-    assert (ids["xdp"] or ids["tc_ingress"]) and ids["tc_egress"], ids
+    # Type=notify: systemd waits for READY=1 on $NOTIFY_SOCKET
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(180)
+    log = open(tmp_path / "agent.log", "w")
+    agent = subprocess.Popen(nsenter_argv(ns_a) + start, stdout=log, stderr=log,
+                             env=dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), **env))
+    try:
+        def wait_ready() -> None:
+            while "READY=1" not in notify.recv(4096).decode().splitlines():
+                pass
 
-    reload = _exec_line(unit, "ExecReload", env)
-    reload[0] = str(wrapper)
-    assert "applied" in run_in(ns_a, reload, timeout=180).stdout
-    # there is no ExecStop: the programs stay attached until an explicit detach
-    ids = json.loads(netns.python(ns_a, f"import json\nfrom ebpfw.netlink import attached_prog_ids, ifindex\n"
-                                  f"print(json.dumps(attached_prog_ids(ifindex({if_a!r}))))").stdout)
-    assert (ids["xdp"] or ids["tc_ingress"]) and ids["tc_egress"], ids
+        wait_ready()
+        ids = _ids(netns, ns_a, if_a)
+        assert (ids["xdp"] or ids["tc_ingress"]) and ids["tc_egress"], ids
+
+        reload = _exec_line(unit, "ExecReload", dict(env, MAINPID=str(agent.pid)))
+        assert reload == ["/bin/kill", "-HUP", str(agent.pid)]
+        subprocess.run(reload, check=True, timeout=10)
+        wait_ready()
+        assert "(reload)" in (tmp_path / "agent.log").read_text()
+        # stop (SIGTERM): there is no ExecStop; the programs stay attached until an explicit detach
+        agent.terminate()
+        assert agent.wait(timeout=60) == 0
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait(timeout=30)
+        log.close()
+        notify.close()
+    assert _ids(netns, ns_a, if_a) == ids
     assert "removed" in run_in(ns_a, [str(wrapper), "detach"], timeout=60).stdout
 
+
+def _ids(netns, ns: str, dev: str) -> dict:
+    return json.loads(netns.python(ns, f"import json\nfrom ebpfw.netlink import attached_prog_ids, ifindex\n"
+                                   f"print(json.dumps(attached_prog_ids(ifindex({dev!r}))))").stdout)
