@@ -9,7 +9,8 @@ Contract:
 - `build_datapath(shape, pins)` is what apply calls instead of `Datapath.build`: when the shape
   tracks connections it keeps the pinned table (bcc reopens it), replaces it by one of the new
   size when EBPFW_CT_SIZE changed (copying the entries that fit), and seeds a table it created
-  from the kernel's conntrack (pyroute2), so connections made before ebpfw are not cut.
+  from the kernel's conntrack (pyroute2), so connections made before ebpfw are not cut
+  (EBPFW_CT_SEED=0 turns seeding off).
 - Evictions: the kernel's LRU drops entries silently when the table is full, so ebpfw derives
   them: every entry the datapath or userspace inserted and nobody deleted, but that is no
   longer in the table, was evicted (created + seeded - deleted - flushed - entries now).
@@ -247,7 +248,7 @@ def build_datapath(shape: Shape, pins: Path) -> Datapath:
                     break
         finally:
             os.close(old_fd)
-    elif fresh:
+    elif fresh and os.environ.get("EBPFW_CT_SEED", "1").strip() not in ("0", "no", "false"):
         seed_from_kernel(dp.ct_maps["ebpfw_ct"], dp.ct_maps.get("ebpfw_ctstat"))
     return dp
 

@@ -11,6 +11,7 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
 (a private, unpinned table) and these requests work too:
   {"op": "ct_list"}                                  -> {"entries": [Entry as dict...]}
   {"op": "ct_flush"}                                 -> {"flushed": N}
+  {"op": "ct_stats"}                                 -> ebpfw.conntrack.Table.stats()
   {"op": "ct_config", "timeouts": {NAME: SECONDS}, "tcp_loose": BOOL} -> {"ok": true}
   {"op": "bench", "prog": ..., "frame": HEX, "ifindex": N, "repeat": N} -> {"ns": per-packet ns}
 """
@@ -93,9 +94,12 @@ def main() -> None:
                         e["key"] = k.hex()
                         entries.append(e)
                 out = {"entries": entries}
+            elif req["op"] == "ct_stats":
+                from ebpfw.conntrack import Table
+                out = Table(dp.ct_maps["ebpfw_ct"], dp.ct_maps["ebpfw_ctstat"]).stats()
             elif req["op"] == "ct_flush":
-                fd = dp.ct_maps["ebpfw_ct"]
-                out = {"flushed": sum(bpfsys.delete(fd, k) for k in bpfsys.keys(fd, CT_KEY.size))}
+                from ebpfw.conntrack import Table
+                out = {"flushed": Table(dp.ct_maps["ebpfw_ct"], dp.ct_maps["ebpfw_ctstat"]).flush()}
             elif req["op"] == "ct_config":
                 t = ctdata.timeouts_from_env({})
                 for name, secs in req.get("timeouts", {}).items():
