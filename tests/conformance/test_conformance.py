@@ -15,6 +15,7 @@ import os
 import pytest
 
 from .cases import CASE_MODULES, load_case
+from .cases.common import RULESETS
 from .harness import ImportRefused, compare, coverage_report, render_report, run_case
 
 STEPWISE_ON_FAILURE = os.environ.get("CONFORMANCE_STEPWISE_REPLAY", "1") != "0"
@@ -67,5 +68,38 @@ def test_ebpfw_matches_iptables(module, mode, iptables_side, ebpfw_side, iptable
         got = run_case(ebpfw_side, case, stepwise=True)
         diffs = compare(case, ref, got)
     report = render_report(case, ref, got, diffs)
+    if mode != "default":
+        report = report.replace(f"== {case.name}", f"== {case.name} [--mode {mode}]", 1)
     print(report)
+    if os.environ.get("CONFORMANCE_REPORT"):
+        with open(os.environ["CONFORMANCE_REPORT"], "a") as f:
+            f.write(report + "\n")
     assert not diffs, report
+
+
+def _rule_lines(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and "] " in line:
+            line = line.split("] ", 1)[1]
+        out.append(line)
+    return out
+
+
+def test_every_ruleset_has_a_case():
+    """Each rulesets/*.rules file is exercised by exactly one case module."""
+    sources = {load_case(m).source for m in CASE_MODULES}
+    files = {f"rulesets/{p.name}" for p in RULESETS.glob("*.rules")}
+    assert files - sources == set(), f"rulesets without a conformance case: {files - sources}"
+    assert sources - files == set(), f"cases naming missing rulesets: {sources - files}"
+
+
+@pytest.mark.parametrize("module", CASE_MODULES)
+def test_corpus_is_canonical_iptables_save(module, iptables_side):
+    """The corpus is what iptables-save prints: restoring and saving it gives the same rules."""
+    case = load_case(module)
+    iptables_side.load(case.ruleset)
+    saved = iptables_side.topo.in_dut([f"{iptables_side.cmd}-save", "-t", "filter"]).stdout
+    assert _rule_lines(saved) == _rule_lines(case.ruleset)
