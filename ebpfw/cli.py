@@ -35,7 +35,9 @@ from .errors import EbpfwError
 ENV_HELP = (
     "Environment: EBPFW_BPFFS is the bpffs under which pins live, in ebpfw/<netns>/ "
     "(default /sys/fs/bpf); EBPFW_STATE_DIR holds the applied ruleset and state per network "
-    "namespace, in <netns>/ (default /var/lib/ebpfw). See ebpfw(8) and ebpfw-rules(5)."
+    "namespace, in <netns>/ (default /var/lib/ebpfw); EBPFW_CONFIG is the agent's configuration "
+    "(default /etc/ebpfw/ebpfw.toml); EBPFW_CT_SIZE, EBPFW_CT_TIMEOUTS and EBPFW_CT_SEED tune "
+    "connection tracking. See ebpfw(8) and ebpfw-rules(5)."
 )
 
 app = typer.Typer(
