@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import api, state
-from .config import Config, load_config
+from .config import CT_ENV, Config, conntrack_env, load_config
 from .datapath import Datapath, Shape
 from .errors import EbpfwError
 from .netlink import host
@@ -145,6 +145,15 @@ class Agent:
         self.hup = False
         self.retry_at: Optional[float] = None
         self.next_resync = 0.0
+        # the conntrack environment the agent was started with; [conntrack] settings go on top
+        self.base_ct_env = {k: os.environ[k] for k in CT_ENV if k in os.environ}
+
+    def use_conntrack_settings(self, cfg: Config) -> None:
+        """Make cfg's [conntrack] the environment the datapath reads at apply time."""
+        for k in CT_ENV:
+            os.environ.pop(k, None)
+        os.environ.update(self.base_ct_env)
+        os.environ.update(conntrack_env(cfg.conntrack))
 
     # -- configuration and ruleset ---------------------------------------------------------
     def load(self) -> tuple[Config, str]:
@@ -270,10 +279,12 @@ class Agent:
             return
         old = self.cfg
         self.cfg, self.text = cfg, text
+        self.use_conntrack_settings(cfg)
         try:
             self.apply_now(text, why=" (reload)")
         except EbpfwError as exc:
             self.cfg = old
+            self.use_conntrack_settings(old)
             _log_error("reload failed; the enforced ruleset stays", exc)
             sd_notify("STATUS=reload failed (see the log); the previous ruleset stays")
         sd_notify("READY=1")
@@ -289,6 +300,7 @@ class Agent:
         import select
 
         self.cfg, self.text = self.load()       # a bad configuration or ruleset: exit 1
+        self.use_conntrack_settings(self.cfg)
         log.info("configuration %s: ruleset %s, interfaces %s%s, on stop: %s", self.cfg.path, self.cfg.ruleset,
                  ", ".join(r.match + (f" ({r.mode})" if r.mode else "") for r in self.cfg.interfaces),
                  f", excluding {', '.join(self.cfg.exclude)}" if self.cfg.exclude else "", self.cfg.on_stop)

@@ -43,9 +43,12 @@ IFNAMSIZ = 16
 TOP_KEYS = ("ruleset", "mode", "interfaces", "exclude", "on_stop", "conntrack")
 IFACE_KEYS = ("match", "mode")
 # The connection tracker's settings, named like netfilter's sysctls without `nf_conntrack_`
-# (net.netfilter.nf_conntrack_max -> max); values are entry counts or seconds.
+# (net.netfilter.nf_conntrack_max -> max); values are entry counts or seconds, except
+# tcp_loose (a boolean, like nf_conntrack_tcp_loose). conntrack_env() turns them into the
+# environment the datapath reads (EBPFW_CT_SIZE, EBPFW_CT_TIMEOUTS, EBPFW_CT_TCP_LOOSE).
+CT_MIN_SIZE, CT_MAX_SIZE = 1024, 1 << 26   # what ebpfw.datapath.abi.ct_size_from_env accepts
 CONNTRACK_KEYS = (
-    "max",
+    "max", "tcp_loose",
     "tcp_timeout_syn_sent", "tcp_timeout_syn_recv", "tcp_timeout_established",
     "tcp_timeout_fin_wait", "tcp_timeout_close_wait", "tcp_timeout_last_ack",
     "tcp_timeout_time_wait", "tcp_timeout_close", "tcp_timeout_unacknowledged",
@@ -81,6 +84,22 @@ class Config:
                     out.append((name, rule.mode or self.mode))
                     break
         return out
+
+
+CT_ENV = ("EBPFW_CT_SIZE", "EBPFW_CT_TIMEOUTS", "EBPFW_CT_TCP_LOOSE")
+
+
+def conntrack_env(conntrack: dict) -> dict[str, str]:
+    """The [conntrack] settings as the environment variables the datapath reads."""
+    env = {}
+    if "max" in conntrack:
+        env["EBPFW_CT_SIZE"] = str(conntrack["max"])
+    timeouts = [f"{k}={v}" for k, v in sorted(conntrack.items()) if k not in ("max", "tcp_loose")]
+    if timeouts:
+        env["EBPFW_CT_TIMEOUTS"] = ",".join(timeouts)
+    if "tcp_loose" in conntrack:
+        env["EBPFW_CT_TCP_LOOSE"] = "1" if conntrack["tcp_loose"] else "0"
+    return env
 
 
 def config_path(path: Optional[str | os.PathLike] = None) -> Path:
@@ -261,6 +280,14 @@ def _check(path: Path, text: str, data: dict) -> Config:
             line = w.of("conntrack", k)
             if k not in CONNTRACK_KEYS:
                 ck.bad(line, f"unknown conntrack setting {k!r}", "one of " + ", ".join(CONNTRACK_KEYS), repr(k))
+            elif k == "tcp_loose":
+                if not isinstance(v, bool):
+                    ck.bad(line, "invalid conntrack tcp_loose", "true or false", _type_name(v))
+                else:
+                    conntrack[k] = v
+            elif k == "max" and isinstance(v, int) and not isinstance(v, bool) and not CT_MIN_SIZE <= v <= CT_MAX_SIZE:
+                ck.bad(line, "invalid conntrack max", f"a number of entries from {CT_MIN_SIZE} to {CT_MAX_SIZE}",
+                       _type_name(v))
             elif isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 what = "entries" if k == "max" else "seconds"
                 ck.bad(line, f"invalid conntrack {k}", f"a positive integer ({what})", _type_name(v))

@@ -121,7 +121,7 @@ BAD = [
       "found string ''"]),
     # conntrack
     (MINIMAL + "[conntrack]\nmax = 0\nudp_timeout = \"30s\"\ntcp_timeout = 5\n",
-     [f"{F}:4: invalid conntrack max, expected a positive integer (entries), found integer 0",
+     [f"{F}:4: invalid conntrack max, expected a number of entries from 1024 to 67108864, found integer 0",
       f"{F}:5: invalid conntrack udp_timeout, expected a positive integer (seconds), found string '30s'",
       f"{F}:6: unknown conntrack setting 'tcp_timeout', expected one of " + ", ".join(C.CONNTRACK_KEYS)
       + ", found 'tcp_timeout'"]),
@@ -147,3 +147,31 @@ def test_load_config_errors(tmp_path):
     with pytest.raises(EbpfwError) as ei:
         C.load_config(bad)
     assert ei.value.problems == [f"{bad}:2: not UTF-8 text, expected a TOML file, found byte 0xe9"]
+
+
+def test_conntrack_settings_become_the_datapath_environment():
+    c = parse(MINIMAL + "[conntrack]\nmax = 1048576\ntcp_loose = false\nudp_timeout = 10\n"
+                        "tcp_timeout_established = 600\n")
+    assert C.conntrack_env(c.conntrack) == {
+        "EBPFW_CT_SIZE": "1048576", "EBPFW_CT_TCP_LOOSE": "0",
+        "EBPFW_CT_TIMEOUTS": "tcp_timeout_established=600,udp_timeout=10"}
+    assert C.conntrack_env({}) == {}
+    ct = pytest.importorskip("ebpfw.datapath.ct")
+    t = ct.timeouts_from_env(C.conntrack_env(c.conntrack))
+    assert t["udp_timeout"] == 10 and t["tcp_timeout_established"] == 600
+
+
+def test_conntrack_timeout_names_are_the_datapaths():
+    ct = pytest.importorskip("ebpfw.datapath.ct")
+    names = {name for name, _ in ct.TIMEOUTS.values()}
+    assert names == set(C.CONNTRACK_KEYS) - {"max", "tcp_loose"}
+
+
+@pytest.mark.parametrize("line,msg", [
+    ("max = 100", "invalid conntrack max, expected a number of entries from 1024 to 67108864, found integer 100"),
+    ("tcp_loose = 1", "invalid conntrack tcp_loose, expected true or false, found integer 1"),
+    ("icmp_timeout = true", "invalid conntrack icmp_timeout, expected a positive integer (seconds), "
+                            "found boolean true"),
+])
+def test_conntrack_values(line, msg):
+    assert problems(MINIMAL + "[conntrack]\n" + line + "\n") == [f"{F}:4: {msg}"]
