@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes as ct
 import ctypes.util
 import os
+import struct
 from functools import lru_cache
 
 from ..errors import KernelError
@@ -121,6 +122,33 @@ def update_batch(fd: int, keys_blob: bytes, values_blob: bytes, count: int, what
     vs = len(values_blob) // count
     for i in range(count):
         update(fd, keys_blob[i * ks:(i + 1) * ks], values_blob[i * vs:(i + 1) * vs], what)
+
+
+def lookup_array(fd: int, first: int, count: int, value_size: int) -> bytes:
+    """Values of array entries [first, first+count) in as few syscalls as the kernel allows
+    (batch lookup), falling back to one lookup per entry. Per-CPU values are ncpu * value_size."""
+    if count <= 0:
+        return b""
+    out = bytearray()
+    batch = ct.c_uint32(first - 1)
+    keys = ct.create_string_buffer(4 * count)
+    vals = ct.create_string_buffer(value_size * count)
+    token = ct.c_uint32(0)
+    n = ct.c_uint32(count)
+    # in_batch is the key *before* the first one returned (generic_map_lookup_batch calls
+    # get_next_key on it); NULL starts at index 0
+    rc = _lib.bpf_map_lookup_batch(fd, ct.byref(batch) if first else None, ct.byref(token), keys, vals,
+                                   ct.byref(n), None)
+    if rc == 0 or (ct.get_errno() == 2 and n.value):
+        out += vals.raw[:value_size * n.value]
+        if len(out) == value_size * count:
+            return bytes(out)
+    # fallback: the rest one by one
+    start = first + len(out) // value_size
+    for i in range(start, first + count):
+        v = lookup(fd, struct.pack("<I", i), value_size)
+        out += v if v is not None else bytes(value_size)
+    return bytes(out)
 
 
 def pin(fd: int, path: str) -> None:

@@ -270,23 +270,24 @@ class Datapath:
             bpfsys.update(fd, k, b"\x01", "ebpfw_local")
 
     # ---- reading ------------------------------------------------------------------------------
-    def _percpu_sum(self, name: str, key: int) -> tuple[int, int]:
+    def _percpu_range(self, name: str, first: int, count: int) -> list[tuple[int, int]]:
         ncpu = bpfsys.possible_cpus()
-        raw = bpfsys.lookup(self.maps[name], U32.pack(key), COUNTER.size * ncpu)
-        if raw is None:
-            return 0, 0
-        p = b = 0
-        for i in range(ncpu):
-            pp, bb = COUNTER.unpack_from(raw, i * COUNTER.size)
-            p += pp
-            b += bb
-        return p, b
+        raw = bpfsys.lookup_array(self.maps[name], first, count, COUNTER.size * ncpu)
+        out = []
+        for k in range(count):
+            p = b = 0
+            base = k * COUNTER.size * ncpu
+            for i in range(ncpu):
+                pp, bb = COUNTER.unpack_from(raw, base + i * COUNTER.size)
+                p += pp
+                b += bb
+            out.append((p, b))
+        return out
 
     def read_counters(self, slot: int, nrules: int, nchains: int) -> tuple[list, list]:
         sh = self.shape
-        rules = [self._percpu_sum("ebpfw_cnt", slot * sh.rcap + r) for r in range(nrules)]
-        chains = [self._percpu_sum("ebpfw_pcnt", slot * sh.ccap + c) for c in range(nchains)]
-        return rules, chains
+        return (self._percpu_range("ebpfw_cnt", slot * sh.rcap, nrules),
+                self._percpu_range("ebpfw_pcnt", slot * sh.ccap, nchains))
 
     def read_ct_stats(self) -> dict[str, int]:
         fd = self.ct_maps.get("ebpfw_ctstat")
