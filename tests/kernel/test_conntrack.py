@@ -368,7 +368,7 @@ sys.stdin.read()
 """
 
 CLIENT_FLOWS = f"""
-import socket, time
+import socket, struct, time
 from scapy.all import IP, TCP, send, conf
 conf.verb = 0
 for i in range(2):
@@ -379,6 +379,14 @@ for i in range(2):
     time.sleep(0.3)
     s.close()
     time.sleep(0.5)
+# a connection aborted with a RST (SO_LINGER 0)
+s = socket.create_connection(("{SRV_IP}", 22), timeout=5)
+s.sendall(b"bye")
+assert s.recv(100) == b"bye"
+time.sleep(0.3)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+time.sleep(0.3)
 # stray and bad segments, a SYN to a port the ruleset does not open
 send(IP(dst="{SRV_IP}") / TCP(sport=33333, dport=22, flags="SF"))
 send(IP(dst="{SRV_IP}") / TCP(sport=33334, dport=22, flags="R"))
@@ -454,9 +462,9 @@ def test_stateful_server_counters_equal_iptables(netns, ebpfw_env, tmp_path):
         # the table after the flows: closed TCP connections in TIME_WAIT, the UDP and ICMP flows
         listing = json.loads(_ebpfw(srv2, "conntrack", "list", "--json"))
         states = sorted(d["state"] or d["proto"] for d in listing)
-        assert states == ["TIME_WAIT", "TIME_WAIT", "icmp", "udp"], listing
+        assert states == ["CLOSE", "TIME_WAIT", "TIME_WAIT", "icmp", "udp"], listing
         stats = json.loads(_ebpfw(srv2, "conntrack", "stats", "--json"))
-        assert stats["entries"] == 4 and stats["size"] == 262144 and stats["evictions"] == 0
+        assert stats["entries"] == 5 and stats["size"] == 262144 and stats["evictions"] == 0
         assert stats["invalid"] == 3 and stats["related"] == 1
         _ebpfw(srv2, "conntrack", "flush")
         assert json.loads(_ebpfw(srv2, "conntrack", "list", "--json")) == []
@@ -555,3 +563,51 @@ def test_without_seeding_the_old_connection_is_cut(netns, ebpfw_env, tmp_path):
         for p in (client, server):
             if p is not None:
                 p.kill()
+
+
+UDP_PEER = """
+import socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 7007))
+print("ready", flush=True)
+while True:
+    d, a = u.recvfrom(100)
+    if d == b"slow":
+        time.sleep(2.5)
+    u.sendto(d, a)
+"""
+
+UDP_ASK = f"""
+import socket
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 5999))
+for msg, wait in ((b"fast", 2), (b"slow", 4)):
+    u.sendto(msg, ("{CLI_IP}", 7007))
+    u.settimeout(wait)
+    try:
+        print(msg.decode(), "answered" if u.recvfrom(100)[0] == msg else "wrong")
+    except socket.timeout:
+        print(msg.decode(), "lost")
+"""
+
+
+def test_shortened_udp_timeout_expires_real_flows(netns, ebpfw_env, tmp_path):
+    """EBPFW_CT_TIMEOUTS=udp=1 at apply: an answer within the second is ESTABLISHED, one 2.5 s
+    later finds its entry expired, is NEW, and meets the DROP policy."""
+    peer = None
+    try:
+        cli, srv, sif = _pair(netns, "ctt")
+        rules = tmp_path / "stateful.rules"
+        rules.write_text(STATEFUL)
+        _ebpfw(srv, "apply", str(rules), "--iface", sif, env={"EBPFW_CT_TIMEOUTS": "udp=1"})
+        peer = subprocess.Popen(nsh.nsenter_argv(cli) + [sys.executable, "-c", UDP_PEER],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert peer.stdout.readline().strip() == "ready"
+        out = nsh.python_in(srv, UDP_ASK, timeout=30).stdout.split("\n")
+        assert out[:2] == ["fast answered", "slow lost"], out
+        got = _counters(_ebpfw(srv, "save", "--counters"))
+        assert got["INPUT"][0] == 1, "the late answer met the policy"
+        assert got["-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"][0] == 1
+    finally:
+        if peer is not None:
+            peer.kill()
