@@ -250,10 +250,9 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
 # ---- reading back --------------------------------------------------------------------------------
 
 def status() -> Optional[dict]:
-    try:
-        return state.read_json(CURRENT)
-    except EbpfwError:
-        return None
+    """The applied state of this namespace, or None when nothing is applied. A damaged
+    state file is an error (StateError with the file and line), not "nothing applied"."""
+    return state.read_json(CURRENT)
 
 
 def _load_applied() -> tuple[dict, Ruleset, Datapath]:
