@@ -55,8 +55,13 @@ def _neg(draw) -> str:
     return "! " if draw(st.booleans()) else ""
 
 
+CT_SPECS = ["NEW", "ESTABLISHED", "RELATED", "INVALID", "RELATED,ESTABLISHED",
+            "NEW,ESTABLISHED", "INVALID,NEW", "UNTRACKED"]
+
+
 @st.composite
-def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: bool) -> list[str]:
+def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: bool,
+              ct: bool = False) -> list[str]:
     out = []
     for _ in range(draw(st.integers(0, 5))):
         parts = ["-A", chain]
@@ -102,6 +107,12 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
             lo, hi = draw(st.sampled_from(RANGES))
             which = draw(st.sampled_from(["--src-range", "--dst-range"]))
             parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
+        if ct and draw(st.integers(0, 2)) == 0:
+            states = draw(st.sampled_from(CT_SPECS))
+            if draw(st.integers(0, 3)) == 0:
+                parts += ["-m", "state", f"{_neg(draw)}--state", states]
+            else:
+                parts += ["-m", "conntrack", f"{_neg(draw)}--ctstate", states]
         if draw(st.integers(0, 6)) == 0:
             parts += ["-m", "comment", "--comment", f'"rule {len(out) + 1} of {chain}"']
         targets = ["ACCEPT", "DROP", "RETURN", None]
@@ -116,18 +127,18 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
 
 
 @st.composite
-def rulesets(draw) -> str:
+def rulesets(draw, ct: bool = False) -> str:
     n_user = draw(st.integers(0, 3))
     users = [f"U{i}" for i in range(n_user)]
     lines = ["*filter"]
     for c in ("INPUT", "FORWARD", "OUTPUT"):
         lines.append(f":{c} {draw(st.sampled_from(['ACCEPT', 'DROP']))} [0:0]")
     lines += [f":{u} - [0:0]" for u in users]
-    lines += draw(rules_for("INPUT", users, True, False))
-    lines += draw(rules_for("FORWARD", users, True, True))
-    lines += draw(rules_for("OUTPUT", users, False, True))
+    lines += draw(rules_for("INPUT", users, True, False, ct))
+    lines += draw(rules_for("FORWARD", users, True, True, ct))
+    lines += draw(rules_for("OUTPUT", users, False, True, ct))
     for i, u in enumerate(users):
-        lines += draw(rules_for(u, users[i + 1:], True, True))
+        lines += draw(rules_for(u, users[i + 1:], True, True, ct))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -160,6 +171,110 @@ def packets(draw):
         ip.proto = 47
         pkt = ip / Raw(b"\x00\x00\x08\x00" + b"\x00" * 20)
     return Send(role, [pkt])
+
+
+# ---- connection-shaped traffic for the conntrack variant -----------------------------------
+
+def _side_of(addr: str) -> str:
+    """Which role owns/reaches addr: the DUT itself, or the endpoint it is routed to."""
+    import ipaddress
+
+    from .topology import DUT_ROUTES_TO_SRV
+
+    if addr in (DUT_WAN, DUT_LAN):
+        return "dut"
+    a = ipaddress.ip_address(addr)
+    if a in ipaddress.ip_network("10.91.2.0/30") or any(
+            a in ipaddress.ip_network(p) for p in DUT_ROUTES_TO_SRV):
+        return "srv"
+    return "cli"
+
+
+# (direction, tcp flags, payload length): o = originator, r = responder
+TCP_TEMPLATES = [
+    [("o", "S", 0), ("r", "SA", 0), ("o", "A", 0), ("o", "PA", 10), ("r", "A", 0),
+     ("r", "PA", 20), ("o", "A", 0), ("o", "FA", 0), ("r", "FA", 0), ("o", "A", 0)],
+    [("o", "S", 0), ("r", "RA", 0), ("o", "S", 0)],
+    [("o", "A", 0), ("r", "A", 0), ("o", "PA", 5), ("r", "A", 0)],
+    [("o", "S", 0), ("r", "SA", 0), ("o", "A", 0), ("o", "R", 0), ("o", "A", 0)],
+    [("o", "S", 0), ("o", "S", 0), ("r", "SA", 0), ("r", "SA", 0), ("o", "A", 0), ("r", "R", 0)],
+]
+
+
+@st.composite
+def flows(draw) -> list:
+    """One connection as a list of Send steps: packets in both directions with consistent
+    sequence numbers, sometimes with packets left out or an ICMP error quoting the flow."""
+    from scapy.layers.inet import ICMP, IP, TCP, UDP
+    from scapy.packet import Raw
+
+    from .harness import default_src
+
+    orole = draw(st.sampled_from(["cli", "cli", "srv", "srv", "dut"]))
+    if orole == "cli":
+        src, dst = draw(st.sampled_from(CLI_SRCS)), draw(st.sampled_from(CLI_DSTS))
+    elif orole == "srv":
+        src, dst = draw(st.sampled_from(SRV_SRCS)), draw(st.sampled_from(SRV_DSTS))
+    else:
+        dst = draw(st.sampled_from(DUT_DSTS))
+        src = default_src("dut", dst)
+    rrole = _side_of(dst)
+    if rrole == "dut" and orole == "dut":
+        return []
+    proto = draw(st.sampled_from(["tcp", "tcp", "udp", "icmp"]))
+    sport = draw(st.sampled_from([1024, 40000, 53, 80]))
+    dport = draw(st.sampled_from([22, 53, 80, 443, 8080]))
+    if proto == "tcp":
+        events = list(draw(st.sampled_from(TCP_TEMPLATES)))
+    elif proto == "udp":
+        events = [("o" if i % 2 == 0 else "r", "", 8) for i in range(draw(st.integers(1, 4)))]
+    else:
+        events = [("o", "req", 0), ("r", "rep", 0), ("o", "req", 0)][:draw(st.integers(1, 3))]
+    keep = draw(st.lists(st.booleans(), min_size=len(events), max_size=len(events)))
+    if not all(keep) and draw(st.booleans()):
+        events = [e for e, k in zip(events, keep) if k] or events[:1]
+    error_at = draw(st.one_of(st.none(), st.integers(0, len(events))))
+    steps: list = []
+    nxt = {"o": 1000, "r": 5000}
+    first_orig = None
+    for i, (d, flags, n) in enumerate(events):
+        a, b = (src, dst) if d == "o" else (dst, src)
+        ip = IP(src=a, dst=b)
+        if proto == "tcp":
+            seq = nxt[d]
+            ack = nxt["r" if d == "o" else "o"] if "A" in flags else 0
+            pkt = ip / TCP(sport=sport if d == "o" else dport, dport=dport if d == "o" else sport,
+                           flags=flags, seq=seq, ack=ack, window=8192)
+            if n:
+                pkt = pkt / Raw(b"d" * n)
+            nxt[d] += n + (1 if "S" in flags or "F" in flags else 0)
+        elif proto == "udp":
+            pkt = ip / UDP(sport=sport if d == "o" else dport,
+                           dport=dport if d == "o" else sport) / Raw(b"u" * n)
+        else:
+            pkt = ip / ICMP(type=8 if flags == "req" else 0, id=0x77, seq=i // 2 + 1) / Raw(b"ping")
+        if d == "o" and first_orig is None:
+            first_orig = pkt
+        steps.append(Send(orole if d == "o" else rrole, [pkt]))
+        if error_at == i and first_orig is not None:
+            # the responder side reports an error about the flow: RELATED under netfilter
+            quoted = bytes(first_orig)[:28]
+            err = IP(src=dst, dst=src) / ICMP(type=3, code=draw(st.sampled_from([1, 3, 13]))) \
+                / Raw(quoted)
+            steps.append(Send(rrole, [err]))
+    return steps
+
+
+@st.composite
+def interleaved_flows(draw) -> list:
+    """A few flows, their packets interleaved (each flow keeps its own order)."""
+    queues = [q for q in draw(st.lists(flows(), min_size=1, max_size=4)) if q]
+    out = []
+    while queues:
+        q = queues[draw(st.integers(0, len(queues) - 1))]
+        out.append(q.pop(0))
+        queues = [q for q in queues if q]
+    return out
 
 
 def _check(text: str, steps: list, iptables_side, ebpfw_side) -> None:
@@ -199,4 +314,19 @@ def test_random_rulesets_match(text, steps, iptables_side, ebpfw_side):
 @_settings(int(os.environ.get("CONFORMANCE_LONG_EXAMPLES", "200")), True)
 @given(text=rulesets(), steps=st.lists(packets(), min_size=8, max_size=30))
 def test_random_rulesets_match_long(text, steps, iptables_side, ebpfw_side):
+    _check(text, steps, iptables_side, ebpfw_side)
+
+
+@_settings(int(os.environ.get("CONFORMANCE_CT_EXAMPLES", "3")),
+           os.environ.get("CONFORMANCE_SHRINK", "0") == "1")
+@given(text=rulesets(ct=True), steps=interleaved_flows())
+def test_random_stateful_rulesets_match(text, steps, iptables_side, ebpfw_side):
+    """conntrack matches (-m conntrack / -m state) against connection-shaped traffic."""
+    _check(text, steps, iptables_side, ebpfw_side)
+
+
+@pytest.mark.slow
+@_settings(int(os.environ.get("CONFORMANCE_LONG_EXAMPLES", "200")), True)
+@given(text=rulesets(ct=True), steps=interleaved_flows())
+def test_random_stateful_rulesets_match_long(text, steps, iptables_side, ebpfw_side):
     _check(text, steps, iptables_side, ebpfw_side)
