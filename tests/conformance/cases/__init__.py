@@ -14,6 +14,7 @@ CASE_MODULES = [
     "blocklist_1k",
     "server_stateful",
     "docker_stateful",
+    "ufw_stateful",
 ]
 
 
