@@ -12,17 +12,59 @@ not made by the parser.
 
 from __future__ import annotations
 
+from .compiler.plan import ACT as _DATAPATH_ACTIONS
 from .errors import RulesetError
 from .iptables.matches import spec_of
 from .iptables.parse import chain_name_problem
 from .iptables.protocols import protocol_name
 from .iptables.save import format_rule
+from .iptables.targets import LOG_PREFIX_MAX
 from .ruleset import (
-    BUILTIN_CHAINS, VERDICTS, Chain, ConntrackMatch, IcmpMatch, IpMatch, MultiportMatch, Pos, Rule,
-    Ruleset, Table, TcpMatch,
+    BUILTIN_CHAINS, EXT_TARGETS, REJECT_TYPES, VERDICTS, AddrtypeMatch, Chain, ConnlimitMatch,
+    ConnmarkTarget, ConntrackMatch, HashlimitMatch, IcmpMatch, IpMatch, LimitMatch, LogTarget, MacMatch,
+    MarkTarget, MultiportMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, Table, TcpMatch, Target,
 )
 
 SUPPORTED_TABLES = ("filter",)
+U32 = 0xFFFFFFFF
+# HZ * CREDITS_PER_JIFFY of xt_limit/xt_hashlimit: 32000 for HZ=250 and HZ=1000 (Debian's kernels)
+HZ_CPJ = 32000
+
+
+def limit_overflows(avg: int, burst: int) -> bool:
+    """xt_limit's check: `user2credits(avg * burst) < user2credits(avg)` in u32 arithmetic
+    (the product wraps; iptables-legacy reports "Overflow, try lower")."""
+    def credits(user: int) -> int:
+        if user > U32 // HZ_CPJ:
+            return (user // 10000) * HZ_CPJ & U32
+        return (user * HZ_CPJ) // 10000
+    return burst == 0 or credits((avg * burst) & U32) < credits(avg)
+
+
+def hashlimit_overflows(avg: int, burst: int) -> bool:
+    """xt_hashlimit (revision 3): credits are avg / (1e6 / (HZ*CPJ)) truncated to u32."""
+    div = 1_000_000 // HZ_CPJ
+    return burst == 0 or ((avg * burst) // div) & U32 < (avg // div) & U32
+
+
+def chain_hooks(chains: dict[str, Chain], builtins: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    """For every chain, the built-in chains it is reached from (by -j/-g, any depth): the
+    kernel checks a match's or target's hook restrictions against exactly these. A chain no
+    built-in chain reaches gets the empty set (and the kernel checks nothing for it)."""
+    hooks: dict[str, set[str]] = {n: set() for n in chains}
+    for b in builtins:
+        if b not in chains:
+            continue
+        seen, todo = {b}, [b]
+        while todo:
+            name = todo.pop()
+            hooks[name].add(b)
+            for r in chains[name].rules:
+                t = r.target
+                if t.kind in ("JUMP", "GOTO") and t.chain in chains and t.chain not in seen:
+                    seen.add(t.chain)
+                    todo.append(t.chain)
+    return {n: frozenset(h) for n, h in hooks.items()}
 
 
 def _p(pos: Pos, what: str, expected: str, found: str) -> str:
@@ -39,6 +81,7 @@ def _rule_text(chain: str, rule: Rule) -> str:
 class _Checker:
     def __init__(self, allow_conntrack: bool):
         self.allow_conntrack = allow_conntrack
+        self.hooks: dict[str, frozenset[str]] = {}
         self.problems: list[tuple[int, str]] = []
         self.file = ""
 
@@ -60,6 +103,7 @@ class _Checker:
                 continue
             seen[chain.name] = chain
             self.chain_head(chain, builtins)
+        self.hooks = chain_hooks(seen, builtins)
         for chain in table.chains:
             for rule in chain.rules:
                 self.rule(table, chain, rule, seen, builtins)
@@ -90,6 +134,8 @@ class _Checker:
             elif t.chain in builtins:
                 self.add(pos, f"{opt} to built-in chain '{t.chain}'",
                          "a user-defined chain", f"{opt} {t.chain}")
+        elif t.kind in EXT_TARGETS:
+            self.target_ext(pos, rule, t, text)
         elif t.kind not in ("ACCEPT", "DROP", "RETURN", "NONE"):
             self.add(pos, f"target '{t.kind}' is not supported yet",
                      "ACCEPT, DROP, RETURN or a user-defined chain", t.kind)
@@ -109,6 +155,75 @@ class _Checker:
                      "a rule without -f", ("-f" if ip.fragment else "! -f"))
         for m in rule.matches:
             self.match(pos, ip, m, text)
+            self.kernel_match(pos, self.hooks.get(chain.name, frozenset()), m, text)
+
+    def target_ext(self, pos: Pos, rule: Rule, t: Target, text: str) -> None:
+        """What iptables and the kernel refuse for REJECT/LOG/MARK/CONNMARK, then whether the
+        datapath enforces the target at all (it does once the compiler knows the kind)."""
+        ext = t.ext
+        if ext is None and t.kind in ("REJECT", "LOG"):
+            ext = EXT_TARGETS[t.kind]()
+        if ext is None or not isinstance(ext, EXT_TARGETS[t.kind]):
+            self.add(pos, f"target '{t.kind}' without its options",
+                     f"a {EXT_TARGETS[t.kind].__name__} in Target.ext", text)
+            return
+        if isinstance(ext, RejectTarget):
+            if ext.reject_with not in [n for n, _ in REJECT_TYPES]:
+                self.add(pos, f"unknown reject type '{ext.reject_with}'",
+                         "one of " + ", ".join(n for n, _ in REJECT_TYPES), text)
+            elif ext.reject_with == "tcp-reset" and (rule.ip.proto != 6 or rule.ip.proto_invert):
+                self.add(pos, "REJECT --reject-with tcp-reset needs -p tcp (the kernel refuses it otherwise)",
+                         "'-p tcp' (not inverted) in the rule", text)
+        elif isinstance(ext, LogTarget):
+            if not 0 <= ext.level <= 7 or len(ext.prefix.encode()) > LOG_PREFIX_MAX or "\n" in ext.prefix:
+                self.add(pos, "LOG options out of range",
+                         f"--log-level 0-7 and a one-line --log-prefix of at most {LOG_PREFIX_MAX} bytes", text)
+        elif isinstance(ext, (MarkTarget, ConnmarkTarget)):
+            values = [ext.value, ext.mask] if isinstance(ext, MarkTarget) else [ext.value, ext.ctmask, ext.nfmask]
+            if any(not 0 <= v <= U32 for v in values):
+                self.add(pos, f"{t.kind} value or mask out of range", "32-bit values", text)
+        if t.kind not in _DATAPATH_ACTIONS:
+            self.add(pos, f"target '{t.kind}' is not supported by the datapath yet",
+                     "ACCEPT, DROP, RETURN or a user-defined chain", f"-j {t.kind}")
+
+    def kernel_match(self, pos: Pos, hooks: frozenset[str], m: object, text: str) -> None:
+        """What the kernel's checkentry refuses for a match: value limits and the hooks
+        (built-in chains reaching the rule) it may be used from."""
+        if isinstance(m, LimitMatch) and limit_overflows(m.avg, m.burst):
+            self.add(pos, "limit rate and burst overflow the kernel's token bucket (xt_limit: "
+                     "\"Overflow, try lower\")", "a higher rate or a smaller --limit-burst (>= 1)", text)
+        if isinstance(m, HashlimitMatch):
+            if hashlimit_overflows(m.avg, m.burst):
+                self.add(pos, "hashlimit rate and burst overflow the kernel's token bucket (xt_hashlimit: "
+                         "\"overflow, try lower\")", "a higher rate or a smaller --hashlimit-burst", text)
+            if m.expire == 0 or not (0 <= m.srcmask <= 32 and 0 <= m.dstmask <= 32):
+                self.add(pos, "hashlimit --hashlimit-htable-expire 0 or a mask over 32 (the kernel refuses it)",
+                         "an expiry > 0 ms and masks 0-32", text)
+        if isinstance(m, MacMatch) and "OUTPUT" in hooks:
+            self.add(pos, "match 'mac' in a rule reached from chain OUTPUT (the kernel allows it only in "
+                     "INPUT and FORWARD: locally sent packets have no source MAC yet)",
+                     "-m mac only in rules reached from INPUT or FORWARD", text)
+        if isinstance(m, AddrtypeMatch):
+            if not m.src and not m.dst:
+                self.add(pos, "match 'addrtype' without --src-type or --dst-type", "at least one of them", text)
+            if m.limit_iface_in and m.limit_iface_out:
+                self.add(pos, "addrtype --limit-iface-in together with --limit-iface-out", "one of them", text)
+            elif m.limit_iface_in and "OUTPUT" in hooks:
+                self.add(pos, "addrtype --limit-iface-in in a rule reached from chain OUTPUT (the kernel "
+                         "refuses it: there is no input interface)", "--limit-iface-in only in INPUT and "
+                         "FORWARD", text)
+            elif m.limit_iface_out and "INPUT" in hooks:
+                self.add(pos, "addrtype --limit-iface-out in a rule reached from chain INPUT (the kernel "
+                         "refuses it: there is no output interface)", "--limit-iface-out only in FORWARD "
+                         "and OUTPUT", text)
+        if isinstance(m, RecentMatch):
+            if m.command in ("set", "remove") and (m.seconds or m.hitcount or m.reap or m.rttl):
+                self.add(pos, f"recent --{m.command} with --seconds, --hitcount, --reap or --rttl (the "
+                         "kernel refuses it)", "those options only with --rcheck or --update", text)
+            elif m.reap and not m.seconds:
+                self.add(pos, "recent --reap without --seconds", "--seconds N with --reap", text)
+        if isinstance(m, ConnlimitMatch) and not 0 <= m.mask <= 32:
+            self.add(pos, f"connlimit mask /{m.mask}", "a prefix length 0-32", text)
 
     def match(self, pos: Pos, ip: IpMatch, m: object, text: str) -> None:
         try:

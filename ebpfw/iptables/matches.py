@@ -15,12 +15,15 @@ Option value readers raise `OptionError(what, expected, found)`; the parser adds
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..ruleset import (
-    CT_STATE_NAMES, CommentMatch, ConntrackMatch, IcmpMatch, IprangeMatch, Match,
-    MultiportMatch, PortRange, TcpMatch, UdpMatch,
+    ADDRTYPE_NAMES, CT_STATE_NAMES, HASHLIMIT_MODES, PKTTYPE_NAMES, AddrtypeMatch, CommentMatch,
+    ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IprangeMatch, LengthMatch,
+    LimitMatch, MacMatch, Match, MultiportMatch, PkttypeMatch, PortRange, RecentMatch, SetMatch,
+    TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 from . import protocols as P
 from .tokenize import save_string
@@ -377,6 +380,458 @@ def save_conntrack(m: ConntrackMatch) -> list[str]:
     return _neg(m.states_invert) + [option, format_states(m.states)]
 
 
+# --- limit / hashlimit ----------------------------------------------------------------------
+
+LIMIT_SCALE = 10_000            # XT_LIMIT_SCALE: -m limit counts time in 1/10000 s
+HASHLIMIT_SCALE = 1_000_000     # XT_HASHLIMIT_SCALE_v2 (revision 2 and 3)
+LIMIT_BURST_MAX = 10_000
+HASHLIMIT_BURST_MAX = 1_000_000
+HASHLIMIT_NAME_MAX = 254        # NAME_MAX - 1 (struct xt_hashlimit_mtinfo3.name)
+_RATE_UNITS = (("second", 1), ("minute", 60), ("hour", 3600), ("day", 86400))
+
+
+def parse_rate(text: str, scale: int, option: str) -> tuple[int, int]:
+    """N[/second|minute|hour|day] (any case-insensitive prefix of the unit, as iptables'
+    parse_rate) -> (period in 1/scale s, seconds per unit)."""
+    num, slash, unit = text.partition("/")
+    mult = 1
+    if slash:
+        hits = [m for name, m in _RATE_UNITS if unit and name.startswith(unit.lower())]
+        if not hits:
+            raise OptionError(f"bad rate unit in {option}", "N/sec, N/minute, N/hour or N/day", text)
+        mult = hits[0]
+    if not num.isdigit() or not 0 < int(num) < 2 ** 31:
+        raise OptionError(f"bad rate in {option}", "a positive number of packets, e.g. 10/sec", text)
+    avg = scale * mult // int(num)
+    if avg == 0:
+        raise OptionError(f"rate too fast in {option}",
+                          f"at most {scale} packets per second", text)
+    return avg, mult
+
+
+def format_rate(period: int, scale: int) -> tuple[str, int]:
+    """iptables' print_rate: the largest unit the period is (nearly) a whole number of ->
+    ("N/unit", that unit in ms; hashlimit's default --hashlimit-htable-expire)."""
+    rates = (("day", scale * 86400), ("hour", scale * 3600), ("min", scale * 60), ("sec", scale))
+    i = 1
+    while i < len(rates):
+        mult = rates[i][1]
+        if period > mult or mult // period < mult % period:
+            break
+        i += 1
+    name, mult = rates[i - 1]
+    return f"{mult // period}/{name}", mult // scale * 1000
+
+
+def _uint_reader(what: str, lo: int, hi: int) -> Callable[[list[str], Ctx, str], int]:
+    def read(args: list[str], ctx: Ctx, option: str) -> int:
+        v = P.strtoui(args[0], hi)
+        if v is None or v < lo:
+            raise OptionError(f"bad {what} in {option}", f"a number {lo}-{hi}", args[0])
+        return v
+    return read
+
+
+def _flag(args: list[str], ctx: Ctx, option: str) -> bool:
+    return True
+
+
+def read_limit(args: list[str], ctx: Ctx, option: str) -> int:
+    return parse_rate(args[0], LIMIT_SCALE, option)[0]
+
+
+def build_limit(values: dict[str, Given], ctx: Ctx) -> LimitMatch:
+    avg = values["limit"].value if "limit" in values else LIMIT_SCALE * 3600 // 3   # 3/hour
+    burst = values["burst"].value if "burst" in values else 5
+    return LimitMatch(avg=avg, burst=burst)
+
+
+def save_limit(m: LimitMatch) -> list[str]:
+    words = ["--limit", format_rate(m.avg, LIMIT_SCALE)[0]]
+    if m.burst != 5:
+        words += ["--limit-burst", str(m.burst)]
+    return words
+
+
+def read_hashlimit_rate(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+    text = args[0]
+    i = text.find("b/s")
+    if i > 0:
+        raise OptionError(f"byte rates in {option} are not supported yet",
+                          "a packet rate such as 10/sec", text)
+    return parse_rate(text, HASHLIMIT_SCALE, option)
+
+
+def read_hashlimit_mode(args: list[str], ctx: Ctx, option: str) -> tuple[str, ...]:
+    parts = [p for p in args[0].replace("|", ",").split(",") if p]
+    for p in parts:
+        if p not in HASHLIMIT_MODES:
+            raise OptionError(f"unknown key in {option}",
+                              "a comma list of srcip, srcport, dstip, dstport", p)
+    return tuple(m for m in HASHLIMIT_MODES if m in parts)
+
+
+def _read_word(what: str, maxlen: int, option_hint: str = "") -> Callable[[list[str], Ctx, str], str]:
+    """A name iptables-save prints bare: non-empty, at most maxlen bytes, no white space or
+    quotes (it would not read back), no '/'."""
+    def read(args: list[str], ctx: Ctx, option: str) -> str:
+        text = args[0]
+        if not text or len(text.encode()) > maxlen or any(c.isspace() or c in "\"'/\\" for c in text):
+            raise OptionError(f"bad {what} in {option}",
+                              f"1-{maxlen} characters without white space, quotes or '/'", text)
+        return text
+    return read
+
+
+def build_hashlimit(values: dict[str, Given], ctx: Ctx) -> HashlimitMatch:
+    if "rate" not in values:
+        raise OptionError("match 'hashlimit' needs a rate",
+                          "--hashlimit-upto RATE or --hashlimit-above RATE", "-m hashlimit without one")
+    if "name" not in values:
+        raise OptionError("match 'hashlimit' needs --hashlimit-name", "--hashlimit-name NAME",
+                          "-m hashlimit without it")
+    g = values["rate"]
+    avg, mult = g.value
+    above = (g.option == "--hashlimit-above") != g.invert
+    expire = values["expire"].value if "expire" in values else mult * 1000
+    mode = values["mode"].value if "mode" in values else ()
+    return HashlimitMatch(
+        name=values["name"].value, avg=avg, expire=expire,
+        burst=values["burst"].value if "burst" in values else 5, above=above, mode=mode,
+        srcmask=values["srcmask"].value if "srcmask" in values else 32,
+        dstmask=values["dstmask"].value if "dstmask" in values else 32)
+
+
+def save_hashlimit(m: HashlimitMatch) -> list[str]:
+    rate, quantum = format_rate(m.avg, HASHLIMIT_SCALE)
+    words = ["--hashlimit-above" if m.above else "--hashlimit-upto", rate, "--hashlimit-burst", str(m.burst)]
+    if m.mode:
+        words += ["--hashlimit-mode", ",".join(k for k in HASHLIMIT_MODES if k in m.mode)]
+    words += ["--hashlimit-name", m.name]
+    if m.expire != quantum:
+        words += ["--hashlimit-htable-expire", str(m.expire)]
+    if m.srcmask != 32:
+        words += ["--hashlimit-srcmask", str(m.srcmask)]
+    if m.dstmask != 32:
+        words += ["--hashlimit-dstmask", str(m.dstmask)]
+    return words
+
+
+# --- set ------------------------------------------------------------------------------------
+
+IPSET_MAXNAMELEN = 31          # IPSET_MAXNAMELEN - 1
+IPSET_DIM_MAX = 6
+
+
+def read_match_set(args: list[str], ctx: Ctx, option: str) -> tuple[str, tuple[str, ...]]:
+    name = _read_word("set name", IPSET_MAXNAMELEN)([args[0]], ctx, option)
+    flags = args[1].split(",")
+    if any(f not in ("src", "dst") for f in flags):
+        raise OptionError(f"bad direction list in {option}", "a comma list of src and dst, e.g. src,dst",
+                          args[1])
+    if len(flags) > IPSET_DIM_MAX:
+        raise OptionError(f"too many directions in {option}", f"at most {IPSET_DIM_MAX} of src/dst",
+                          args[1])
+    return name, tuple(flags)
+
+
+def build_set(values: dict[str, Given], ctx: Ctx) -> SetMatch:
+    if "set" not in values:
+        raise OptionError("match 'set' needs --match-set", "--match-set NAME src|dst[,...]",
+                          "-m set alone")
+    (name, flags), inv = _get(values, "set")
+    return SetMatch(name=name, flags=flags, invert=inv)
+
+
+def save_set(m: SetMatch) -> list[str]:
+    return _neg(m.invert) + ["--match-set", m.name, ",".join(m.flags)]
+
+
+# --- recent ---------------------------------------------------------------------------------
+
+RECENT_NAME_MAX = 199          # XT_RECENT_NAME_LEN - 1
+
+
+def read_recent_mask(args: list[str], ctx: Ctx, option: str) -> int:
+    return _read_ipv4(args[0], option)
+
+
+def build_recent(values: dict[str, Given], ctx: Ctx) -> RecentMatch:
+    if "command" not in values:
+        raise OptionError("match 'recent' needs a command", "--set, --rcheck, --update or --remove",
+                          "-m recent without one")
+    g = values["command"]
+    command = g.option.lstrip("-")
+    if "reap" in values and "seconds" not in values:
+        raise OptionError("option '--reap' of match 'recent' needs --seconds", "--seconds N with --reap",
+                          "--reap")
+    if "rttl" in values and command in ("set", "remove"):
+        raise OptionError(f"option '--rttl' cannot be used with --{command}",
+                          "--rttl with --rcheck or --update", "--rttl")
+    side = values["side"].option if "side" in values else "--rsource"
+    return RecentMatch(
+        command=command, name=values["name"].value if "name" in values else "DEFAULT",  # type: ignore[arg-type]
+        invert=g.invert, seconds=values["seconds"].value if "seconds" in values else 0,
+        reap="reap" in values, hitcount=values["hitcount"].value if "hitcount" in values else 0,
+        rttl="rttl" in values, side="dest" if side == "--rdest" else "source",
+        mask=values["mask"].value if "mask" in values else 0xFFFFFFFF)
+
+
+def save_recent(m: RecentMatch) -> list[str]:
+    words = _neg(m.invert) + [f"--{m.command}"]
+    if m.seconds:
+        words += ["--seconds", str(m.seconds)]
+    if m.reap:
+        words.append("--reap")
+    if m.hitcount:
+        words += ["--hitcount", str(m.hitcount)]
+    if m.rttl:
+        words.append("--rttl")
+    words += ["--name", m.name, "--mask", _ip(m.mask), "--rsource" if m.side == "source" else "--rdest"]
+    return words
+
+
+# --- addrtype -------------------------------------------------------------------------------
+
+def read_addrtypes(args: list[str], ctx: Ctx, option: str) -> int:
+    mask = 0
+    for part in args[0].split(","):
+        if part.upper() not in ADDRTYPE_NAMES:
+            raise OptionError(f"unknown address type in {option}",
+                              "a comma list of " + ", ".join(ADDRTYPE_NAMES), part)
+        mask |= 1 << ADDRTYPE_NAMES.index(part.upper())
+    return mask
+
+
+def format_addrtypes(mask: int) -> str:
+    return ",".join(n for i, n in enumerate(ADDRTYPE_NAMES) if mask & (1 << i))
+
+
+def build_addrtype(values: dict[str, Given], ctx: Ctx) -> AddrtypeMatch:
+    if "src" not in values and "dst" not in values:
+        raise OptionError("match 'addrtype' needs --src-type or --dst-type", "--src-type or --dst-type TYPES",
+                          "-m addrtype without them")
+    if "iface_in" in values and "iface_out" in values:
+        raise OptionError("options '--limit-iface-in' and '--limit-iface-out' exclude each other",
+                          "one of them", "--limit-iface-out")
+    src, sinv = _get(values, "src")
+    dst, dinv = _get(values, "dst")
+    return AddrtypeMatch(src=src or 0, src_invert=sinv, dst=dst or 0, dst_invert=dinv,
+                         limit_iface_in="iface_in" in values, limit_iface_out="iface_out" in values)
+
+
+def save_addrtype(m: AddrtypeMatch) -> list[str]:
+    words: list[str] = []
+    if m.src:
+        words += _neg(m.src_invert) + ["--src-type", format_addrtypes(m.src)]
+    if m.dst:
+        words += _neg(m.dst_invert) + ["--dst-type", format_addrtypes(m.dst)]
+    if m.limit_iface_in:
+        words.append("--limit-iface-in")
+    if m.limit_iface_out:
+        words.append("--limit-iface-out")
+    return words
+
+
+# --- pkttype, mac, length, ttl, tos, dscp, tcpmss, connlimit -------------------------------
+
+_PKTTYPE_ALIASES = {"bcast": "broadcast", "mcast": "multicast", "host": "unicast"}
+
+
+def read_pkttype(args: list[str], ctx: Ctx, option: str) -> str:
+    low = args[0].lower()
+    name = _PKTTYPE_ALIASES.get(low, low)
+    if name not in PKTTYPE_NAMES:
+        raise OptionError(f"unknown packet type in {option}",
+                          "unicast, broadcast, multicast or otherhost", args[0])
+    return name
+
+
+def build_pkttype(values: dict[str, Given], ctx: Ctx) -> PkttypeMatch:
+    if "type" not in values:
+        raise OptionError("match 'pkttype' needs --pkt-type", "--pkt-type TYPE", "-m pkttype alone")
+    t, inv = _get(values, "type")
+    return PkttypeMatch(pkt_type=t, invert=inv)
+
+
+def save_pkttype(m: PkttypeMatch) -> list[str]:
+    return _neg(m.invert) + ["--pkt-type", m.pkt_type]
+
+
+_MAC = re.compile(r"[0-9a-fA-F]{1,2}(?::[0-9a-fA-F]{1,2}){5}")
+
+
+def read_mac(args: list[str], ctx: Ctx, option: str) -> bytes:
+    if not _MAC.fullmatch(args[0]):
+        raise OptionError(f"invalid MAC address in {option}", "six hex bytes such as 00:11:22:aa:bb:cc",
+                          args[0])
+    return bytes(int(x, 16) for x in args[0].split(":"))
+
+
+def build_mac(values: dict[str, Given], ctx: Ctx) -> MacMatch:
+    if "mac" not in values:
+        raise OptionError("match 'mac' needs --mac-source", "--mac-source XX:XX:XX:XX:XX:XX", "-m mac alone")
+    addr, inv = _get(values, "mac")
+    return MacMatch(addr=addr, invert=inv)
+
+
+def save_mac(m: MacMatch) -> list[str]:
+    return _neg(m.invert) + ["--mac-source", ":".join(f"{b:02x}" for b in m.addr)]
+
+
+def read_u16_range(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+    """N, N:M, :M or N: with numbers 0-65535 (base 0, as xtables' UINT16RC)."""
+    text = args[0]
+    lo_s, colon, hi_s = text.partition(":")
+    lo = P.strtoui(lo_s, 0xFFFF) if lo_s else 0
+    hi = (P.strtoui(hi_s, 0xFFFF) if hi_s else 0xFFFF) if colon else lo
+    if lo is None or hi is None or text == ":":
+        raise OptionError(f"bad range in {option}", "N or MIN:MAX with numbers 0-65535", text)
+    if lo > hi:
+        raise OptionError(f"reversed range in {option} would never match", "MIN:MAX with MIN <= MAX", text)
+    return (lo, hi)
+
+
+def _range_words(option: str, lo: int, hi: int, invert: bool) -> list[str]:
+    return _neg(invert) + [option, str(lo) if lo == hi else f"{lo}:{hi}"]
+
+
+def build_length(values: dict[str, Given], ctx: Ctx) -> LengthMatch:
+    if "length" not in values:
+        raise OptionError("match 'length' needs --length", "--length MIN[:MAX]", "-m length alone")
+    (lo, hi), inv = _get(values, "length")
+    return LengthMatch(min=lo, max=hi, invert=inv)
+
+
+def save_length(m: LengthMatch) -> list[str]:
+    return _range_words("--length", m.min, m.max, m.invert)
+
+
+def build_ttl(values: dict[str, Given], ctx: Ctx) -> TtlMatch:
+    if "ttl" not in values:
+        raise OptionError("match 'ttl' needs an option", "--ttl-eq, --ttl-gt or --ttl-lt", "-m ttl alone")
+    g = values["ttl"]
+    mode = g.option[len("--ttl-"):]
+    if mode == "eq" and g.invert:
+        mode = "ne"
+    return TtlMatch(mode=mode, value=g.value)  # type: ignore[arg-type]
+
+
+def save_ttl(m: TtlMatch) -> list[str]:
+    if m.mode == "ne":
+        return ["!", "--ttl-eq", str(m.value)]
+    return [f"--ttl-{m.mode}", str(m.value)]
+
+
+TOS_NAMES = {"minimize-cost": 0x02, "normal-service": 0x00, "maximize-reliability": 0x04,
+             "maximize-throughput": 0x08, "minimize-delay": 0x10}
+
+
+def read_tos(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+    text = args[0]
+    if text.lower() in TOS_NAMES:
+        return (TOS_NAMES[text.lower()], 0x3F)
+    value_s, slash, mask_s = text.partition("/")
+    value = P.strtoui(value_s, 0xFF)
+    mask = P.strtoui(mask_s, 0xFF) if slash else 0xFF
+    if value is None or mask is None:
+        raise OptionError(f"bad TOS in {option}",
+                          "VALUE[/MASK] with numbers 0-255, or Minimize-Delay, Maximize-Throughput, "
+                          "Maximize-Reliability, Minimize-Cost, Normal-Service", text)
+    return (value, mask)
+
+
+def build_tos(values: dict[str, Given], ctx: Ctx) -> TosMatch:
+    if "tos" not in values:
+        raise OptionError("match 'tos' needs --tos", "--tos VALUE[/MASK]", "-m tos alone")
+    (value, mask), inv = _get(values, "tos")
+    return TosMatch(value=value, mask=mask, invert=inv)
+
+
+def save_tos(m: TosMatch) -> list[str]:
+    return _neg(m.invert) + ["--tos", f"0x{m.value:02x}/0x{m.mask:02x}"]
+
+
+DSCP_CLASSES = {"CS0": 0x00, "CS1": 0x08, "CS2": 0x10, "CS3": 0x18, "CS4": 0x20, "CS5": 0x28,
+                "CS6": 0x30, "CS7": 0x38, "BE": 0x00, "AF11": 0x0a, "AF12": 0x0c, "AF13": 0x0e,
+                "AF21": 0x12, "AF22": 0x14, "AF23": 0x16, "AF31": 0x1a, "AF32": 0x1c, "AF33": 0x1e,
+                "AF41": 0x22, "AF42": 0x24, "AF43": 0x26, "EF": 0x2e}
+
+
+def read_dscp_class(args: list[str], ctx: Ctx, option: str) -> int:
+    v = DSCP_CLASSES.get(args[0].upper())
+    if v is None:
+        raise OptionError(f"unknown DSCP class in {option}", "one of " + ", ".join(DSCP_CLASSES), args[0])
+    return v
+
+
+def build_dscp(values: dict[str, Given], ctx: Ctx) -> DscpMatch:
+    if "dscp" not in values:
+        raise OptionError("match 'dscp' needs an option", "--dscp VALUE or --dscp-class CLASS",
+                          "-m dscp alone")
+    v, inv = _get(values, "dscp")
+    return DscpMatch(value=v, invert=inv)
+
+
+def save_dscp(m: DscpMatch) -> list[str]:
+    return _neg(m.invert) + ["--dscp", f"0x{m.value:02x}"]
+
+
+def read_mss(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+    text = args[0]
+    lo_s, colon, hi_s = text.partition(":")
+    lo = P.strtoui(lo_s, 0xFFFF)
+    hi = P.strtoui(hi_s, 0xFFFF) if colon else lo
+    if lo is None or hi is None:
+        raise OptionError(f"bad MSS in {option}", "MSS or MIN:MAX with numbers 0-65535", text)
+    if lo > hi:
+        raise OptionError(f"reversed range in {option}", "MIN:MAX with MIN <= MAX", text)
+    return (lo, hi)
+
+
+def build_tcpmss(values: dict[str, Given], ctx: Ctx) -> TcpmssMatch:
+    if "mss" not in values:
+        raise OptionError("match 'tcpmss' needs --mss", "--mss VALUE[:VALUE]", "-m tcpmss alone")
+    (lo, hi), inv = _get(values, "mss")
+    return TcpmssMatch(min=lo, max=hi, invert=inv)
+
+
+def save_tcpmss(m: TcpmssMatch) -> list[str]:
+    return _range_words("--mss", m.min, m.max, m.invert)
+
+
+def read_prefix_mask(args: list[str], ctx: Ctx, option: str) -> int:
+    """A prefix length 0-32 or a contiguous dotted mask -> prefix length."""
+    text = args[0]
+    if "." in text:
+        mask = P.parse_ipv4(text)
+        n = bin(mask).count("1") if mask is not None else -1
+        if mask is None or mask != ((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF):
+            raise OptionError(f"bad mask in {option}", "a prefix length 0-32 or a mask such as 255.255.255.0",
+                              text)
+        return n
+    n = P.strtoui(text, 32)
+    if n is None:
+        raise OptionError(f"bad mask in {option}", "a prefix length 0-32 or a mask such as 255.255.255.0", text)
+    return n
+
+
+def build_connlimit(values: dict[str, Given], ctx: Ctx) -> ConnlimitMatch:
+    if "limit" not in values:
+        raise OptionError("match 'connlimit' needs a limit", "--connlimit-above N or --connlimit-upto N",
+                          "-m connlimit without one")
+    g = values["limit"]
+    above = (g.option == "--connlimit-above") != g.invert
+    daddr = "side" in values and values["side"].option == "--connlimit-daddr"
+    return ConnlimitMatch(limit=g.value, above=above,
+                          mask=values["mask"].value if "mask" in values else 32, daddr=daddr)
+
+
+def save_connlimit(m: ConnlimitMatch) -> list[str]:
+    return ["--connlimit-above" if m.above else "--connlimit-upto", str(m.limit),
+            "--connlimit-mask", str(m.mask), "--connlimit-daddr" if m.daddr else "--connlimit-saddr"]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 _TCP_OPTIONS = (
@@ -414,6 +869,72 @@ MATCHES: dict[str, MatchSpec] = {spec.name: spec for spec in (
                            "ctstatus", "ctexpire", "ctdir")),
     MatchSpec("state", ConntrackMatch, (Option(("state",), "states", read_states),),
               _build_ct("state", "--state"), save_conntrack),
+    MatchSpec("limit", LimitMatch, (
+        Option(("limit",), "limit", read_limit, invertible=False),
+        Option(("limit-burst",), "burst", _uint_reader("burst", 0, LIMIT_BURST_MAX), invertible=False),
+    ), build_limit, save_limit),
+    MatchSpec("hashlimit", HashlimitMatch, (
+        Option(("hashlimit-upto", "hashlimit"), "rate", read_hashlimit_rate),
+        Option(("hashlimit-above",), "rate", read_hashlimit_rate),
+        Option(("hashlimit-burst",), "burst", _uint_reader("burst", 1, HASHLIMIT_BURST_MAX),
+               invertible=False),
+        Option(("hashlimit-mode",), "mode", read_hashlimit_mode, invertible=False),
+        Option(("hashlimit-name",), "name", _read_word("table name", HASHLIMIT_NAME_MAX), invertible=False),
+        Option(("hashlimit-htable-expire",), "expire", _uint_reader("expiry time (ms)", 0, 0xFFFFFFFF),
+               invertible=False),
+        Option(("hashlimit-srcmask",), "srcmask", _uint_reader("prefix length", 0, 32), invertible=False),
+        Option(("hashlimit-dstmask",), "dstmask", _uint_reader("prefix length", 0, 32), invertible=False),
+    ), build_hashlimit, save_hashlimit,
+              unsupported=("hashlimit-htable-size", "hashlimit-htable-max", "hashlimit-htable-gcinterval",
+                           "hashlimit-rate-match", "hashlimit-rate-interval")),
+    MatchSpec("set", SetMatch, (Option(("match-set", "set"), "set", read_match_set, nargs=2),),
+              build_set, save_set,
+              unsupported=("return-nomatch", "update-counters", "update-subcounters", "packets-eq",
+                           "packets-lt", "packets-gt", "bytes-eq", "bytes-lt", "bytes-gt")),
+    MatchSpec("recent", RecentMatch, (
+        Option(("set",), "command", _flag, nargs=0),
+        Option(("rcheck",), "command", _flag, nargs=0),
+        Option(("update",), "command", _flag, nargs=0),
+        Option(("remove",), "command", _flag, nargs=0),
+        Option(("seconds",), "seconds", _uint_reader("number of seconds", 1, 0xFFFFFFFF), invertible=False),
+        Option(("reap",), "reap", _flag, nargs=0, invertible=False),
+        Option(("hitcount",), "hitcount", _uint_reader("hit count", 1, 0xFFFFFFFF), invertible=False),
+        Option(("rttl",), "rttl", _flag, nargs=0, invertible=False),
+        Option(("name",), "name", _read_word("list name", RECENT_NAME_MAX), invertible=False),
+        Option(("rsource",), "side", _flag, nargs=0, invertible=False),
+        Option(("rdest",), "side", _flag, nargs=0, invertible=False),
+        Option(("mask",), "mask", read_recent_mask, invertible=False),
+    ), build_recent, save_recent),
+    MatchSpec("addrtype", AddrtypeMatch, (
+        Option(("src-type",), "src", read_addrtypes),
+        Option(("dst-type",), "dst", read_addrtypes),
+        Option(("limit-iface-in",), "iface_in", _flag, nargs=0, invertible=False),
+        Option(("limit-iface-out",), "iface_out", _flag, nargs=0, invertible=False),
+    ), build_addrtype, save_addrtype),
+    MatchSpec("pkttype", PkttypeMatch, (Option(("pkt-type",), "type", read_pkttype),),
+              build_pkttype, save_pkttype),
+    MatchSpec("mac", MacMatch, (Option(("mac-source",), "mac", read_mac),), build_mac, save_mac),
+    MatchSpec("length", LengthMatch, (Option(("length",), "length", read_u16_range),),
+              build_length, save_length),
+    MatchSpec("ttl", TtlMatch, (
+        Option(("ttl-eq",), "ttl", _uint_reader("TTL", 0, 255)),
+        Option(("ttl-gt",), "ttl", _uint_reader("TTL", 0, 255), invertible=False),
+        Option(("ttl-lt",), "ttl", _uint_reader("TTL", 0, 255), invertible=False),
+    ), build_ttl, save_ttl),
+    MatchSpec("tos", TosMatch, (Option(("tos",), "tos", read_tos),), build_tos, save_tos),
+    MatchSpec("dscp", DscpMatch, (
+        Option(("dscp",), "dscp", _uint_reader("DSCP", 0, 63)),
+        Option(("dscp-class",), "dscp", read_dscp_class),
+    ), build_dscp, save_dscp),
+    MatchSpec("tcpmss", TcpmssMatch, (Option(("mss",), "mss", read_mss),), build_tcpmss, save_tcpmss,
+              needs_proto=IPPROTO_TCP),
+    MatchSpec("connlimit", ConnlimitMatch, (
+        Option(("connlimit-upto",), "limit", _uint_reader("connection count", 0, 0xFFFFFFFF)),
+        Option(("connlimit-above",), "limit", _uint_reader("connection count", 0, 0xFFFFFFFF)),
+        Option(("connlimit-mask",), "mask", read_prefix_mask, invertible=False),
+        Option(("connlimit-saddr",), "side", _flag, nargs=0, invertible=False),
+        Option(("connlimit-daddr",), "side", _flag, nargs=0, invertible=False),
+    ), build_connlimit, save_connlimit),
 )}
 
 # Match extensions that `-p NAME` loads implicitly when one of their options appears.

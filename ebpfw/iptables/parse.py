@@ -30,6 +30,7 @@ from ..ruleset import (
 )
 from . import protocols as P
 from .matches import MATCHES, PROTO_MATCHES, Ctx, Given, MatchSpec, OptionError
+from .targets import OTHER_TABLE_TARGETS, TARGETS, TargetSpec
 from .tokenize import Token, TokenizeError, tokenize
 
 SUPPORTED_TABLES = ("filter",)
@@ -241,9 +242,13 @@ def _short(s: str, n: int = 60) -> str:
 
 @dataclass
 class _Loaded:
-    spec: MatchSpec
+    spec: MatchSpec | TargetSpec
     values: dict[str, Given] = field(default_factory=dict)
     implicit: bool = False
+
+    @property
+    def what(self) -> str:
+        return f"'{self.spec.name}' " + ("target" if isinstance(self.spec, TargetSpec) else "match")
 
 
 class _RuleParser:
@@ -259,6 +264,7 @@ class _RuleParser:
         self.ctx = Ctx()
         self.matches: list[_Loaded] = []
         self.target: Optional[Target] = None
+        self.target_ext: Optional[_Loaded] = None     # -j REJECT/LOG/...: its options
         self.counters = Counters()
         self.counters_given = False
 
@@ -405,6 +411,14 @@ class _RuleParser:
             return
         if name in JUMP_VERDICTS:
             self.target = Target(name)  # type: ignore[arg-type]
+        elif name in TARGETS and not user_chain:
+            self.target = Target(name)  # type: ignore[arg-type]   # options come in finish()
+            self.target_ext = _Loaded(TARGETS[name])
+        elif name in OTHER_TABLE_TARGETS:
+            self.fail(f"target '{name}' is only valid in the {OTHER_TABLE_TARGETS[name]} table (the kernel "
+                      "refuses it in filter) and ebpfw enforces only the filter table",
+                      "ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain",
+                      f"{word} {name}")
         elif user_chain:
             self.target = Target("JUMP", name)
         elif name in builtins:
@@ -412,7 +426,8 @@ class _RuleParser:
                       "ACCEPT, DROP, RETURN or a user-defined chain", f"{word} {name}")
         elif name in KNOWN_TARGETS:
             self.fail(f"target '{name}' is not supported yet",
-                      "ACCEPT, DROP, RETURN or a user-defined chain", f"{word} {name}")
+                      "ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain",
+                      f"{word} {name}")
         else:
             self.fail(f"jump to undefined chain '{name}'",
                       f"ACCEPT, DROP, RETURN or a chain declared with ':{name} - [0:0]'",
@@ -421,6 +436,13 @@ class _RuleParser:
     def match_option(self, word: str, invert: bool) -> None:
         name = word[2:]
         loaded = next((m for m in reversed(self.matches) if m.spec.option(name)), None)
+        if loaded is None and self.target_ext is not None:
+            if self.target_ext.spec.option(name):
+                loaded = self.target_ext
+            elif name in self.target_ext.spec.unsupported:
+                self.fail(f"option '{word}' of {self.target_ext.what} is not supported yet",
+                          "only " + ", ".join("--" + n for o in self.target_ext.spec.options for n in o.names),
+                          word)
         if loaded is None:
             for m in reversed(self.matches):
                 if name in m.spec.unsupported:
@@ -433,6 +455,10 @@ class _RuleParser:
                 self.matches.append(loaded)
         if loaded is None:
             owners = [s.name for s in MATCHES.values() if s.option(name)]
+            target_owners = [t.name for t in TARGETS.values() if t.option(name)]
+            if not owners and target_owners:
+                self.fail(f"option '{word}' without a target that takes it",
+                          " or ".join(f"-j {t}" for t in target_owners) + " before it", word)
             if owners:
                 ways = [f"-p {o}" for o in owners if o in PROTO_MATCHES.values()]
                 ways += [f"-m {o}" for o in owners]
@@ -448,8 +474,10 @@ class _RuleParser:
             self.fail(f"'!' before '{word}'", f"'{word}' without '!'", f"! {word}")
         if opt.key in loaded.values:
             prev = loaded.values[opt.key].option
-            what = (f"option '{word}' given twice in one '{loaded.spec.name}' match" if prev == word else
-                    f"options '{prev}' and '{word}' exclude each other in one '{loaded.spec.name}' match")
+            what = (f"option '{word}' given twice in one {loaded.what}" if prev == word else
+                    f"options '{prev}' and '{word}' exclude each other in one {loaded.what}")
+            if loaded is self.target_ext:
+                self.fail(what, "one of them", word)
             self.fail(what, f"one of them (or a second -m {loaded.spec.name})", word)
         args = [self.next_arg(word) for _ in range(opt.nargs)]
         try:
@@ -475,9 +503,15 @@ class _RuleParser:
                     ("! " if self.ctx.proto_invert else "") + f"-p {P.protocol_name(self.ctx.proto)}"
                 self.fail(f"match '{m.spec.name}' needs -p {pname} (iptables refuses it otherwise)",
                           f"'-p {pname}' (not inverted) in the rule", found)
+        target = self.target or Target("NONE")
+        if self.target_ext is not None:
+            try:
+                ext = self.target_ext.spec.build(self.target_ext.values, self.ctx)
+            except OptionError as exc:
+                self.fail(exc.what, exc.expected, exc.found)
+            target = Target(target.kind, ext=ext)
         ip = IpMatch(**self.ip)  # type: ignore[arg-type]
-        return Rule(ip=ip, matches=tuple(typed), target=self.target or Target("NONE"),
-                    pos=self.pos, counters=self.counters)
+        return Rule(ip=ip, matches=tuple(typed), target=target, pos=self.pos, counters=self.counters)
 
 
 def parse_net(text: str, option: str) -> Net:

@@ -20,9 +20,10 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from ..ruleset import Chain, Counters, IpMatch, Net, Rule, Ruleset, Target
+from ..ruleset import EXT_TARGETS, Chain, Counters, IpMatch, Net, Rule, Ruleset, Target
 from . import protocols as P
 from .matches import save_match
+from .targets import TARGETS, spec_of_target
 
 CounterKey = tuple[str, Optional[int]]
 
@@ -64,6 +65,11 @@ def target_words(target: Target) -> list[str]:
         return ["-j", str(target.chain)]
     if target.kind == "GOTO":
         return ["-g", str(target.chain)]
+    if target.kind in TARGETS:
+        ext = target.ext
+        if ext is None and target.kind in ("REJECT", "LOG"):    # all options at their defaults
+            ext = EXT_TARGETS[target.kind]()
+        return ["-j", target.kind] + (spec_of_target(ext).save(ext) if ext is not None else [])
     return ["-j", target.kind]
 
 

@@ -287,6 +287,166 @@ COMMIT
 """
 
 
+# --- the match and target extensions beyond the core (limit, hashlimit, recent, set, ...) ----
+RATELIMIT = """\
+# rate limits, brute-force guards and logging
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:ssh-guard - [0:0]
+:log-drop - [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p icmp --icmp-type echo-request -m limit --limit 5/second --limit-burst 10 -j ACCEPT
+-A INPUT -p icmp --icmp-type echo-request -j DROP
+-A INPUT -p tcp --dport 22 -m conntrack --ctstate NEW -j ssh-guard
+-A INPUT -p tcp --syn --dport 80 -m connlimit --connlimit-above 50 --connlimit-mask 24 -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp --dport 8080 -m connlimit --connlimit-upto 0x10 --connlimit-mask 255.255.0.0 --connlimit-daddr -j ACCEPT
+-A INPUT -p tcp --dport 8081 -m connlimit ! --connlimit-upto 3 --connlimit-saddr -j DROP
+-A INPUT -p tcp --dport 443 -m hashlimit --hashlimit-above 200/min --hashlimit-burst 50 --hashlimit-mode srcip --hashlimit-name https --hashlimit-srcmask 24 -j log-drop
+-A INPUT -p udp --dport 53 -m hashlimit --hashlimit-upto 100/s --hashlimit-mode dstport,srcip --hashlimit-name dns --hashlimit-htable-expire 10000 -j ACCEPT
+-A INPUT -p udp --dport 123 -m hashlimit ! --hashlimit-above 60/minute --hashlimit-name ntp --hashlimit-dstmask 16 -j ACCEPT
+-A INPUT -p udp --dport 161 -m hashlimit ! --hashlimit-upto 3/hour --hashlimit-mode srcip,srcport,dstip,dstport --hashlimit-name snmp -j DROP
+-A INPUT -p udp --dport 514 -m hashlimit --hashlimit 20 --hashlimit-burst 0x20 --hashlimit-name syslog -j ACCEPT
+-A INPUT -m limit --limit 2/min -j LOG --log-prefix "INPUT drop: " --log-level 4
+-A INPUT -m limit --limit 7/h -m limit -j LOG --log-level debug --log-uid
+-A INPUT -m limit --limit 1/d --limit-burst 1 -j LOG --log-prefix once-a-day
+-A INPUT -m limit --limit 3 -j LOG --log-level 0x2 --log-tcp-sequence --log-ip-options --log-macdecode
+-A INPUT -j REJECT --reject-with icmp-host-prohibited
+-A ssh-guard -m recent --name ssh --set
+-A ssh-guard -m recent --name ssh --update --seconds 60 --hitcount 4 --rttl -j log-drop
+-A ssh-guard -m recent --rcheck --seconds 3600 --reap --name ssh --rdest --mask 255.255.255.0 -j DROP
+-A ssh-guard -m recent ! --rcheck --name trusted -j RETURN
+-A ssh-guard -m recent --remove --name ssh --rsource
+-A ssh-guard -m recent --set -j ACCEPT
+-A log-drop -m limit --limit 10/hour -j LOG --log-prefix "[ebpfw] drop " --log-level warning --log-tcp-options
+-A log-drop -j DROP
+COMMIT
+"""
+
+SMALLMATCH = """\
+# addrtype, pkttype, mac, length, ttl, tos, dscp, tcpmss and fragments
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:sanity - [0:0]
+-A INPUT -j sanity
+-A INPUT -m addrtype --dst-type BROADCAST,multicast -j DROP
+-A INPUT -m addrtype ! --dst-type local --limit-iface-in -j DROP
+-A INPUT -m addrtype --src-type unicast,local,broadcast,anycast,multicast,blackhole,unreachable,prohibit,throw,nat,xresolve,unspec -j ACCEPT
+-A INPUT -m pkttype --pkt-type broadcast -j DROP
+-A INPUT -m pkttype ! --pkt-type host -j DROP
+-A INPUT -m pkttype --pkt-type MCAST -j DROP
+-A INPUT -m pkttype --pkt-type otherhost -j DROP
+-A INPUT -i eth0 -m mac --mac-source 52:54:00:12:34:56 -j ACCEPT
+-A INPUT -m mac ! --mac-source 0:16:3e:a:b:C -j DROP
+-A INPUT -p icmp -m length --length 1000: -j DROP
+-A INPUT -m length ! --length 20:1500 -j DROP
+-A INPUT -m length --length :0x40 -j ACCEPT
+-A INPUT -m length --length 60:60 -j ACCEPT
+-A INPUT -m ttl --ttl-lt 2 -j DROP
+-A INPUT -m ttl ! --ttl-eq 64 -m ttl --ttl-gt 0x20 -j ACCEPT
+-A INPUT -m ttl --ttl-eq 255 -j ACCEPT
+-A INPUT -m tos --tos Minimize-Delay -j ACCEPT
+-A INPUT -m tos --tos normal-service -j ACCEPT
+-A INPUT -m tos ! --tos 0x08/0x0c -j ACCEPT
+-A INPUT -m tos --tos 16 -j ACCEPT
+-A INPUT -m tos --tos 0xfc/0x3 -j ACCEPT
+-A INPUT -m dscp --dscp-class EF -j ACCEPT
+-A INPUT -m dscp --dscp-class af41 -j ACCEPT
+-A INPUT -m dscp ! --dscp 0 -j ACCEPT
+-A INPUT -m dscp --dscp 0x3f -j ACCEPT
+-A INPUT -p tcp --syn -m tcpmss ! --mss 536:65535 -j DROP
+-A INPUT -p tcp -m tcpmss --mss 1460 -j ACCEPT
+-A FORWARD -m addrtype --src-type UNICAST ! --dst-type LOCAL --limit-iface-out -j ACCEPT
+-A FORWARD -m mac --mac-source 52:54:00:AB:CD:EF -j DROP
+-A FORWARD -f -m length --length 0:100 -j DROP
+-A OUTPUT -m addrtype --src-type LOCAL -j ACCEPT
+-A OUTPUT -m addrtype --dst-type UNICAST --limit-iface-out -j ACCEPT
+-A sanity -f -j DROP
+-A sanity -m addrtype --src-type BLACKHOLE,UNREACHABLE,PROHIBIT -j DROP
+-A sanity -m mac --mac-source 00:00:00:00:00:00 -j DROP
+-A sanity -j RETURN
+COMMIT
+"""
+
+MARKS = """\
+# REJECT with every type, LOG, MARK and CONNMARK
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:reject-all - [0:0]
+-A INPUT -j CONNMARK --restore-mark
+-A INPUT -p tcp --dport 22 -j MARK --set-mark 0x1
+-A INPUT -p udp -j MARK --set-mark 0x10/0xf0
+-A INPUT -j MARK --set-xmark 5/7
+-A INPUT -j MARK --and-mark 0xff
+-A INPUT -j MARK --or-mark 0x100
+-A INPUT -j MARK --xor-mark 3
+-A INPUT -j MARK --set-mark 0
+-A INPUT -j CONNMARK --save-mark --mask 0xffff
+-A INPUT -j CONNMARK --save-mark --nfmask 0xf --ctmask 0xf0
+-A INPUT -j CONNMARK --restore-mark --nfmask 0xff
+-A INPUT -j CONNMARK --set-mark 0x2/0x3
+-A INPUT -j CONNMARK --set-mark 5 --mask 3
+-A INPUT -j CONNMARK --set-xmark 1/3
+-A INPUT -j CONNMARK --and-mark 7
+-A INPUT -j CONNMARK --or-mark 8
+-A INPUT -j CONNMARK --xor-mark 0xffffffff
+-A INPUT -j reject-all
+-A FORWARD -j LOG --log-prefix "fwd " --log-level alert --log-ip-options
+-A FORWARD -j LOG --log-level emerg
+-A FORWARD -j LOG --log-level panic
+-A FORWARD -j LOG --log-level crit --log-prefix "it's \\"q\\""
+-A FORWARD -j LOG --log-level error
+-A FORWARD -j LOG --log-level notice --log-prefix 12345678901234567890123456789
+-A FORWARD -j LOG --log-level info -m comment --comment after
+-A OUTPUT -p tcp -j REJECT --reject-with tcp-reset
+-A reject-all -p tcp -j REJECT --reject-with tcp-rst
+-A reject-all -p udp -j REJECT
+-A reject-all -j REJECT --reject-with icmp-net-unreachable
+-A reject-all -j REJECT --reject-with host-unreach
+-A reject-all -j REJECT --reject-with icmp-proto-unreachable
+-A reject-all -j REJECT --reject-with port-unreach
+-A reject-all -j REJECT --reject-with ICMP-NET-PROHIB
+-A reject-all -j REJECT --reject-with icmp-host-prohibited
+-A reject-all -j REJECT --reject-with admin-prohib
+-A reject-all -j REJECT --reject-with icmp
+COMMIT
+"""
+
+# -m set needs the sets to exist in the namespace: ORACLE_SETS is `ipset restore`d first.
+ORACLE_SETS = """\
+create ebpfw-blk hash:ip family inet hashsize 1024 maxelem 65536
+create ebpfw-net hash:net family inet
+create ebpfw-svc hash:ip,port family inet
+create ebpfw-ports bitmap:port range 0-1023
+add ebpfw-blk 192.0.2.1
+"""
+
+SETS = """\
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m set --match-set ebpfw-blk src -j DROP
+-A INPUT -m set ! --match-set ebpfw-net src -j DROP
+-A INPUT -p tcp -m set --match-set ebpfw-svc dst,dst -j ACCEPT
+-A INPUT -p udp -m set --match-set ebpfw-ports dst -j ACCEPT
+-A FORWARD -m set --set ebpfw-net src -m set --match-set ebpfw-net dst -j ACCEPT
+-A FORWARD -m set --match-set ebpfw-svc src,src,dst,dst,src,dst -j ACCEPT
+COMMIT
+"""
+
+EXT_CORPUS: list[tuple[str, str]] = [
+    ("ratelimit", RATELIMIT), ("smallmatch", SMALLMATCH), ("marks", MARKS), ("sets", SETS),
+]
+NEEDS_SETS = {"sets"}
+
+
 def generated(n: int = 300) -> str:
     """A big machine-made blocklist plus service rules."""
     lines = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
@@ -307,7 +467,7 @@ CORPUS: list[tuple[str, str]] = [
     ("tcp-sanity", TCP_SANITY), ("icmp", ICMP), ("protocols", PROTOCOLS), ("ports", PORTS),
     ("comments", COMMENTS), ("conntrack", CONNTRACK), ("noncanonical", NONCANONICAL),
     ("counters", COUNTERS), ("generated", generated()),
-]
+] + EXT_CORPUS
 
 
 BACKENDS = [b for b in ("iptables", "iptables-legacy") if shutil.which(f"{b}-restore")]
@@ -327,9 +487,17 @@ def oracle_ns():
     name = f"ebpfw-parse-{os.getpid()}-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
+        if shutil.which("ipset"):   # sets live in the namespace and go away with it
+            subprocess.run(["ip", "netns", "exec", name, "ipset", "restore"], input=ORACLE_SETS.encode(),
+                           check=True, capture_output=True, timeout=60)
         yield name
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def _need_sets(name: str) -> None:
+    if name in NEEDS_SETS and not shutil.which("ipset"):
+        pytest.skip("ipset is not installed (apt-get install ipset): -m set needs the sets to exist")
 
 
 def _roundtrip(ns: str, backend: str, text: str, counters: bool) -> str:
@@ -352,6 +520,7 @@ def _diff(ours: str, theirs: str) -> str:
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,text", CORPUS, ids=[n for n, _ in CORPUS])
 def test_printer_is_canonical(oracle_ns, backend, name, text):
+    _need_sets(name)
     rs = parse_ruleset(text, name)
     with_counters = name == "counters"
     ours = save_ruleset(rs, counters=counters_of(rs) if with_counters else None)
@@ -363,6 +532,7 @@ def test_printer_is_canonical(oracle_ns, backend, name, text):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name,text", CORPUS, ids=[n for n, _ in CORPUS])
 def test_parser_normalises_like_iptables(oracle_ns, backend, name, text):
+    _need_sets(name)
     rs = parse_ruleset(text, name)
     with_counters = name == "counters"
     ours = save_ruleset(rs, counters=counters_of(rs) if with_counters else None)

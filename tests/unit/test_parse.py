@@ -226,15 +226,14 @@ NEGATIVE_CASES = [
     ("-p 256", "unknown protocol, expected tcp, udp, icmp, all, a number 0-255 or a name from "
      "/etc/protocols, found '256'"),
     ("-f -f", "option '-f' given twice, expected one -f per rule, found '-f'"),
-    ("-m limit --limit 1/s", "match 'limit' is not supported yet, expected one of comment, conntrack, "
-     "icmp, iprange, multiport, state, tcp, udp, found '-m limit'"),
+    ("-m owner --uid-owner 0", "match 'owner' is not supported yet, expected one of addrtype, comment, "
+     "connlimit, conntrack, dscp, hashlimit, icmp, iprange, length, limit, mac, multiport, pkttype, recent, "
+     "set, state, tcp, tcpmss, tos, ttl, udp, found '-m owner'"),
     ("! -m tcp", "'!' before -m, expected '-m NAME ! --option VALUE', found '! -m tcp'"),
-    ("-j REJECT --reject-with tcp-reset", "target 'REJECT' is not supported yet, expected ACCEPT, DROP, "
-     "RETURN or a user-defined chain, found '-j REJECT'"),
-    ("-j LOG --log-prefix x", "target 'LOG' is not supported yet, expected ACCEPT, DROP, RETURN or a "
-     "user-defined chain, found '-j LOG'"),
-    ("-j MARK --set-mark 1", "target 'MARK' is not supported yet, expected ACCEPT, DROP, RETURN or a "
-     "user-defined chain, found '-j MARK'"),
+    ("-j NFLOG --nflog-group 1", "target 'NFLOG' is not supported yet, expected ACCEPT, DROP, RETURN, "
+     "REJECT, LOG, MARK, CONNMARK or a user-defined chain, found '-j NFLOG'"),
+    ("-j TEE --gateway 1.1.1.1", "target 'TEE' is not supported yet, expected ACCEPT, DROP, RETURN, "
+     "REJECT, LOG, MARK, CONNMARK or a user-defined chain, found '-j TEE'"),
     ("-j nosuch", "jump to undefined chain 'nosuch', expected ACCEPT, DROP, RETURN or a chain declared "
      "with ':nosuch - [0:0]', found '-j nosuch'"),
     ("-j OUTPUT", "jump to built-in chain 'OUTPUT', expected ACCEPT, DROP, RETURN or a user-defined "
@@ -416,9 +415,9 @@ def test_all_problems_collected_in_line_order():
     text = ("# header\n*filter\n:INPUT ACCEPT [0:0]\n:INPUT DROP [0:0]\n"
             "-A INPUT -p tcp --dport 99999 -j ACCEPT\n"
             "-A INPUT -j ACCEPT\n"                         # fine
-            "-A INPUT -m limit --limit 5/s -j ACCEPT\n"
+            "-A INPUT -m owner --uid-owner 0 -j ACCEPT\n"
             "-A missing -j DROP\n"
-            "-A INPUT -j REJECT\n"
+            "-A INPUT -j NFLOG\n"
             "COMMIT\n*nat\nCOMMIT\n")
     with pytest.raises(RulesetError) as exc:
         parse_ruleset(text, "multi.rules")
@@ -426,7 +425,7 @@ def test_all_problems_collected_in_line_order():
     assert str(err) == "6 problems in multi.rules"
     assert [p.split(":")[1] for p in err.problems] == ["4", "5", "7", "8", "9", "11"]
     assert all(p.startswith("multi.rules:") for p in err.problems)
-    assert "target 'REJECT' is not supported yet" in err.problems[4]
+    assert "target 'NFLOG' is not supported yet" in err.problems[4]
     assert "1 problem in x" == str(pytest.raises(RulesetError, parse_ruleset, "junk\n", "x").value)
 
 
