@@ -187,6 +187,8 @@ class Agent:
         addrs = host.local_addresses()
         selected = self.cfg.select([l.name for l in links])
         cur = api.status()
+        if cur:
+            self._detach_renamed(cur, links, {n for n, _ in selected})
         if not selected:
             if cur:
                 log.warning("no interface matches the configuration now%s; detaching", why)
@@ -218,6 +220,18 @@ class Agent:
                  res["seconds"])
         self._remember(links, addrs)
         sd_notify(f"STATUS=enforcing {source} on {', '.join(names)}")
+
+    @staticmethod
+    def _detach_renamed(cur: dict, links, selected: set[str]) -> None:
+        """An enforced interface renamed to a name the configuration does not select: take
+        ebpfw off it (api.apply and api.detach only know it by its old name, now gone)."""
+        now = {l.ifindex: l.name for l in links}
+        for rec in cur["ifaces"]:
+            new = now.get(rec["ifindex"])
+            if new is not None and new != rec["name"] and new not in selected:
+                with state.ApplyLock(timeout=LOCK_TIMEOUT):
+                    for line in api._detach_iface(dict(rec, name=new)):
+                        log.info("%s (was %s)", line, rec["name"])
 
     @staticmethod
     def _canonical(text: str, name: str) -> str:

@@ -75,13 +75,15 @@ def local():
         return {str(ipaddress.IPv4Address(k)) for k in bpfsys.keys(dp.maps["ebpfw_local"], 4)}
     finally:
         dp.close()
-def attached():
+def attached():  # None while there is no such interface
     idx = {l.name: l.ifindex for l in links()}.get(arg)
     if idx is None:
-        return False
+        return None
     ids = attached_prog_ids(idx)
     return bool((ids["xdp"] or ids["tc_ingress"]) and ids["tc_egress"])
-check = {"local": lambda: arg in local(), "attached": attached}[what]
+def present():
+    return arg in {l.name for l in links()}
+check = {"local": lambda: arg in local(), "attached": attached, "present": present}[what]
 while True:
     if check() == want:
         print(json.dumps({"ok": True, "seconds": time.monotonic() - t0}), flush=True)
@@ -266,8 +268,25 @@ def test_agent_follows_addresses_and_interfaces(rig):
     assert not ids["xdp"] and not ids["tc_ingress"] and not ids["tc_egress"], ids
     assert tcp(client3, "10.201.3.1") == "refused"
 
+    # renamed to a name that does not match: ebpfw comes off it; renamed back: on again
+    def rename(old: str, new: str):
+        def action() -> None:
+            run_in(dut, ["ip", "link", "set", old, "down"])
+            run_in(dut, ["ip", "link", "set", old, "name", new])
+            run_in(dut, ["ip", "link", "set", new, "up"])
+        return action
+
+    res = watch(dut, "attached", "zz1", False, rename("ag1", "zz1"), limit=10)
+    assert res["ok"] and res["seconds"] < 2.0, res
+    ids = prog_ids(dut, "zz1")
+    assert not ids["xdp"] and not ids["tc_ingress"] and not ids["tc_egress"], ids
+    assert tcp(client2, "10.201.2.1") == "refused"
+    res = watch(dut, "attached", "ag1", True, rename("zz1", "ag1"), limit=10)
+    assert res["ok"] and res["seconds"] < 2.0, res
+    assert tcp(client2, "10.201.2.1") == "timeout"
+
     # the interface goes away: forgotten (status no longer lists it), the rest still enforced
-    res = watch(dut, "attached", "ag1", False,
+    res = watch(dut, "present", "ag1", False,
                 lambda: run_in(dut, ["ip", "link", "del", "ag1"]), limit=10)
     assert res["ok"], res
     deadline = time.monotonic() + 5
