@@ -11,9 +11,11 @@ from ebpfw.errors import RulesetError
 from ebpfw.iptables import counters_of, parse_ruleset, save_ruleset
 from ebpfw.iptables.tokenize import TokenizeError, save_string, tokenize
 from ebpfw.ruleset import (
-    CT_ESTABLISHED, CT_INVALID, CT_NEW, CT_RELATED, CT_UNTRACKED, CommentMatch, ConntrackMatch,
-    Counters, IcmpMatch, IfaceMatch, IpMatch, IprangeMatch, MultiportMatch, Net, Pos, Rule,
-    Ruleset, Target, TcpMatch, UdpMatch,
+    CT_ESTABLISHED, CT_INVALID, CT_NEW, CT_RELATED, CT_UNTRACKED, AddrtypeMatch, CommentMatch,
+    ConnlimitMatch, ConnmarkTarget, ConntrackMatch, Counters, DscpMatch, HashlimitMatch, IcmpMatch,
+    IfaceMatch, IpMatch, IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MarkTarget,
+    MultiportMatch, Net, PkttypeMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, SetMatch, Target,
+    TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 from test_iptables_oracle import CORPUS
 
@@ -122,6 +124,75 @@ IR_CASES = [
 ]
 
 
+# the match extensions beyond the core: fragment -> the typed match (rule has no -p unless given)
+LOCAL, BCAST, MCAST = 1 << 2, 1 << 3, 1 << 5
+EXT_IR_CASES = [
+    ("-m limit", LimitMatch(avg=12_000_000)),                          # default 3/hour
+    ("-m limit --limit 10/sec", LimitMatch(avg=1000)),
+    ("-m limit --limit 60/m --limit-burst 7", LimitMatch(avg=10_000, burst=7)),
+    ("-m limit --limit 2/DAY --limit-burst 0x10", LimitMatch(avg=432_000_000, burst=16)),
+    ("-m limit --limit 3", LimitMatch(avg=3333)),
+    ("-m hashlimit --hashlimit-upto 10/sec --hashlimit-name a",
+     HashlimitMatch(name="a", avg=100_000, expire=1000)),
+    ("-m hashlimit --hashlimit-above 60/minute --hashlimit-burst 20 --hashlimit-mode dstport,srcip "
+     "--hashlimit-name b", HashlimitMatch(name="b", avg=1_000_000, expire=60_000, burst=20, above=True,
+                                          mode=("srcip", "dstport"))),
+    ("-m hashlimit ! --hashlimit-upto 5/hour --hashlimit-mode dstip|srcport --hashlimit-name c "
+     "--hashlimit-htable-expire 30000 --hashlimit-srcmask 24 --hashlimit-dstmask 0",
+     HashlimitMatch(name="c", avg=720_000_000, expire=30_000, above=True, mode=("srcport", "dstip"),
+                    srcmask=24, dstmask=0)),
+    ("-m hashlimit ! --hashlimit-above 1/s --hashlimit-name d", HashlimitMatch("d", 1_000_000, 1000)),
+    ("-m hashlimit --hashlimit 100 --hashlimit-name e", HashlimitMatch("e", 10_000, 1000)),
+    ("-m set --match-set blk src", SetMatch("blk", ("src",))),
+    ("-m set ! --set svc dst,src,dst", SetMatch("svc", ("dst", "src", "dst"), invert=True)),
+    ("-m recent --set", RecentMatch("set")),
+    ("-m recent --name ssh --rcheck --seconds 60 --hitcount 4 --rttl --rdest",
+     RecentMatch("rcheck", name="ssh", seconds=60, hitcount=4, rttl=True, side="dest")),
+    ("-m recent ! --update --seconds 10 --reap --mask 255.0.255.0 --rsource",
+     RecentMatch("update", invert=True, seconds=10, reap=True, mask=0xFF00FF00)),
+    ("-m recent --remove --name x", RecentMatch("remove", name="x")),
+    ("-m addrtype --src-type local", AddrtypeMatch(src=LOCAL)),
+    ("-m addrtype ! --dst-type BROADCAST,multicast --limit-iface-in",
+     AddrtypeMatch(dst=BCAST | MCAST, dst_invert=True, limit_iface_in=True)),
+    ("-m addrtype ! --src-type UNSPEC --dst-type XRESOLVE --limit-iface-out",
+     AddrtypeMatch(src=1, src_invert=True, dst=1 << 11, limit_iface_out=True)),
+    ("-m pkttype --pkt-type unicast", PkttypeMatch("unicast")),
+    ("-m pkttype ! --pkt-type BCAST", PkttypeMatch("broadcast", invert=True)),
+    ("-m pkttype --pkt-type host", PkttypeMatch("unicast")),
+    ("-m pkttype --pkt-type otherhost", PkttypeMatch("otherhost")),
+    ("-m mac --mac-source 00:11:22:AA:bb:Cc", MacMatch(bytes.fromhex("001122aabbcc"))),
+    ("-m mac ! --mac-source 0:1:2:3:4:5", MacMatch(bytes(range(6)), invert=True)),
+    ("-m length --length 100", LengthMatch(100, 100)),
+    ("-m length ! --length 100:200", LengthMatch(100, 200, invert=True)),
+    ("-m length --length :0x40", LengthMatch(0, 64)),
+    ("-m length --length 1000:", LengthMatch(1000, 65535)),
+    ("-m ttl --ttl-eq 64", TtlMatch("eq", 64)),
+    ("-m ttl ! --ttl-eq 64", TtlMatch("ne", 64)),
+    ("-m ttl --ttl-gt 0x10", TtlMatch("gt", 16)),
+    ("-m ttl --ttl-lt 2", TtlMatch("lt", 2)),
+    ("-m tos --tos 0x10", TosMatch(0x10, 0xFF)),
+    ("-m tos ! --tos 8/0x0c", TosMatch(8, 0x0C, invert=True)),
+    ("-m tos --tos minimize-DELAY", TosMatch(0x10, 0x3F)),
+    ("-m tos --tos 0xfc/3", TosMatch(0xFC, 3)),
+    ("-m dscp --dscp 10", DscpMatch(10)),
+    ("-m dscp ! --dscp 0x2e", DscpMatch(46, invert=True)),
+    ("-m dscp --dscp-class ef", DscpMatch(46)),
+    ("-m dscp ! --dscp-class AF41", DscpMatch(0x22, invert=True)),
+    ("-p tcp -m tcpmss --mss 1400:1500", TcpmssMatch(1400, 1500)),
+    ("-p tcp -m tcpmss ! --mss 536", TcpmssMatch(536, 536, invert=True)),
+    ("-m connlimit --connlimit-above 10", ConnlimitMatch(10)),
+    ("-m connlimit --connlimit-upto 5 --connlimit-mask 24 --connlimit-daddr",
+     ConnlimitMatch(5, above=False, mask=24, daddr=True)),
+    ("-m connlimit ! --connlimit-above 3 --connlimit-saddr", ConnlimitMatch(3, above=False)),
+    ("-m connlimit ! --connlimit-upto 3 --connlimit-mask 255.255.0.0", ConnlimitMatch(3, mask=16)),
+]
+
+
+@pytest.mark.parametrize("fragment,match", EXT_IR_CASES, ids=[c[0][:60] for c in EXT_IR_CASES])
+def test_extension_ir(fragment, match):
+    assert one_rule(fragment).matches[-1] == match
+
+
 @pytest.mark.parametrize("fragment,ip,matches", IR_CASES, ids=[c[0] for c in IR_CASES])
 def test_option_ir(fragment, ip, matches):
     rule = one_rule(fragment)
@@ -135,6 +206,36 @@ TARGET_CASES = [
     ("-j user", Target("JUMP", "user")), ("--jump user", Target("JUMP", "user")),
     ("-g user", Target("GOTO", "user")), ("--goto user", Target("GOTO", "user")),
     ("", Target("NONE")), ("-p tcp", Target("NONE")),
+    ("-j REJECT", Target("REJECT", ext=RejectTarget("icmp-port-unreachable"))),
+    ("-j REJECT --reject-with icmp-net-unreachable", Target("REJECT", ext=RejectTarget("icmp-net-unreachable"))),
+    ("-j REJECT --reject-with host-unreach", Target("REJECT", ext=RejectTarget("icmp-host-unreachable"))),
+    ("-j REJECT --reject-with proto-unreach", Target("REJECT", ext=RejectTarget("icmp-proto-unreachable"))),
+    ("-j REJECT --reject-with Port", Target("REJECT", ext=RejectTarget("icmp-port-unreachable"))),
+    ("-j REJECT --reject-with ICMP-NET-PROHIB", Target("REJECT", ext=RejectTarget("icmp-net-prohibited"))),
+    ("-j REJECT --reject-with host-prohib", Target("REJECT", ext=RejectTarget("icmp-host-prohibited"))),
+    ("-j REJECT --reject-with admin", Target("REJECT", ext=RejectTarget("icmp-admin-prohibited"))),
+    ("-j REJECT --reject-with icmp", Target("REJECT", ext=RejectTarget("icmp-net-unreachable"))),
+    ("-p tcp -j REJECT --reject-with tcp-rst", Target("REJECT", ext=RejectTarget("tcp-reset"))),
+    ("-j LOG", Target("LOG", ext=LogTarget())),
+    ('-j LOG --log-prefix "a b: " --log-level debug', Target("LOG", ext=LogTarget("a b: ", 7))),
+    ("-j LOG --log-level 0x2 --log-tcp-sequence --log-tcp-options --log-ip-options --log-uid --log-macdecode",
+     Target("LOG", ext=LogTarget(level=2, tcp_sequence=True, tcp_options=True, ip_options=True, uid=True,
+                                 macdecode=True))),
+    ("-j LOG --log-level panic", Target("LOG", ext=LogTarget(level=0))),
+    ("-j MARK --set-mark 1", Target("MARK", ext=MarkTarget(1, 0xFFFFFFFF))),
+    ("-j MARK --set-mark 0x10/0xf", Target("MARK", ext=MarkTarget(0x10, 0x1F))),
+    ("-j MARK --set-xmark 5/7", Target("MARK", ext=MarkTarget(5, 7))),
+    ("-j MARK --and-mark 0xf0", Target("MARK", ext=MarkTarget(0, 0xFFFFFF0F))),
+    ("-j MARK --or-mark 3", Target("MARK", ext=MarkTarget(3, 3))),
+    ("-j MARK --xor-mark 3", Target("MARK", ext=MarkTarget(3, 0))),
+    ("-j CONNMARK --set-mark 1", Target("CONNMARK", ext=ConnmarkTarget("set", 1, 0xFFFFFFFF))),
+    ("-j CONNMARK --set-mark 5 --mask 3", Target("CONNMARK", ext=ConnmarkTarget("set", 5, 3))),
+    ("-j CONNMARK --and-mark 7", Target("CONNMARK", ext=ConnmarkTarget("set", 0, 0xFFFFFFF8))),
+    ("-j CONNMARK --save-mark", Target("CONNMARK", ext=ConnmarkTarget("save"))),
+    ("-j CONNMARK --restore-mark --mask 0xff", Target("CONNMARK", ext=ConnmarkTarget("restore", 0, 0xFF, 0xFF))),
+    ("-j CONNMARK --save-mark --nfmask 0xf --ctmask 0xf0", Target("CONNMARK", ext=ConnmarkTarget("save", 0, 0xF0, 0xF))),
+    ("-j CONNMARK --restore-mark --nfmask 0xf", Target("CONNMARK", ext=ConnmarkTarget("restore", 0, 0xFFFFFFFF, 0xF))),
+    ("-j LOG -m comment --comment x --log-level 1", Target("LOG", ext=LogTarget(level=1))),
 ]
 
 
@@ -188,6 +289,49 @@ CANONICAL_CASES = [
     ("-g user", "-g user"),
     ("-i +", ""),
     ("! -i +", "! -i +"),
+    # extensions (iptables-save 1.8.9's text for the same input, both backends)
+    ("-m limit --limit 60/minute --limit-burst 5", "-m limit --limit 1/sec"),
+    ("-m limit --limit 7/minute", "-m limit --limit 7/min"),
+    ("-m limit", "-m limit --limit 3/hour"),
+    ("-m limit --limit 5000/s --limit-burst 6", "-m limit --limit 5000/sec --limit-burst 6"),
+    ("-m hashlimit --hashlimit-upto 10/sec --hashlimit-name a",
+     "-m hashlimit --hashlimit-upto 10/sec --hashlimit-burst 5 --hashlimit-name a"),
+    ("-m hashlimit --hashlimit-above 60/minute --hashlimit-mode dstport,srcip --hashlimit-name b",
+     "-m hashlimit --hashlimit-above 1/sec --hashlimit-burst 5 --hashlimit-mode srcip,dstport --hashlimit-name b "
+     "--hashlimit-htable-expire 60000"),
+    ("-m hashlimit ! --hashlimit-upto 5/hour --hashlimit-name c --hashlimit-htable-expire 3600000 "
+     "--hashlimit-srcmask 24 --hashlimit-dstmask 32",
+     "-m hashlimit --hashlimit-above 5/hour --hashlimit-burst 5 --hashlimit-name c --hashlimit-srcmask 24"),
+    ("-m set --set blk src,dst", "-m set --match-set blk src,dst"),
+    ("-m recent --set", "-m recent --set --name DEFAULT --mask 255.255.255.255 --rsource"),
+    ("-m recent --rdest --hitcount 2 --rttl --seconds 9 ! --update --reap --name x",
+     "-m recent ! --update --seconds 9 --reap --hitcount 2 --rttl --name x --mask 255.255.255.255 --rdest"),
+    ("-m recent --rcheck --mask 10.1.2.3", "-m recent --rcheck --name DEFAULT --mask 10.1.2.3 --rsource"),
+    ("-m addrtype --limit-iface-in ! --dst-type multicast,UNSPEC --src-type local",
+     "-m addrtype --src-type LOCAL ! --dst-type UNSPEC,MULTICAST --limit-iface-in"),
+    ("-m pkttype --pkt-type MCAST", "-m pkttype --pkt-type multicast"),
+    ("-m mac --mac-source A:b:C:d:E:f", "-m mac --mac-source 0a:0b:0c:0d:0e:0f"),
+    ("-m length --length 5:5", "-m length --length 5"),
+    ("-m length --length :500", "-m length --length 0:500"),
+    ("-m ttl ! --ttl-eq 1", "-m ttl ! --ttl-eq 1"),
+    ("-m ttl --ttl-lt 0x10", "-m ttl --ttl-lt 16"),
+    ("-m tos --tos Normal-Service", "-m tos --tos 0x00/0x3f"),
+    ("-m tos --tos 16", "-m tos --tos 0x10/0xff"),
+    ("-m dscp --dscp-class cs0", "-m dscp --dscp 0x00"),
+    ("-m dscp --dscp 63", "-m dscp --dscp 0x3f"),
+    ("-p tcp -m tcpmss --mss 536:536", "-p tcp -m tcpmss --mss 536"),
+    ("-m connlimit --connlimit-above 0x10", "-m connlimit --connlimit-above 16 --connlimit-mask 32 "
+     "--connlimit-saddr"),
+    ("-m connlimit ! --connlimit-above 3", "-m connlimit --connlimit-upto 3 --connlimit-mask 32 --connlimit-saddr"),
+    ("-j REJECT", "-j REJECT --reject-with icmp-port-unreachable"),
+    ("-j REJECT --reject-with net-prohib", "-j REJECT --reject-with icmp-net-prohibited"),
+    ("-j LOG --log-level 4", "-j LOG"),
+    ("-j LOG --log-level warning --log-uid --log-prefix 'x'", "-j LOG --log-prefix \"\\'x\\'\" --log-uid"),
+    ("-j LOG --log-macdecode --log-level error", "-j LOG --log-level 3 --log-macdecode"),
+    ("-j MARK --set-mark 0x10/0xff", "-j MARK --set-xmark 0x10/0xff"),
+    ("-j MARK --and-mark 0", "-j MARK --set-xmark 0x0/0xffffffff"),
+    ("-j CONNMARK --save-mark", "-j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+    ("-j CONNMARK --or-mark 1", "-j CONNMARK --set-xmark 0x1/0x1"),
 ]
 
 
@@ -333,6 +477,138 @@ NEGATIVE_CASES = [
     ("-i !", "'!' after option '-i', expected '! -i VALUE' (the '!' goes first), found '-i !'"),
     ("-s 1.1.1.1 !", "'!' at the end of the rule, expected an option after '!', found '!'"),
     ("-c 1 x", "malformed counters, expected '-c PACKETS BYTES' with decimal numbers, found '1 x'"),
+    # extensions
+    ("-m limit ! --limit 3/sec", "'!' before '--limit', expected '--limit' without '!', found '! --limit'"),
+    ("-m limit --limit 0/day", "bad rate in --limit, expected a positive number of packets, e.g. 10/sec, "
+     "found '0/day'"),
+    ("-m limit --limit 1/days", "bad rate unit in --limit, expected N/sec, N/minute, N/hour or N/day, found "
+     "'1/days'"),
+    ("-m limit --limit 10001/s", "rate too fast in --limit, expected at most 10000 packets per second, "
+     "found '10001/s'"),
+    ("-m limit --limit-burst 10001", "bad burst in --limit-burst, expected a number 0-10000, found '10001'"),
+    ("-m hashlimit --hashlimit-name x", "match 'hashlimit' needs a rate, expected --hashlimit-upto RATE or "
+     "--hashlimit-above RATE, found '-m hashlimit without one'"),
+    ("-m hashlimit --hashlimit-upto 1/s", "match 'hashlimit' needs --hashlimit-name, expected "
+     "--hashlimit-name NAME, found '-m hashlimit without it'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-above 2/s", "options '--hashlimit-upto' and "
+     "'--hashlimit-above' exclude each other in one 'hashlimit' match, expected one of them (or a second "
+     "-m hashlimit), found '--hashlimit-above'"),
+    ("-m hashlimit --hashlimit-upto 1kb/s --hashlimit-name x", "byte rates in --hashlimit-upto are not "
+     "supported yet, expected a packet rate such as 10/sec, found '1kb/s'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-mode none", "unknown key in "
+     "--hashlimit-mode, expected a comma list of srcip, srcport, dstip, dstport, found 'none'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-htable-size 64", "option "
+     "'--hashlimit-htable-size' of match 'hashlimit' is not supported yet, expected only --hashlimit-upto, "
+     "--hashlimit, --hashlimit-above, --hashlimit-burst, --hashlimit-mode, --hashlimit-name, "
+     "--hashlimit-htable-expire, --hashlimit-srcmask, --hashlimit-dstmask, found '--hashlimit-htable-size'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-srcmask 33", "bad prefix length in "
+     "--hashlimit-srcmask, expected a number 0-32, found '33'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name 'a b'", "bad table name in --hashlimit-name, "
+     "expected 1-254 characters without white space, quotes or '/', found ''a'"),
+    ("-m set", "match 'set' needs --match-set, expected --match-set NAME src|dst[,...], found '-m set alone'"),
+    ("-m set --match-set blk source", "bad direction list in --match-set, expected a comma list of src and "
+     "dst, e.g. src,dst, found 'source'"),
+    ("-m set --match-set blk src,src,src,src,src,src,src", "too many directions in --match-set, expected at "
+     "most 6 of src/dst, found 'src,src,src,src,src,src,src'"),
+    ("-m set --match-set " + "n" * 32 + " src", "bad set name in --match-set, expected 1-31 characters "
+     "without white space, quotes or '/', found '" + "n" * 32 + "'"),
+    ("-m set --match-set blk src --return-nomatch", "option '--return-nomatch' of match 'set' is not "
+     "supported yet, expected only --match-set, --set, found '--return-nomatch'"),
+    ("-m recent --name x", "match 'recent' needs a command, expected --set, --rcheck, --update or --remove, "
+     "found '-m recent without one'"),
+    ("-m recent --rcheck --update", "options '--rcheck' and '--update' exclude each other in one 'recent' "
+     "match, expected one of them (or a second -m recent), found '--update'"),
+    ("-m recent --set --rttl", "option '--rttl' cannot be used with --set, expected --rttl with --rcheck or "
+     "--update, found '--rttl'"),
+    ("-m recent --rcheck --reap", "option '--reap' of match 'recent' needs --seconds, expected --seconds N "
+     "with --reap, found '--reap'"),
+    ("-m recent --rcheck ! --rdest", "'!' before '--rdest', expected '--rdest' without '!', found '! --rdest'"),
+    ("-m recent --rcheck --name a/b", "bad list name in --name, expected 1-199 characters without white "
+     "space, quotes or '/', found 'a/b'"),
+    ("-m recent --rcheck --seconds 0", "bad number of seconds in --seconds, expected a number 1-4294967295, "
+     "found '0'"),
+    ("-m addrtype", "match 'addrtype' needs --src-type or --dst-type, expected --src-type or --dst-type "
+     "TYPES, found '-m addrtype without them'"),
+    ("-m addrtype --src-type LOCAL,HOME", "unknown address type in --src-type, expected a comma list of "
+     "UNSPEC, UNICAST, LOCAL, BROADCAST, ANYCAST, MULTICAST, BLACKHOLE, UNREACHABLE, PROHIBIT, THROW, NAT, "
+     "XRESOLVE, found 'HOME'"),
+    ("-m addrtype --src-type LOCAL --limit-iface-in --limit-iface-out", "options '--limit-iface-in' and "
+     "'--limit-iface-out' exclude each other, expected one of them, found '--limit-iface-out'"),
+    ("-m pkttype", "match 'pkttype' needs --pkt-type, expected --pkt-type TYPE, found '-m pkttype alone'"),
+    ("-m pkttype --pkt-type outgoing", "unknown packet type in --pkt-type, expected unicast, broadcast, "
+     "multicast or otherhost, found 'outgoing'"),
+    ("-m mac --mac-source 00-11-22-33-44-55", "invalid MAC address in --mac-source, expected six hex bytes "
+     "such as 00:11:22:aa:bb:cc, found '00-11-22-33-44-55'"),
+    ("-m mac --mac-source 00:11:22:33:44", "invalid MAC address in --mac-source, expected six hex bytes "
+     "such as 00:11:22:aa:bb:cc, found '00:11:22:33:44'"),
+    ("-m length --length 200:100", "reversed range in --length would never match, expected MIN:MAX with "
+     "MIN <= MAX, found '200:100'"),
+    ("-m length --length 70000", "bad range in --length, expected N or MIN:MAX with numbers 0-65535, found "
+     "'70000'"),
+    ("-m ttl --ttl-eq 256", "bad TTL in --ttl-eq, expected a number 0-255, found '256'"),
+    ("-m ttl ! --ttl-gt 3", "'!' before '--ttl-gt', expected '--ttl-gt' without '!', found '! --ttl-gt'"),
+    ("-m ttl --ttl-gt 3 --ttl-lt 9", "options '--ttl-gt' and '--ttl-lt' exclude each other in one 'ttl' "
+     "match, expected one of them (or a second -m ttl), found '--ttl-lt'"),
+    ("-m tos --tos 0x100", "bad TOS in --tos, expected VALUE[/MASK] with numbers 0-255, or Minimize-Delay, "
+     "Maximize-Throughput, Maximize-Reliability, Minimize-Cost, Normal-Service, found '0x100'"),
+    ("-m dscp --dscp 64", "bad DSCP in --dscp, expected a number 0-63, found '64'"),
+    ("-m dscp --dscp-class XX", "unknown DSCP class in --dscp-class, expected one of CS0, CS1, CS2, CS3, "
+     "CS4, CS5, CS6, CS7, BE, AF11, AF12, AF13, AF21, AF22, AF23, AF31, AF32, AF33, AF41, AF42, AF43, EF, "
+     "found 'XX'"),
+    ("-m dscp --dscp 1 --dscp-class EF", "options '--dscp' and '--dscp-class' exclude each other in one "
+     "'dscp' match, expected one of them (or a second -m dscp), found '--dscp-class'"),
+    ("-m tcpmss --mss 5", "match 'tcpmss' needs -p tcp (iptables refuses it otherwise), expected '-p tcp' "
+     "(not inverted) in the rule, found 'no -p'"),
+    ("-p tcp -m tcpmss --mss 5:4", "reversed range in --mss, expected MIN:MAX with MIN <= MAX, found '5:4'"),
+    ("-m connlimit --connlimit-mask 24", "match 'connlimit' needs a limit, expected --connlimit-above N or "
+     "--connlimit-upto N, found '-m connlimit without one'"),
+    ("-m connlimit --connlimit-above 1 --connlimit-mask 33", "bad mask in --connlimit-mask, expected a "
+     "prefix length 0-32 or a mask such as 255.255.255.0, found '33'"),
+    ("-m connlimit --connlimit-above 1 --connlimit-mask 255.0.255.0", "bad mask in --connlimit-mask, "
+     "expected a prefix length 0-32 or a mask such as 255.255.255.0, found '255.0.255.0'"),
+    ("-j REJECT --reject-with echo-reply", "--reject-with echo-reply is no longer supported by iptables "
+     "(--reject-with), expected one of icmp-net-unreachable, icmp-host-unreachable, icmp-proto-unreachable, "
+     "icmp-port-unreachable, icmp-net-prohibited, icmp-host-prohibited, tcp-reset, icmp-admin-prohibited, "
+     "found 'echo-reply'"),
+    ("-j REJECT --reject-with nope", "unknown reject type in --reject-with, expected one of "
+     "icmp-net-unreachable, icmp-host-unreachable, icmp-proto-unreachable, icmp-port-unreachable, "
+     "icmp-net-prohibited, icmp-host-prohibited, tcp-reset, icmp-admin-prohibited, found 'nope'"),
+    ("-j REJECT ! --reject-with tcp-reset", "'!' before '--reject-with', expected '--reject-with' without "
+     "'!', found '! --reject-with'"),
+    ("--reject-with tcp-reset -j REJECT", "option '--reject-with' without a target that takes it, expected "
+     "-j REJECT before it, found '--reject-with'"),
+    ("-j REJECT --reject-with tcp-reset --reject-with icmp", "option '--reject-with' given twice in one "
+     "'REJECT' target, expected one of them, found '--reject-with'"),
+    ("-j LOG --log-level 8", "unknown log level in --log-level, expected 0-7 or one of emerg, panic, alert, "
+     "crit, error, warning, notice, info, debug (lower case), found '8'"),
+    ("-j LOG --log-level WARNING", "unknown log level in --log-level, expected 0-7 or one of emerg, panic, "
+     "alert, crit, error, warning, notice, info, debug (lower case), found 'WARNING'"),
+    ("-j LOG --log-prefix 123456789012345678901234567890", "log prefix longer than 29 bytes in --log-prefix "
+     "(iptables would cut it), expected at most 29 bytes, found '123456789012345678901234567890'"),
+    ('-j LOG --log-prefix ""', "empty --log-prefix, expected at least one character (or no --log-prefix), "
+     "found '\"\"'"),
+    ("-j MARK", "target 'MARK' needs an operation, expected --set-xmark, --set-mark, --and-mark, --or-mark or "
+     "--xor-mark, found '-j MARK alone'"),
+    ("-j MARK --set-mark 1 --or-mark 2", "options '--set-mark' and '--or-mark' exclude each other in one "
+     "'MARK' target, expected one of them, found '--or-mark'"),
+    ("-j MARK --set-mark 0x100000000", "bad value in --set-mark, expected a number 0-0xffffffff, found "
+     "'0x100000000'"),
+    ("-j CONNMARK", "target 'CONNMARK' needs an operation, expected --set-xmark, --set-mark, --and-mark, "
+     "--or-mark, --xor-mark, --save-mark or --restore-mark, found '-j CONNMARK alone'"),
+    ("-j CONNMARK --save-mark --left-shift-mark 2", "option '--left-shift-mark' of 'CONNMARK' target is not "
+     "supported yet, expected only --set-xmark, --set-mark, --and-mark, --or-mark, --xor-mark, --save-mark, "
+     "--restore-mark, --mask, --nfmask, --ctmask, found '--left-shift-mark'"),
+    ("-j CONNMARK --set-xmark 1 --nfmask 2", "option '--nfmask' only goes with --save-mark or --restore-mark, "
+     "expected --save-mark or --restore-mark before it, found '--set-xmark'"),
+    ("-j CONNMARK --save-mark --mask 1 --ctmask 2", "option '--mask' together with --nfmask/--ctmask "
+     "(iptables applies them in command-line order), expected either --mask or --nfmask/--ctmask, found "
+     "'--mask'"),
+    ("-j NOTRACK", "target 'NOTRACK' is only valid in the raw table (the kernel refuses it in filter) and "
+     "ebpfw enforces only the filter table, expected ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a "
+     "user-defined chain, found '-j NOTRACK'"),
+    ("-j DNAT --to-destination 1.1.1.1", "target 'DNAT' is only valid in the nat table (the kernel refuses "
+     "it in filter) and ebpfw enforces only the filter table, expected ACCEPT, DROP, RETURN, REJECT, LOG, "
+     "MARK, CONNMARK or a user-defined chain, found '-j DNAT'"),
 ]
 
 
