@@ -69,6 +69,8 @@ def target_words(target: Target) -> list[str]:
         ext = target.ext
         if ext is None and target.kind in ("REJECT", "LOG"):    # all options at their defaults
             ext = EXT_TARGETS[target.kind]()
+        if ext is not None and not isinstance(ext, EXT_TARGETS[target.kind]):
+            raise TypeError(f"-j {target.kind} with {type(ext).__name__} options")
         return ["-j", target.kind] + (spec_of_target(ext).save(ext) if ext is not None else [])
     return ["-j", target.kind]
 
