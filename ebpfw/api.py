@@ -30,6 +30,10 @@ RULES_FILE = "ruleset.rules"
 MODES = ("auto", "xdp", "xdp-generic", "tc")
 
 
+class ChangedMeanwhile(StateError):
+    """apply(expect_applied_at=...) found another apply had happened since the caller looked."""
+
+
 def _parse(text: str, filename: str) -> Ruleset:
     rs = parse_ruleset(text, filename)
     check_ruleset(rs, allow_conntrack=True)   # the datapath tracks connections
@@ -153,8 +157,11 @@ def _initial_counters(plan, table: Table) -> dict:
 
 
 def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False,
-          modes: Optional[dict[str, str]] = None) -> dict:
-    """`modes` optionally gives some interfaces another ingress mode than `mode`."""
+          modes: Optional[dict[str, str]] = None, expect_applied_at: Optional[float] = None) -> dict:
+    """`modes` optionally gives some interfaces another ingress mode than `mode`.
+    `expect_applied_at` (compare-and-swap for callers that re-apply what they read, like the
+    agent): raise ChangedMeanwhile, changing nothing, unless the enforced state is still the one
+    applied at that time (0.0: nothing applied)."""
     t0 = time.monotonic()
     modes = dict(modes or {})
     for m in [mode, *modes.values()]:
@@ -181,6 +188,9 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
 
     with state.ApplyLock():
         cur = state.read_json(CURRENT)
+        if expect_applied_at is not None and (cur or {}).get("applied_at", 0.0) != expect_applied_at:
+            raise ChangedMeanwhile("another apply changed the enforced ruleset meanwhile; nothing was changed",
+                                   hint="read the state again and retry")
         prev_ifaces = {r["name"]: r for r in cur["ifaces"]} if cur else {}
         targets = [(by_name[i], modes.get(i, mode)) for i in ifaces]
         judged = {by_name[i].ifindex for i in ifaces}
