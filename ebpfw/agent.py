@@ -181,7 +181,17 @@ class Agent:
 
     def apply_now(self, new_text: Optional[str] = None, why: str = "") -> None:
         """Apply to the interfaces selected now: `new_text` (start, SIGHUP), else the enforced
-        ruleset (interfaces changed). The counters are kept when the ruleset does not change."""
+        ruleset (interfaces changed). The counters are kept when the ruleset does not change.
+        Re-applying what was read is a compare-and-swap: if another apply (`ebpfw apply` by
+        hand) lands in between, read again rather than put the old ruleset back."""
+        for attempt in range(3):
+            try:
+                return self._apply_once(new_text, why)
+            except api.ChangedMeanwhile:
+                log.info("another apply happened meanwhile; reading the state again")
+        self._apply_once(new_text, why)
+
+    def _apply_once(self, new_text: Optional[str], why: str) -> None:
         assert self.cfg is not None
         links = host.links()
         addrs = host.local_addresses()
@@ -198,9 +208,10 @@ class Agent:
                 log.info("no interface matches the configuration yet%s; waiting for one", why)
             self._remember(links, addrs)
             return
-        enforced = self._enforced_text()
+        enforced = self._enforced_text() if cur else None
         source = str(self.cfg.ruleset)
         keep_counters = False
+        expect = None
         if new_text is not None:
             if enforced is not None and enforced == self._canonical(new_text, source):
                 text, keep_counters = api.save(counters=True), True
@@ -211,9 +222,11 @@ class Agent:
             source = (cur or {}).get("source") or source
         else:
             text = self.text
+        if keep_counters or new_text is None:
+            expect = (cur or {}).get("applied_at", 0.0)
         names = [n for n, _ in selected]
         res = api.apply(text, source, names, mode=self.cfg.mode, counters=keep_counters,
-                        modes={n: m for n, m in selected})
+                        modes={n: m for n, m in selected}, expect_applied_at=expect)
         how = "new programs" if res["recompiled"] else "maps only"
         log.info("applied %s%s: %d rules on %s; generation %s, %s, %.3f s", source, why, res["rules"],
                  ", ".join(f"{i['name']} ({i['ingress']})" for i in res["ifaces"]), res["generation"], how,

@@ -422,3 +422,32 @@ def test_bad_configuration_or_ruleset_at_start_exits_1(rig):
     r = ebpfw(dut, "agent", "--config", str(config), timeout=60)
     assert r.returncode == 1 and f"{rules}:5:" in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert json.loads(ebpfw(dut, "status", "--json").stdout) is None
+
+
+def test_apply_compare_and_swap(rig):
+    """What keeps the agent from putting back a ruleset an admin just replaced: a re-apply of
+    what it read fails, changing nothing, when another apply landed in between."""
+    client, dut, rules = rig["client"], rig["dut"], rig["rules"]
+    code = f"""
+import json, sys
+from ebpfw import api
+text = open({str(rules)!r}).read()
+try:
+    api.apply(text, "x", ["ag0"], expect_applied_at=123.0)   # expects something that is not there
+    print("applied")
+except api.ChangedMeanwhile as exc:
+    print("refused:", exc)
+first = api.apply(text, "x", ["ag0"], mode="tc", expect_applied_at=0.0)
+at = api.status()["applied_at"]
+api.apply(text.replace("COMMIT", "-A INPUT -p icmp -j DROP\\nCOMMIT"), "admin", ["ag0"], mode="tc")
+try:
+    api.apply(text, "stale", ["ag0"], mode="tc", expect_applied_at=at)
+    print("applied")
+except api.ChangedMeanwhile as exc:
+    print("refused:", exc)
+print(api.status()["source"])
+"""
+    out = rig["netns"].python(dut, code, timeout=180).stdout.splitlines()
+    assert out[0].startswith("refused: another apply changed") and out[1].startswith("refused:"), out
+    assert out[2] == "admin"
+    assert not ping(client, "10.201.1.1")        # the admin's ruleset is the one enforced
