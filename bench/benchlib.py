@@ -47,7 +47,17 @@ def register(kind: str, what: str) -> None:
 
 
 def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    """stderr, and $BENCH_OUT/bench.log (workers inherit BENCH_OUT, so their progress survives
+    a timeout kill)."""
+    line = f"[bench {time.strftime('%H:%M:%S')}] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    d = os.environ.get("BENCH_OUT")
+    if d:
+        try:
+            with open(Path(d) / "bench.log", "a") as f:
+                f.write(line + "\n")
+        except OSError:
+            pass
 
 
 def median(xs):

@@ -16,6 +16,8 @@ judged against all N rules:
              Last: -i IIF -s 10.10.0.0/16 -d DST/32 -p udp --dport 9000 -j ACCEPT.
   blocklist  N-1 '-s 172.16.x.y/32 -j DROP' (distinct addresses from 172.16.0.0/12),
              last: -s 10.10.0.0/16 -p udp --dport 9000 -j ACCEPT.
+  f-FIELD    (N=1 only) one ACCEPT rule that matches on FIELD alone (none, src, dst, proto,
+             dport, iif): the fixed per-packet cost of each field's lookup.
 
 --change K replaces rule K (1-based, K < N) with a different non-matching rule of the same
 template family, for "one rule changed" update measurements; the shape of the compiled program
@@ -84,10 +86,28 @@ def _last_mixed(iif: str, dst: str) -> str:
     return f"-A INPUT -i {iif} -s 10.10.0.0/16 -d {dst}/32 -p udp -m udp --dport {PKT_DPORT} -j ACCEPT"
 
 
+# one-rule rulesets that use a single field each: the fixed cost of each field's lookup
+FIELD_RULES = {
+    "f-none": "-A INPUT -j ACCEPT",
+    "f-src": "-A INPUT -s 10.10.0.0/16 -j ACCEPT",
+    "f-dst": "-A INPUT -d {dst}/32 -j ACCEPT",
+    "f-proto": "-A INPUT -p udp -j ACCEPT",
+    "f-dport": "-A INPUT -p udp -m udp --dport 9000 -j ACCEPT",
+    "f-iif": "-A INPUT -i {iif} -j ACCEPT",
+}
+SHAPES = ("mixed", "blocklist", *FIELD_RULES)
+
+
 def generate(shape: str, n: int, iif: str = "d0", dst: str = "10.0.0.2", seed: int = 1,
              change: int = 0) -> str:
     if n < 1:
         raise ValueError("N must be at least 1")
+    if shape in FIELD_RULES:
+        if n != 1:
+            raise ValueError(f"shape {shape} has exactly one rule, N must be 1")
+        return "\n".join(["# ebpfw benchmark ruleset: shape=%s n=1" % shape, "*filter", ":INPUT DROP [0:0]",
+                          ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]",
+                          FIELD_RULES[shape].format(iif=iif, dst=dst), "COMMIT"]) + "\n"
     rng = random.Random(seed)
     out = ["# ebpfw benchmark ruleset: shape=%s n=%d seed=%d change=%d" % (shape, n, seed, change),
            "*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]"]
@@ -113,7 +133,7 @@ def generate(shape: str, n: int, iif: str = "d0", dst: str = "10.0.0.2", seed: i
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("shape", choices=("mixed", "blocklist"))
+    ap.add_argument("shape", choices=SHAPES)
     ap.add_argument("n", type=int)
     ap.add_argument("--iif", default="d0")
     ap.add_argument("--dst", default="10.0.0.2")

@@ -71,6 +71,8 @@ def testrun_section(tr: list) -> tuple[list[str], dict]:
            "map memlock | xlated / jited B | verified insns | status |",
            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     by = {(r["shape"], r["n"]): r for r in tr}
+    fields = [r for r in tr if r["shape"].startswith("f-")]
+    tr = [r for r in tr if not r["shape"].startswith("f-")]
     for r in tr:
         ns, tn = r.get("ns"), r.get("trivial_ns")
         base = by.get((r["shape"], 10), {}).get("ns")
@@ -87,6 +89,17 @@ def testrun_section(tr: list) -> tuple[list[str], dict]:
             mib(r.get("memlock_bytes")),
             f"{prog.get('bytes_xlated', '–')} / {prog.get('bytes_jited', '–')}" if prog else "–",
             f"{prog.get('verified_insns'):,}" if prog.get("verified_insns") else "–", status))
+    if fields:
+        none = by.get(("f-none", 1), {}).get("ns")
+        out += ["", "Fixed cost per field: one ACCEPT rule matching on that field only (N=1), "
+                "`+ns` = over the rule with no match (`-j ACCEPT` alone, which still parses, checks the "
+                "checksum, looks up the local-address table and walks one rule).", "",
+                "| ruleset | ns/pkt | XDP_PASS ns | +ns vs no field | status |", "|---|---:|---:|---:|---|"]
+        for r in fields:
+            ns = r.get("ns")
+            out.append(f"| {r['shape']} | {ns if ns is not None else '–'} | {r.get('trivial_ns', '–')} | "
+                       f"{ns - none if ns is not None and none is not None else '–'} | "
+                       f"{'fails: ' + r['error'] if r.get('error') else 'ok'} |")
     # targets
     facts = {}
     for shape in ("mixed", "blocklist"):

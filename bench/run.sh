@@ -83,14 +83,14 @@ step() { # seconds cmd...
 }
 
 if [ "$QUICK" = 1 ]; then
-	TR_SIZES=1,10,1000,10000 TR_RUNS=3 TR_TIMEOUT=120
+	TR_SIZES=1,10,1000,10000 TR_RUNS=3 TR_TIMEOUT=120 TR_FIELDS=
 	UPD_REPS=2 UPD_CHECK=10000
 	KIT_ENV=(SECTIONS=A PATHS=input NS_A="1 10000" REPS=1 DUR=1 FILTERS_INPUT="ipt-nft ebpfw")
 	KIT_LIMIT=300
 else
-	TR_SIZES=1,10,100,1000,10000,100000 TR_RUNS=7 TR_TIMEOUT=240
+	TR_SIZES=1,10,100,1000,10000,100000 TR_RUNS=7 TR_TIMEOUT=240 TR_FIELDS=--fields
 	UPD_REPS=5 UPD_CHECK=10000,100000
-	KIT_ENV=(SECTIONS=AC PATHS=input NS_A="1 100 1000 10000" REPS=3 NS_C=10000 REPS_C=3
+	KIT_ENV=(SECTIONS=AC PATHS=input NS_A="1 1000 10000" REPS=3 NS_C=10000 REPS_C=3
 		FILTERS_INPUT="ipt-nft nft-set ebpfw ebpfw-tc")
 	KIT_LIMIT=720
 fi
@@ -106,7 +106,7 @@ log "results -> $OUT (QUICK=$QUICK, sections: $SECTIONS)"
 
 if [[ " $SECTIONS " == *" testrun "* ]]; then
 	log "section 1: BPF_PROG_TEST_RUN per-packet cost, memory, verifier (sizes $TR_SIZES)"
-	step 1200 "$PY" bench/testrun.py --sizes "$TR_SIZES" --runs "$TR_RUNS" --timeout "$TR_TIMEOUT" --out "$OUT" ||
+	step 1200 "$PY" bench/testrun.py --sizes "$TR_SIZES" --runs "$TR_RUNS" --timeout "$TR_TIMEOUT" $TR_FIELDS --out "$OUT" ||
 		log "testrun step failed (rc $?)"
 fi
 

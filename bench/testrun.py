@@ -82,6 +82,36 @@ def verified_insns(fd: int) -> int | None:
     return struct.unpack_from("<I", buf.raw, 216)[0]
 
 
+def time_phases(phases: dict) -> None:
+    """Wrap the stages of ebpfw.api.apply so each one's wall time lands in `phases` (and the
+    log, so a point that times out still shows how far it got)."""
+    from ebpfw import api, state
+    from ebpfw.datapath import Datapath
+
+    def wrap(obj, name: str, label: str) -> None:
+        f = getattr(obj, name)
+
+        def w(*args, **kw):
+            t = time.monotonic()
+            B.log(f"  {label} ...")
+            try:
+                return f(*args, **kw)
+            finally:
+                phases[label] = round(phases.get(label, 0) + time.monotonic() - t, 3)
+                B.log(f"  {label}: {phases[label]} s")
+        setattr(obj, name, w)
+
+    wrap(api, "_parse", "parse+check")
+    wrap(api, "compile_plan", "compile")
+    wrap(api, "save_ruleset", "canonical text")
+    wrap(Datapath, "build", "bcc compile+verifier+maps")
+    wrap(Datapath, "write_slot", "write slot")
+    wrap(Datapath, "write_host", "write host")
+    wrap(Datapath, "pin_all", "pin")
+    wrap(api, "_attach_all", "attach")
+    wrap(state, "write_json_atomic", "state file")
+
+
 def worker(a: dict) -> dict:
     import os
     from gen_rules import generate
@@ -96,6 +126,8 @@ def worker(a: dict) -> dict:
     t0 = time.monotonic()
     text = generate(a["shape"], a["n"], iif="d0", dst=B.DUT_ADDR)
     out["gen_s"] = round(time.monotonic() - t0, 3)
+    out["phases"] = {}
+    time_phases(out["phases"])
     t0 = time.monotonic()
     try:
         res = api.apply(text, f"{a['shape']}-{a['n']}.rules", ["d0"], "xdp")
@@ -226,6 +258,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--timeout", type=float, default=240, help="seconds per (shape, N) point")
     ap.add_argument("--mem-limit-gb", type=float, default=6)
+    ap.add_argument("--fields", action="store_true",
+                    help="also the one-rule, one-field rulesets (f-none, f-src, ...): fixed cost per field")
     ap.add_argument("--out")
     a = ap.parse_args()
     B.exit_on_term()
@@ -235,14 +269,17 @@ def main() -> int:
     out = Path(a.out) if a.out else B.results_dir()
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for shape in a.shapes.split(","):
-        for n in [int(x) for x in a.sizes.split(",")]:
-            B.log(f"testrun {shape} N={n} ...")
-            r = measure_point(shape, n, a.runs, a.timeout, int(a.mem_limit_gb * (1 << 30)))
-            B.log(f"testrun {shape} N={n}: ns={r.get('ns')} trivial={r.get('trivial_ns')} "
-                  f"apply={r.get('apply_cold_s')}s kmem={r.get('kmem_bytes')} err={r.get('error')}")
-            results.append(r)
-            B.write_json(out / "testrun.json", results)
+    points = [(shape, int(n)) for shape in a.shapes.split(",") for n in a.sizes.split(",")]
+    if a.fields:
+        from gen_rules import FIELD_RULES
+        points += [(f, 1) for f in FIELD_RULES]
+    for shape, n in points:
+        B.log(f"testrun {shape} N={n} ...")
+        r = measure_point(shape, n, a.runs, a.timeout, int(a.mem_limit_gb * (1 << 30)))
+        B.log(f"testrun {shape} N={n}: ns={r.get('ns')} trivial={r.get('trivial_ns')} "
+              f"apply={r.get('apply_cold_s')}s kmem={r.get('kmem_bytes')} err={r.get('error')}")
+        results.append(r)
+        B.write_json(out / "testrun.json", results)
     return 0
 
 
