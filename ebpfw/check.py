@@ -1,16 +1,23 @@
 """Semantic checks on a Ruleset, before it is compiled.
 
-Contract: `check_ruleset(rs, allow_conntrack=False)` returns None when ebpfw can enforce
+Contract: `check_ruleset(rs, allow_conntrack=False, sets=None)` returns None when ebpfw can enforce
 `rs` exactly, and otherwise raises one RulesetError whose `problems` list every problem as
 `FILE:LINE: what was wrong, expected ..., found '...'` at the table, chain or rule it is
 about. It checks what iptables itself refuses (jump targets that are not user chains,
 loops in the jump graph, -i in OUTPUT, -o in INPUT, policies, chain names, a match without
-its -p) and what ebpfw's datapath cannot enforce yet (other tables, --tcp-option, -f,
-and conntrack/state matches unless `allow_conntrack=True`). It works on any IR, also one
-not made by the parser.
+its -p), what the kernel refuses when it loads a rule (REJECT tcp-reset without -p tcp,
+-m mac or addrtype --limit-iface-in in rules reached from OUTPUT, --limit-iface-out from
+INPUT, limit/hashlimit rates that overflow the token bucket, recent options that need
+--rcheck/--update; hook restrictions follow the jump graph from the built-in chains like
+the kernel's), and what ebpfw's datapath cannot enforce yet (other tables, --tcp-option, -f,
+conntrack/state matches unless `allow_conntrack=True`, and target kinds the compiler has no
+action for). New match types are not refused here: the compiler refuses what it does not
+know, with the rule's FILE:LINE. It works on any IR, also one not made by the parser.
 """
 
 from __future__ import annotations
+
+from typing import Mapping, Optional
 
 from .compiler.plan import ACT as _DATAPATH_ACTIONS
 from .errors import RulesetError
@@ -18,11 +25,13 @@ from .iptables.matches import spec_of
 from .iptables.parse import chain_name_problem
 from .iptables.protocols import protocol_name
 from .iptables.save import format_rule
+from .ipset import IpSet
 from .iptables.targets import LOG_PREFIX_MAX
 from .ruleset import (
     BUILTIN_CHAINS, EXT_TARGETS, REJECT_TYPES, VERDICTS, AddrtypeMatch, Chain, ConnlimitMatch,
     ConnmarkTarget, ConntrackMatch, HashlimitMatch, IcmpMatch, IpMatch, LimitMatch, LogTarget, MacMatch,
-    MarkTarget, MultiportMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, Table, TcpMatch, Target,
+    MarkTarget, MultiportMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, SetMatch, Table, TcpMatch,
+    Target,
 )
 
 SUPPORTED_TABLES = ("filter",)
@@ -79,8 +88,9 @@ def _rule_text(chain: str, rule: Rule) -> str:
 
 
 class _Checker:
-    def __init__(self, allow_conntrack: bool):
+    def __init__(self, allow_conntrack: bool, sets: Optional[Mapping[str, IpSet]] = None):
         self.allow_conntrack = allow_conntrack
+        self.sets = sets
         self.hooks: dict[str, frozenset[str]] = {}
         self.problems: list[tuple[int, str]] = []
         self.file = ""
@@ -222,6 +232,15 @@ class _Checker:
                          "kernel refuses it)", "those options only with --rcheck or --update", text)
             elif m.reap and not m.seconds:
                 self.add(pos, "recent --reap without --seconds", "--seconds N with --reap", text)
+        if isinstance(m, SetMatch) and self.sets is not None:
+            st = self.sets.get(m.name)
+            if st is None:
+                self.add(pos, f"set '{m.name}' does not exist (iptables-restore refuses the rule)",
+                         "a set created in the set file: " + (", ".join(self.sets) or "(no sets)"), text)
+            elif len(m.flags) < st.dimension:
+                self.add(pos, f"set '{m.name}' is {st.type} ({st.dimension} dimensions) but --match-set gives "
+                         f"{len(m.flags)}: the rule never matches", f"{st.dimension} directions such as "
+                         + ",".join(["src"] + ["dst"] * (st.dimension - 1)), text)
         if isinstance(m, ConnlimitMatch) and not 0 <= m.mask <= 32:
             self.add(pos, f"connlimit mask /{m.mask}", "a prefix length 0-32", text)
 
@@ -289,8 +308,11 @@ class _Checker:
                     stack.append(iter(edges[dst]))
 
 
-def check_ruleset(rs: Ruleset, *, allow_conntrack: bool = False) -> None:
-    checker = _Checker(allow_conntrack)
+def check_ruleset(rs: Ruleset, *, allow_conntrack: bool = False,
+                  sets: Optional[Mapping[str, IpSet]] = None) -> None:
+    """`sets` (from ebpfw.ipset.parse_ipsets): when given, every -m set must name one of them
+    with at least as many src/dst directions as the set has dimensions."""
+    checker = _Checker(allow_conntrack, sets)
     seen: set[str] = set()
     for table in rs.tables:
         if table.name in seen:

@@ -381,3 +381,21 @@ def test_compiler_refuses_new_matches(fragment):
                           "does not know (check_ruleset refuses these kinds first, so apply never gets there)")
 def test_compiler_refuses_new_targets(fragment):
     _compile_refuses(fragment)
+
+
+def test_sets_checked_against_the_set_file():
+    from ebpfw.ipset import parse_ipsets
+    sets = parse_ipsets("create blk hash:ip\ncreate svc hash:ip,port\n", "s.sets")
+    rs = parse_ruleset(HEAD + "-A INPUT -m set --match-set blk src\n-A INPUT -m set --match-set nope src\n"
+                       "-A INPUT -m set ! --match-set svc dst\n-A INPUT -m set --match-set svc dst,dst\n"
+                       "COMMIT\n", "c.rules")
+    with pytest.raises(RulesetError) as exc:
+        check_ruleset(rs, sets=sets)
+    problems = [p for p in exc.value.problems if "by the datapath" not in p]
+    assert problems == [
+        "c.rules:9: set 'nope' does not exist (iptables-restore refuses the rule), expected a set created in "
+        "the set file: blk, svc, found '-A INPUT -m set --match-set nope src'",
+        "c.rules:10: set 'svc' is hash:ip,port (2 dimensions) but --match-set gives 1: the rule never "
+        "matches, expected 2 directions such as src,dst, found '-A INPUT -m set ! --match-set svc dst'",
+    ]
+    check_ruleset(parse_ruleset(HEAD + "-A INPUT -m set --match-set nope src\nCOMMIT\n", "c.rules"))  # no sets
