@@ -15,7 +15,8 @@ Contract:
   rollback.running (atomic against `ebpfw confirm`, which unlinks rollback.json), re-applies
   the previous ruleset to those of its interfaces that still exist (or detaches when there
   was none), logs to state_dir()/rollback.log and syslog, and records the outcome in
-  rollback.last.json.
+  rollback.last.json. If the enforced ruleset is no longer the trial one (a plain `ebpfw
+  apply` or a detach replaced it), that was deliberate and nothing is rolled back.
 - A second `apply --confirm` while one is pending keeps the *first* previous ruleset (the
   last confirmed one) and supersedes the first rollback process.
 - `confirm()` unlinks rollback.json; it fails with a clear message when nothing is pending or
@@ -24,6 +25,7 @@ Contract:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -178,11 +180,19 @@ def apply_with_rollback(text: str, filename: str, ifaces: list[str], mode: str, 
             else:
                 _path(PENDING).unlink(missing_ok=True)
         raise
-    record.update(state="armed", deadline=time.monotonic() + seconds, applied_at=time.time())
+    record.update(state="armed", deadline=time.monotonic() + seconds, applied_at=time.time(),
+                  trial_sha256=_enforced_sha256())
     state.write_json_atomic(PENDING, record)
     res["rollback_pid"] = record["rollback_pid"]
     res["previous"] = (previous or {}).get("source")
     return res
+
+
+def _enforced_sha256() -> Optional[str]:
+    try:
+        return hashlib.sha256((state.state_dir() / "ruleset.rules").read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def confirm() -> str:
@@ -252,7 +262,12 @@ def run(token: str) -> int:
         return 0
     _log(f"{claimed.get('source')} was not confirmed within {claimed.get('seconds')} s: rolling back")
     try:
-        result = _restore(claimed.get("previous"))
+        trial = claimed.get("trial_sha256")
+        if trial is not None and _enforced_sha256() != trial:
+            # a plain `ebpfw apply` (or a detach) replaced the trial ruleset: that was deliberate
+            result = "not rolled back: the trial ruleset was replaced by another apply meanwhile"
+        else:
+            result = _restore(claimed.get("previous"))
         ok = True
     except EbpfwError as exc:
         result, ok = "rollback FAILED: " + exc.render().replace("\n", "; "), False

@@ -187,3 +187,18 @@ def test_diff(rig):
     assert "+-A INPUT -p icmp -m icmp --icmp-type 8 -j DROP" in r.stdout.splitlines()
     r = ebpfw(dut, "diff", "-", input="*filter\n-A NOPE -j ACCEPT\nCOMMIT\n")
     assert r.returncode == 2 and "<stdin>:2:" in r.stderr, r.stderr
+
+
+def test_trial_replaced_by_a_plain_apply_is_not_rolled_back(rig):
+    client, dut, tmp, state_root = rig
+    ok(ebpfw(dut, "apply", str(tmp / "noping.rules"), "--iface", "cf1"))
+    ok(ebpfw(dut, "apply", "--confirm", "3s", str(tmp / "open.rules"), "--iface", "cf1"))
+    third = OPEN.replace("9090", "9091")
+    ok(ebpfw(dut, "apply", "-", "--iface", "cf1", input=third))     # the admin's deliberate choice
+    assert wait_until(lambda: not _pending(state_root) and not list(state_root.glob("*/rollback.running")),
+                      limit=10) is not None
+    time.sleep(0.5)
+    assert "--dport 9091" in ok(ebpfw(dut, "save")).stdout
+    assert ping(client)
+    log = next(state_root.glob("*/rollback.log")).read_text()
+    assert "not rolled back: the trial ruleset was replaced" in log, log
