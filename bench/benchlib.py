@@ -218,7 +218,8 @@ class Sandbox:
             return json.loads(lines[-1])
         tail = cp.stderr.strip().splitlines()[-3:]
         if cp.returncode < 0:
-            return {"error": f"killed by signal {-cp.returncode}" + (f": {' | '.join(tail)}" if tail else "")}
+            last = tail[-1].split("] ", 1)[-1].strip() if tail else ""
+            return {"error": f"killed by signal {-cp.returncode}" + (f" during '{last}'" if last else "")}
         return {"error": f"worker exited {cp.returncode}: {' | '.join(tail) or 'no output'}"}
 
     def down(self) -> None:

@@ -100,6 +100,21 @@ def testrun_section(tr: list) -> tuple[list[str], dict]:
             out.append(f"| {r['shape']} | {ns if ns is not None else '–'} | {r.get('trivial_ns', '–')} | "
                        f"{ns - none if ns is not None and none is not None else '–'} | "
                        f"{'fails: ' + r['error'] if r.get('error') else 'ok'} |")
+    big = [r for r in tr if r["n"] >= 1000 and r.get("phases")]
+    if big:
+        labels = ["parse+check", "compile", "canonical text", "bcc compile+verifier+maps", "write slot",
+                  "write host", "pin", "attach", "state file"]
+        for r in big:
+            for k in r["phases"]:
+                if k not in labels:
+                    labels.append(k)
+        out += ["", "Where a cold apply spends its time (wall seconds per stage of `ebpfw.api.apply`; "
+                "a stage that never ended is missing):", "",
+                "| shape | N | " + " | ".join(labels) + " | total |", "|---|---:|" + "---:|" * (len(labels) + 1)]
+        for r in big:
+            ph = r["phases"]
+            out.append(f"| {r['shape']} | {r['n']:,} | " + " | ".join(
+                f"{ph[k]:.2f}" if k in ph else "–" for k in labels) + f" | {ms(r.get('apply_cold_s'))} |")
     # targets
     facts = {}
     for shape in ("mixed", "blocklist"):
@@ -150,6 +165,16 @@ def update_section(u: dict) -> list[str]:
     return out
 
 
+def _kit_input_tables(txt: str) -> str:
+    """The kit's report without its own title, its headings one level down."""
+    out = []
+    for line in txt.splitlines():
+        if line.startswith("## ebpfw bench report"):
+            continue
+        out.append("#" + line if line.startswith("### ") else line)
+    return "\n".join(out).strip()
+
+
 def main() -> int:
     d = Path(sys.argv[1])
     env = _load(d / "env.json") or {}
@@ -162,16 +187,19 @@ def main() -> int:
     if tr:
         sec, _ = testrun_section(tr)
         lines += sec
-    kit = d / "kit" / "report.md"
     lines += ["", "## 2. Throughput with real packets (shared kit, section A)", ""]
-    if kit.exists():
-        lines.append(f"The kit's full report is `{kit}`; its INPUT table:")
-        lines.append("")
-        txt = kit.read_text()
-        lines.append(txt.strip())
-    else:
-        note = (d / "kit.skipped").read_text().strip() if (d / "kit.skipped").exists() else "not run"
-        lines.append(f"Not measured in this run: {note}")
+    for name, what in (("kit", "the kit's own rulesets (N−1 `-s 172.16.x.y/32 -p udp --dport 9000 -j DROP`, "
+                        "then the accept rule)"),
+                       ("kit-mixed", "ebpfw's mixed ruleset (`KIT_RULES=mixed`; nft-linear = "
+                        "iptables-restore-translate of it)")):
+        rep = d / name / "report.md"
+        skipped = d / f"{name}.skipped"
+        if rep.exists():
+            lines += [f"### {name}: {what}", "", f"(full kit report: `{name}/report.md`)", ""]
+            lines.append(_kit_input_tables(rep.read_text()))
+            lines.append("")
+        elif skipped.exists():
+            lines.append(f"{name}: not measured in this run: {skipped.read_text().strip()}")
     u = _load(d / "update.json")
     if u:
         lines += update_section(u)

@@ -87,12 +87,15 @@ if [ "$QUICK" = 1 ]; then
 	UPD_REPS=2 UPD_CHECK=10000
 	KIT_ENV=(SECTIONS=A PATHS=input NS_A="1 10000" REPS=1 DUR=1 FILTERS_INPUT="ipt-nft ebpfw")
 	KIT_LIMIT=300
+	KITM_ENV=()
 else
 	TR_SIZES=1,10,100,1000,10000,100000 TR_RUNS=7 TR_TIMEOUT=240 TR_FIELDS=--fields
 	UPD_REPS=5 UPD_CHECK=10000,100000
 	KIT_ENV=(SECTIONS=AC PATHS=input NS_A="1 1000 10000" REPS=3 NS_C=10000 REPS_C=3
 		FILTERS_INPUT="ipt-nft nft-set ebpfw ebpfw-tc")
 	KIT_LIMIT=720
+	# second kit run: the same packets against ebpfw's mixed ruleset (kit/lib/filters.sh KIT_RULES)
+	KITM_ENV=(SECTIONS=A PATHS=input NS_A="10000" REPS=3 KIT_RULES=mixed FILTERS_INPUT="ipt-nft ipt-legacy nft-linear ebpfw")
 fi
 
 "$PY" - "$OUT/env.json" "$QUICK" <<'EOF'
@@ -129,15 +132,22 @@ if [[ " $SECTIONS " == *" kit "* ]]; then
 		echo "the kit needs:$missing (apt-get install clang libbpf-dev xdp-tools; the ebpfw CLI)" >"$OUT/kit.skipped"
 		log "section 2 skipped: $(cat "$OUT/kit.skipped")"
 	else
-		log "section 2: throughput with real packets (kit: ${KIT_ENV[*]})"
-		# ebpfw inside the kit pins into a private bpffs and keeps its state here
 		mkdir -p "$TMPD/bpffs" "$TMPD/state"
 		mount -t bpf bpf "$TMPD/bpffs"
-		if ! step "$KIT_LIMIT" env "${KIT_ENV[@]}" EBPFW="$ROOT/.venv/bin/ebpfw" EBPFW_BPFFS="$TMPD/bpffs" \
-			EBPFW_STATE_DIR="$TMPD/state" OUTD="$OUT/kit" "$KIT/run.sh" >"$OUT/kit.stdout" 2>"$OUT/kit.stderr"; then
-			log "kit step failed (rc $?), see $OUT/kit.stderr"
-			[ -e "$OUT/kit/report.md" ] || tail -5 "$OUT/kit.stderr" | sed 's/^/kit failed: /' >"$OUT/kit.skipped"
-		fi
+		kit_run() { # name limit env...
+			local name=$1 limit=$2
+			shift 2
+			log "section 2: throughput with real packets, $name (kit: $*)"
+			# ebpfw inside the kit pins into a private bpffs and keeps its state in $TMPD/state
+			if ! step "$limit" env "$@" EBPFW="$ROOT/.venv/bin/ebpfw" EBPFW_BPFFS="$TMPD/bpffs" \
+				EBPFW_STATE_DIR="$TMPD/state" GEN_RULES="$ROOT/bench/gen_rules.py" OUTD="$OUT/$name" \
+				"$KIT/run.sh" >"$OUT/$name.stdout" 2>"$OUT/$name.stderr"; then
+				log "kit step $name failed, see $OUT/$name.stderr"
+				[ -e "$OUT/$name/report.md" ] || tail -5 "$OUT/$name.stderr" | sed 's/^/kit failed: /' >"$OUT/$name.skipped"
+			fi
+		}
+		kit_run kit "$KIT_LIMIT" "${KIT_ENV[@]}"
+		[ ${#KITM_ENV[@]} -gt 0 ] && kit_run kit-mixed 300 "${KITM_ENV[@]}"
 		umount -l "$TMPD/bpffs"
 	fi
 fi
