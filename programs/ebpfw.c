@@ -103,8 +103,9 @@ struct pkt {
     __u8  tos;
     __u16 l4off;      /* offset of the L4 header from the frame start */
     __u16 l4len;      /* IP total length - IP header length */
-    __u8  frag;       /* a non-first fragment */
+    __u8  frag;       /* 0 not a fragment, 1 a non-first fragment, 2 a first fragment */
     __u8  ctstate;    /* EBPFW_CT_* bit number (EBPFW_F_CT only) */
+    __u16 ipid;       /* IP identification, host order */
 };
 
 /* the hooks a packet can be judged at */
@@ -138,8 +139,9 @@ struct pkt {
  * bare ACK when tcp_loose is set, reopening from TIME_WAIT/CLOSE, simultaneous open, and
  * the kill of a connection whose only reply is a RST. Not done: sequence/window tracking
  * (tcp_in_window: an out-of-window segment is not INVALID here), TCP/UDP/ICMP checksum
- * validation, the SYN-ACK resync of an ignored SYN, and reassembly: a non-first fragment is
- * labelled INVALID (netfilter reassembles before tracking).
+ * validation, the SYN-ACK resync of an ignored SYN, and reassembly: netfilter reassembles
+ * before tracking and filtering; here each fragment is judged, the later ones with the label
+ * of the first (so rules with port matches do not match them, and each fragment is counted).
  * UDP: NEW until a reply, 30 s unreplied / 120 s once replied and older than 2 s.
  * ICMP echo/timestamp/info/address-mask: pseudo-connections by (requester, id, type); an
  * ICMP error quoting a tracked flow (inner IP header + 8 bytes) is RELATED, else INVALID.
@@ -167,6 +169,21 @@ struct ctwork {
     __u32 pad;
 };
 BPF_PERCPU_ARRAY(ebpfw_ctw, struct ctwork, 1);
+
+/* the labels of first fragments, for the fragments that follow (no reassembly) */
+struct ctfrag_key {
+    __u32 saddr;
+    __u32 daddr;
+    __u16 id;
+    __u8  proto;
+    __u8  pad;
+};
+struct ctfrag_val {
+    __u32 label;
+    __u32 pad;
+    __u64 expires;
+};
+BPF_TABLE("lru_hash", struct ctfrag_key, struct ctfrag_val, ebpfw_ctfrag, 8192);
 
 /* tcp flag index (netfilter's get_conntrack_index) */
 #define TIX_SYN    0
@@ -400,18 +417,10 @@ static __always_inline __u32 ct_tcp(struct ebpfw_ctcfg *cfg, struct ctwork *w, s
     return label;
 }
 
-/* Label packet p; returns the ctstate bit number (EBPFW_CT_*). */
-static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
+/* Label packet p (not a non-first fragment); returns the ctstate bit number (EBPFW_CT_*). */
+static __always_inline __u32 ct_label_packet(struct pkt *p, void *data, void *data_end, struct ebpfw_ctcfg *cfg,
+                                             struct ctwork *w, __u64 now)
 {
-    __u32 zero = 0;
-    struct ebpfw_ctcfg *cfg = ebpfw_ctcfg.lookup(&zero);
-    struct ctwork *w = ebpfw_ctw.lookup(&zero);
-    if (!cfg || !w)
-        return EBPFW_CT_INVALID;
-    w->pending = 0;
-    if (p->frag)
-        return EBPFW_CT_INVALID;   /* no reassembly: see the header comment */
-    __u64 now = bpf_ktime_get_ns();
     struct ebpfw_ct_key *k = &w->key;
     __u8 proto = p->proto;
     int from_a = 1;
@@ -441,7 +450,8 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
         if ((void *)(uh + 8) > data_end)
             return EBPFW_CT_INVALID;
         __u32 ulen = ((__u32)uh[4] << 8) | uh[5];
-        if (ulen < 8 || ulen > p->l4len)
+        /* a first fragment carries only part of the datagram its length counts */
+        if (ulen < 8 || (ulen > p->l4len && p->frag != 2))
             return EBPFW_CT_INVALID;
         from_a = ct_key_norm(k, p->saddr, p->daddr, p->sport, p->dport, proto);
     } else if (proto == IPPROTO_ICMP) {
@@ -539,6 +549,33 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
     return ct_prepare(w, from_a, 0, 0, now, cfg_timeout(cfg, EBPFW_TO_GENERIC), p->len);
 }
 
+/* Label packet p; returns the ctstate bit number (EBPFW_CT_*). Fragments: the first one is
+ * labelled from its L4 header and its label is remembered for 30 s by (addresses, protocol, IP
+ * id); later fragments get that label, or INVALID when the first fragment was not seen. */
+static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
+{
+    __u32 zero = 0;
+    struct ebpfw_ctcfg *cfg = ebpfw_ctcfg.lookup(&zero);
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    if (!cfg || !w)
+        return EBPFW_CT_INVALID;
+    w->pending = 0;
+    __u64 now = bpf_ktime_get_ns();
+    struct ctfrag_key fk = { .saddr = p->saddr, .daddr = p->daddr, .id = p->ipid, .proto = p->proto };
+    if (p->frag == 1) {
+        struct ctfrag_val *fv = ebpfw_ctfrag.lookup(&fk);
+        if (fv && fv->expires > now)
+            return fv->label;
+        return EBPFW_CT_INVALID;
+    }
+    __u32 label = ct_label_packet(p, data, data_end, cfg, w, now);
+    if (p->frag == 2) {
+        struct ctfrag_val fv = { .label = label, .expires = now + 30 * NS_PER_SEC };
+        ebpfw_ctfrag.update(&fk, &fv);
+    }
+    return label;
+}
+
 /* After the verdict: an accepted first packet creates its connection. */
 static __always_inline void ct_commit(int verdict)
 {
@@ -621,7 +658,8 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->tcpflags = 0;
     p->l4off = sizeof(*eth) + ihl;
     p->l4len = tot - ihl;
-    p->frag = (frag & 0x1fff) ? 1 : 0;
+    p->frag = (frag & 0x1fff) ? 1 : ((frag & 0x2000) ? 2 : 0);
+    p->ipid = ntohs(ip->id);
     p->ctstate = 0;
     if (frag & 0x1fff) {
         p->l4 = L4_NONE;

@@ -53,7 +53,7 @@ FIELD_MAPS = {
     "tcpfl": ("ebpfw_tcpfl",), "icmp": ("ebpfw_icmp",), "iif": ("ebpfw_ifc",), "oif": ("ebpfw_ifc",),
     # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
     # generation directory, see Datapath.build
-    "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw"),
+    "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
 }
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
 

@@ -307,9 +307,18 @@ def test_generic_protocol(ct):
     assert (e["proto"], e["src"], e["dst"]) == (47, PEER, DUT)
 
 
-def test_fragments_are_invalid(ct):
-    frag = IP(src=PEER, dst=DUT, proto=17, frag=100) / (b"\0" * 16)
-    assert ct.inbound(frag) == ("INVALID", True)
+def test_fragments_take_the_label_of_the_first_fragment(ct):
+    # a later fragment whose first fragment was never seen
+    assert ct.inbound(IP(src=PEER, dst=DUT, proto=17, id=7, frag=100) / (b"\0" * 16)) == ("INVALID", True)
+    # a UDP datagram in three fragments: NEW, then the same label for the rest
+    first = IP(src=PEER, dst=DUT, id=8, flags="MF") / UDP(sport=5000, dport=53, len=8 + 40) / (b"a" * 16)
+    assert ct.inbound(first) == ("NEW", False)
+    assert ct.inbound(IP(src=PEER, dst=DUT, proto=17, id=8, flags="MF", frag=3) / (b"b" * 16)) == ("NEW", False)
+    assert ct.inbound(IP(src=PEER, dst=DUT, proto=17, id=8, frag=5) / (b"c" * 8)) == ("NEW", False)
+    # the reply in fragments: ESTABLISHED all along
+    reply = IP(src=DUT, dst=PEER, id=9, flags="MF") / UDP(sport=53, dport=5000, len=8 + 24) / (b"a" * 16)
+    assert ct.outbound(reply) == ("ESTABLISHED", False)
+    assert ct.outbound(IP(src=DUT, dst=PEER, proto=17, id=9, frag=3) / (b"b" * 8)) == ("ESTABLISHED", False)
 
 
 def test_full_table_evicts_and_counts_evictions(ct):
