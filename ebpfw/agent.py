@@ -173,10 +173,25 @@ class Agent:
         return cfg, text
 
     # -- applying ---------------------------------------------------------------------------
-    def _enforced_text(self) -> Optional[str]:
+    def _enforced_text(self, cur: Optional[dict]) -> Optional[str]:
+        """The enforced canonical ruleset; None when nothing is enforced, including state left
+        in the state directory (it persists) by a boot whose pins are gone (bpffs does not)."""
+        if not cur:
+            return None
+        if not Path(cur.get("gen_dir", "")).is_dir():
+            log.warning("state from an earlier boot (pins gone: %s); applying afresh", cur.get("gen_dir"))
+            return None
         try:
-            return (state.state_dir() / api.RULES_FILE).read_text() if api.status() else None
+            return (state.state_dir() / api.RULES_FILE).read_text()
         except OSError:
+            return None
+
+    @staticmethod
+    def _saved_with_counters() -> Optional[str]:
+        try:
+            return api.save(counters=True)
+        except EbpfwError as exc:
+            _log_error("cannot read the enforced counters; they start from zero", exc)
             return None
 
     def apply_now(self, new_text: Optional[str] = None, why: str = "") -> None:
@@ -208,18 +223,20 @@ class Agent:
                 log.info("no interface matches the configuration yet%s; waiting for one", why)
             self._remember(links, addrs)
             return
-        enforced = self._enforced_text() if cur else None
+        enforced = self._enforced_text(cur)
         source = str(self.cfg.ruleset)
         keep_counters = False
         expect = None
         if new_text is not None:
+            text = new_text
             if enforced is not None and enforced == self._canonical(new_text, source):
-                text, keep_counters = api.save(counters=True), True
-            else:
-                text = new_text
+                counted = self._saved_with_counters()
+                if counted is not None:
+                    text, keep_counters = counted, True
         elif enforced is not None:
-            text, keep_counters = api.save(counters=True), True
             source = (cur or {}).get("source") or source
+            counted = self._saved_with_counters()
+            text, keep_counters = (counted, True) if counted is not None else (enforced, False)
         else:
             text = self.text
         if keep_counters or new_text is None:

@@ -451,3 +451,23 @@ print(api.status()["source"])
     assert out[0].startswith("refused: another apply changed") and out[1].startswith("refused:"), out
     assert out[2] == "admin"
     assert not ping(client, "10.201.1.1")        # the admin's ruleset is the one enforced
+
+
+def test_start_after_a_reboot_with_state_but_no_pins(rig, ebpfw_env):
+    """/var/lib/ebpfw persists across reboots, the bpffs does not: the agent must apply afresh
+    instead of trying to keep counters of pins that are gone."""
+    client, dut = rig["client"], rig["dut"]
+    agent = rig["agent"]().start()
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(60) == 0
+    _, state_root = ebpfw_env
+    saved = {p: p.read_bytes() for p in state_root.glob("*/*") if p.suffix in (".json", ".rules")}
+    assert any(p.name == "current.json" for p in saved), saved
+    assert ebpfw(dut, "detach").returncode == 0      # programs and pins gone, as after a reboot
+    for p, data in saved.items():
+        p.write_bytes(data)                           # ... but the state files are still there
+    assert tcp(client, "10.201.1.1") == "refused"
+    agent2 = rig["agent"]().start()
+    assert "state from an earlier boot" in agent2.text()
+    assert tcp(client, "10.201.1.1") == "timeout"
+    assert prog_ids(dut, "ag0")["tc_egress"]
