@@ -10,9 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ebpfw.iptables import counters_of, format_rule, parse_ruleset, save_ruleset
+from ebpfw.check import hashlimit_overflows, limit_overflows
+from ebpfw.iptables.matches import HASHLIMIT_SCALE, LIMIT_SCALE, parse_rate
 from ebpfw.ruleset import (
-    Chain, CommentMatch, ConntrackMatch, Counters, IcmpMatch, IfaceMatch, IpMatch, IprangeMatch,
-    MultiportMatch, Net, Pos, Rule, Ruleset, Table, Target, TcpMatch, UdpMatch,
+    HASHLIMIT_MODES, PKTTYPE_NAMES, REJECT_TYPES, AddrtypeMatch, Chain, CommentMatch, ConnlimitMatch,
+    ConnmarkTarget, ConntrackMatch, Counters, DscpMatch, HashlimitMatch, IcmpMatch, IfaceMatch, IpMatch,
+    IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MarkTarget, MultiportMatch, Net,
+    PkttypeMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, SetMatch, Table, Target, TcpMatch,
+    TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 from test_parse import strip_pos
 
@@ -196,6 +201,73 @@ comment_text = st.one_of(
             max_size=60).filter(lambda s: len(s.encode()) <= 255))
 
 
+# --- the extensions: only IR the parser can produce (rates as iptables computes them, ...) ----
+RATE_UNITS = ("second", "minute", "hour")
+NAME = st.from_regex(r"[a-z][a-z0-9_-]{0,14}", fullmatch=True)
+ORACLE_SET_NAMES = ("ebpfw-blk", "ebpfw-net", "ebpfw-svc", "ebpfw-ports")   # test_iptables_oracle.ORACLE_SETS
+
+
+@st.composite
+def limit_matches(draw):
+    avg, _ = parse_rate(f"{draw(st.integers(1, 1000))}/{draw(st.sampled_from(RATE_UNITS))}", LIMIT_SCALE, "--limit")
+    burst = draw(st.integers(1, 10000))
+    return LimitMatch(avg, 1 if limit_overflows(avg, burst) else burst)
+
+
+@st.composite
+def hashlimit_matches(draw):
+    avg, mult = parse_rate(f"{draw(st.integers(1, 1000))}/{draw(st.sampled_from(RATE_UNITS))}", HASHLIMIT_SCALE,
+                           "--hashlimit-upto")
+    burst = draw(st.integers(1, 1000))
+    if hashlimit_overflows(avg, burst):
+        burst = 1
+    mode = tuple(m for m in HASHLIMIT_MODES if draw(st.booleans()))
+    return HashlimitMatch(draw(NAME), avg, draw(st.one_of(st.just(mult * 1000), st.integers(1, 10**7))), burst,
+                          draw(st.booleans()), mode, draw(st.integers(0, 32)), draw(st.integers(0, 32)))
+
+
+@st.composite
+def recent_matches(draw):
+    command = draw(st.sampled_from(["set", "rcheck", "update", "remove"]))
+    checking = command in ("rcheck", "update")
+    seconds = draw(st.integers(0, 10**6)) if checking else 0
+    return RecentMatch(command, draw(NAME), draw(st.booleans()), seconds,
+                       seconds > 0 and draw(st.booleans()), draw(st.integers(0, 255)) if checking else 0,
+                       checking and draw(st.booleans()), draw(st.sampled_from(["source", "dest"])), draw(U32))
+
+
+EXT_MATCHES = [
+    limit_matches(), hashlimit_matches(), recent_matches(),
+    st.builds(SetMatch, st.sampled_from(ORACLE_SET_NAMES),
+              st.lists(st.sampled_from(["src", "dst"]), min_size=1, max_size=6).map(tuple), st.booleans()),
+    st.builds(AddrtypeMatch, st.integers(1, 4095), st.booleans(), st.integers(0, 4095), st.booleans()),
+    st.builds(PkttypeMatch, st.sampled_from(PKTTYPE_NAMES), st.booleans()),
+    st.builds(MacMatch, st.binary(min_size=6, max_size=6), st.booleans()),
+    st.tuples(st.integers(0, 65535), st.integers(0, 65535)).map(sorted).map(
+        lambda r: LengthMatch(r[0], r[1])),
+    st.builds(TtlMatch, st.sampled_from(["eq", "ne", "lt", "gt"]), st.integers(0, 255)),
+    st.builds(TosMatch, st.integers(0, 255), st.integers(0, 255), st.booleans()),
+    st.builds(DscpMatch, st.integers(0, 63), st.booleans()),
+    st.builds(ConnlimitMatch, U32, st.booleans(), st.integers(0, 32), st.booleans()),
+]
+
+log_prefix = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\x00"),
+                     min_size=1, max_size=29).filter(lambda s: len(s.encode()) <= 29)
+
+
+def ext_targets(tcp: bool):
+    rejects = [n for n, _ in REJECT_TYPES if tcp or n != "tcp-reset"]
+    return [
+        st.builds(lambda w: Target("REJECT", ext=RejectTarget(w)), st.sampled_from(rejects)),
+        st.builds(lambda *a: Target("LOG", ext=LogTarget(*a)), st.one_of(st.just(""), log_prefix),
+                  st.integers(0, 7), st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans()),
+        st.builds(lambda v, m: Target("MARK", ext=MarkTarget(v, m)), U32, U32),
+        st.builds(lambda v, m: Target("CONNMARK", ext=ConnmarkTarget("set", v, m)), U32, U32),
+        st.builds(lambda mode, c, n: Target("CONNMARK", ext=ConnmarkTarget(mode, 0, c, n)),
+                  st.sampled_from(["save", "restore"]), U32, U32),
+    ]
+
+
 @st.composite
 def rules(draw, user_chains):
     proto = draw(st.sampled_from([None, 1, 6, 17, 47, 132, 200]))
@@ -215,9 +287,12 @@ def rules(draw, user_chains):
                  draw(st.sampled_from([None, True, False])))
     kinds = [st.builds(CommentMatch, comment_text),
              st.builds(ConntrackMatch, st.integers(1, 31), st.booleans(), st.sampled_from(["conntrack", "state"])),
-             iprange_matches()]
+             iprange_matches(), *EXT_MATCHES]
     if proto == 6 and not pinv:
-        kinds += [tcp_matches(), multiport_matches()]
+        kinds += [tcp_matches(), multiport_matches(),
+                  st.tuples(st.integers(0, 65535), st.integers(0, 65535)).map(sorted).map(
+                      lambda r: TcpmssMatch(r[0], r[1])),
+                  st.builds(TcpmssMatch, st.just(536), st.just(1460), st.booleans())]
     if proto == 17 and not pinv:
         kinds += [udp_matches(), multiport_matches()]
     if proto == 1 and not pinv:
@@ -226,7 +301,8 @@ def rules(draw, user_chains):
     targets = [Target("ACCEPT"), Target("DROP"), Target("RETURN"), Target("NONE")]
     targets += [Target(k, c) for c in user_chains for k in ("JUMP", "GOTO")]
     counters = Counters(draw(st.integers(0, 2**64 - 1)), draw(st.integers(0, 2**64 - 1)))
-    return Rule(ip, tuple(matches), draw(st.sampled_from(targets)), P0, counters)
+    target = draw(st.one_of(st.sampled_from(targets), *ext_targets(proto == 6 and not pinv)))
+    return Rule(ip, tuple(matches), target, P0, counters)
 
 
 @st.composite
