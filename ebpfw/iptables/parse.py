@@ -143,7 +143,11 @@ class _Parser:
                 return _Section(name, pos, skip=True)
             self.seen_tables.add(name)
             return _Section(name, pos, skip=False)
-        if name in KNOWN_TABLES:
+        if name == "raw":
+            self.problem(lineno, "table 'raw' is not supported by ebpfw yet (its NOTRACK/CT rules exempt "
+                         "packets from connection tracking; ebpfw tracks every packet and enforces only *filter)",
+                         "'*filter'", s)
+        elif name in KNOWN_TABLES:
             self.problem(lineno, f"table '{name}' is not supported by ebpfw yet", "'*filter'", s)
         else:
             self.problem(lineno, f"unknown table '{name}'", "'*filter'", s)

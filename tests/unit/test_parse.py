@@ -639,7 +639,9 @@ STRUCTURE_CASES = [
      ["t.rules:1: table 'nat' is not supported by ebpfw yet, expected '*filter', found '*nat'"]),
     ("*mangle\nCOMMIT\n*raw\nCOMMIT\n*security\nCOMMIT\n",
      ["t.rules:1: table 'mangle' is not supported by ebpfw yet, expected '*filter', found '*mangle'",
-      "t.rules:3: table 'raw' is not supported by ebpfw yet, expected '*filter', found '*raw'",
+      "t.rules:3: table 'raw' is not supported by ebpfw yet (its NOTRACK/CT rules exempt packets from "
+      "connection tracking; ebpfw tracks every packet and enforces only *filter), expected '*filter', found "
+      "'*raw'",
       "t.rules:5: table 'security' is not supported by ebpfw yet, expected '*filter', found "
       "'*security'"]),
     ("*bogus\nCOMMIT\n", ["t.rules:1: unknown table 'bogus', expected '*filter', found '*bogus'"]),
