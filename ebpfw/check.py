@@ -199,6 +199,10 @@ class _Checker:
     def kernel_match(self, pos: Pos, hooks: frozenset[str], m: object, text: str) -> None:
         """What the kernel's checkentry refuses for a match: value limits and the hooks
         (built-in chains reaching the rule) it may be used from."""
+        if isinstance(m, (LimitMatch, HashlimitMatch)) and m.avg <= 0:
+            self.add(pos, f"{type(m).__name__} with avg {m.avg}", "a positive time between packets "
+                     "(as the parser computes from N/unit)", f"avg={m.avg}")
+            return
         if isinstance(m, LimitMatch) and limit_overflows(m.avg, m.burst):
             self.add(pos, "limit rate and burst overflow the kernel's token bucket (xt_limit: "
                      "\"Overflow, try lower\")", "a higher rate or a smaller --limit-burst (>= 1)", text)

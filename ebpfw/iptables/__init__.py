@@ -4,7 +4,8 @@
 - `save_ruleset(rs, counters=None, header=None)` → canonical iptables-save text.
 - `format_rule(chain, rule)` → one `-A CHAIN ...` line; `counters_of(rs)` → the IR's counters
   keyed for save_ruleset.
-The per-extension knowledge lives in one table, `matches.MATCHES`.
+The per-extension knowledge lives in two tables: `matches.MATCHES` (-m NAME) and
+`targets.TARGETS` (-j REJECT/LOG/MARK/CONNMARK with options).
 """
 
 from .parse import parse_ruleset

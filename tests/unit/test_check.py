@@ -399,3 +399,14 @@ def test_sets_checked_against_the_set_file():
         "matches, expected 2 directions such as src,dst, found '-A INPUT -m set ! --match-set svc dst'",
     ]
     check_ruleset(parse_ruleset(HEAD + "-A INPUT -m set --match-set nope src\nCOMMIT\n", "c.rules"))  # no sets
+
+
+def test_hand_built_rate_zero_refused():
+    from ebpfw.ruleset import HashlimitMatch, LimitMatch
+    rs = ir(builtin("INPUT", r(Target("ACCEPT"), 3, matches=(LimitMatch(0),)),
+                    r(Target("ACCEPT"), 4, matches=(HashlimitMatch("x", 0, 1000),))))
+    assert problems_ir(rs) == [
+        "ir:3: LimitMatch with avg 0, expected a positive time between packets (as the parser computes from "
+        "N/unit), found 'avg=0'",
+        "ir:4: HashlimitMatch with avg 0, expected a positive time between packets (as the parser computes "
+        "from N/unit), found 'avg=0'"]
