@@ -777,18 +777,6 @@ def save_dscp(m: DscpMatch) -> list[str]:
     return _neg(m.invert) + ["--dscp", f"0x{m.value:02x}"]
 
 
-def read_mss(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
-    text = args[0]
-    lo_s, colon, hi_s = text.partition(":")
-    lo = P.strtoui(lo_s, 0xFFFF)
-    hi = P.strtoui(hi_s, 0xFFFF) if colon else lo
-    if lo is None or hi is None:
-        raise OptionError(f"bad MSS in {option}", "MSS or MIN:MAX with numbers 0-65535", text)
-    if lo > hi:
-        raise OptionError(f"reversed range in {option}", "MIN:MAX with MIN <= MAX", text)
-    return (lo, hi)
-
-
 def build_tcpmss(values: dict[str, Given], ctx: Ctx) -> TcpmssMatch:
     if "mss" not in values:
         raise OptionError("match 'tcpmss' needs --mss", "--mss VALUE[:VALUE]", "-m tcpmss alone")
@@ -926,7 +914,7 @@ MATCHES: dict[str, MatchSpec] = {spec.name: spec for spec in (
         Option(("dscp",), "dscp", _uint_reader("DSCP", 0, 63)),
         Option(("dscp-class",), "dscp", read_dscp_class),
     ), build_dscp, save_dscp),
-    MatchSpec("tcpmss", TcpmssMatch, (Option(("mss",), "mss", read_mss),), build_tcpmss, save_tcpmss,
+    MatchSpec("tcpmss", TcpmssMatch, (Option(("mss",), "mss", read_u16_range),), build_tcpmss, save_tcpmss,
               needs_proto=IPPROTO_TCP),
     MatchSpec("connlimit", ConnlimitMatch, (
         Option(("connlimit-upto",), "limit", _uint_reader("connection count", 0, 0xFFFFFFFF)),

@@ -360,6 +360,8 @@ SMALLMATCH = """\
 -A INPUT -m dscp --dscp 0x3f -j ACCEPT
 -A INPUT -p tcp --syn -m tcpmss ! --mss 536:65535 -j DROP
 -A INPUT -p tcp -m tcpmss --mss 1460 -j ACCEPT
+-A INPUT -p tcp -m tcpmss --mss :500 -j DROP
+-A INPUT -p tcp -m tcpmss --mss 0x2000: -j DROP
 -A FORWARD -m addrtype --src-type UNICAST ! --dst-type LOCAL --limit-iface-out -j ACCEPT
 -A FORWARD -m mac --mac-source 52:54:00:AB:CD:EF -j DROP
 -A FORWARD -f -m length --length 0:100 -j DROP

@@ -320,6 +320,8 @@ CANONICAL_CASES = [
     ("-m dscp --dscp-class cs0", "-m dscp --dscp 0x00"),
     ("-m dscp --dscp 63", "-m dscp --dscp 0x3f"),
     ("-p tcp -m tcpmss --mss 536:536", "-p tcp -m tcpmss --mss 536"),
+    ("-p tcp -m tcpmss --mss :500", "-p tcp -m tcpmss --mss 0:500"),
+    ("-p tcp -m tcpmss --mss 0x10:", "-p tcp -m tcpmss --mss 16:65535"),
     ("-m connlimit --connlimit-above 0x10", "-m connlimit --connlimit-above 16 --connlimit-mask 32 "
      "--connlimit-saddr"),
     ("-m connlimit ! --connlimit-above 3", "-m connlimit --connlimit-upto 3 --connlimit-mask 32 --connlimit-saddr"),
@@ -559,7 +561,8 @@ NEGATIVE_CASES = [
      "'dscp' match, expected one of them (or a second -m dscp), found '--dscp-class'"),
     ("-m tcpmss --mss 5", "match 'tcpmss' needs -p tcp (iptables refuses it otherwise), expected '-p tcp' "
      "(not inverted) in the rule, found 'no -p'"),
-    ("-p tcp -m tcpmss --mss 5:4", "reversed range in --mss, expected MIN:MAX with MIN <= MAX, found '5:4'"),
+    ("-p tcp -m tcpmss --mss 5:4", "reversed range in --mss would never match, expected MIN:MAX with MIN <= "
+     "MAX, found '5:4'"),
     ("-m connlimit --connlimit-mask 24", "match 'connlimit' needs a limit, expected --connlimit-above N or "
      "--connlimit-upto N, found '-m connlimit without one'"),
     ("-m connlimit --connlimit-above 1 --connlimit-mask 33", "bad mask in --connlimit-mask, expected a "
