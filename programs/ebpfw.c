@@ -815,6 +815,10 @@ struct vecs {
 #ifdef EBPFW_F_CT
     struct ebpfw_vec *ct;
 #endif
+#ifdef EBPFW_F_GROUPS
+    struct ebpfw_vec *resid;   /* rules decided by the vectors (grouped rules are 0 here) */
+    struct ebpfw_vec *hits;    /* grouped rules whose key the packet has (per-CPU scratch) */
+#endif
     int dummy;
 };
 
@@ -927,7 +931,11 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
 /* AND of all fields' word w; w is already known to be < EBPFW_NWORDS */
 static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 {
+#ifdef EBPFW_F_GROUPS
+    __u64 m = v->resid->w[w];
+#else
     __u64 m = ~0ULL;
+#endif
 #ifdef EBPFW_F_SRC
     m &= v->src->w[w];
 #endif
@@ -967,7 +975,11 @@ static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 /* AND of all fields' summary word w; w is already known to be < EBPFW_NSUM */
 static __always_inline __u64 sum_and(struct vecs *v, __u64 w)
 {
+#ifdef EBPFW_F_GROUPS
+    __u64 m = v->resid->s[w];
+#else
     __u64 m = ~0ULL;
+#endif
 #ifdef EBPFW_F_SRC
     m &= v->src->s[w];
 #endif
@@ -1063,7 +1075,11 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         asm volatile("" : "+r"(sw));
         if (sw >= EBPFW_NSUM)
             return V_DROP;
-        __u64 sm = sum_and(v, sw) & (~0ULL << ((pos >> 6) & 63));
+        __u64 sm = sum_and(v, sw);
+#ifdef EBPFW_F_GROUPS
+        sm |= v->hits->s[sw];
+#endif
+        sm &= ~0ULL << ((pos >> 6) & 63);
         if (sm == 0) {
             ws->pos = (__u32)(sw + 1) << 12;
             continue;
@@ -1073,6 +1089,9 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         if (w >= EBPFW_NWORDS)
             return V_DROP;
         __u64 m = word_and(v, w);
+#ifdef EBPFW_F_GROUPS
+        m |= v->hits->w[w];
+#endif
         if (w == (pos >> 6))
             m &= ~0ULL << (pos & 63);
         if (m == 0) {
@@ -1125,6 +1144,141 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
     return V_DROP;
 }
 
+#ifdef EBPFW_F_GROUPS
+/* ---- exact-match rule groups (ebpfw/compiler/groups.py) ---------------------------------- */
+struct ebpfw_grp {
+    __u32 smask;         /* host order */
+    __u32 dmask;
+    __u8  use_proto;
+    __u8  port;          /* EBPFW_GRP_PORT_* */
+    __u8  active;
+    __u8  pad;
+};
+#define EBPFW_GRP_PORT_NONE  0
+#define EBPFW_GRP_PORT_SPORT 1
+#define EBPFW_GRP_PORT_DPORT 2
+#define EBPFW_GRP_PORT_ICMP  3
+#define EBPFW_GRP_IDS 4
+struct ebpfw_grp_key {
+    __u32 slot;
+    __u32 gid;
+    __u32 src;           /* network order, masked */
+    __u32 dst;
+    __u32 pp;            /* proto << 24 | port (or ICMP type) */
+};
+struct ebpfw_grp_val {
+    __u32 id[EBPFW_GRP_IDS];   /* rule numbers, 0xffffffff = none */
+};
+struct grp_meta {
+    __u32 resid_class;
+    __u32 ngroups;
+};
+BPF_ARRAY(ebpfw_gmeta, struct grp_meta, NSLOTS);
+BPF_ARRAY(ebpfw_grp, struct ebpfw_grp, NSLOTS * EBPFW_NGROUPS);
+BPF_F_TABLE("hash", struct ebpfw_grp_key, struct ebpfw_grp_val, ebpfw_gent, NSLOTS * EBPFW_GCAP, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(ebpfw_hits, struct ebpfw_vec, 1);
+/* the rule numbers set in ebpfw_hits, to clear them after the walk; kept in map memory (not on
+ * the stack) so the verifier's states do not multiply with every group found or not found */
+struct hit_list {
+    __u32 n;
+    __u32 pad;          /* per-CPU values are 8-byte multiples */
+    __u32 id[EBPFW_NGROUPS * EBPFW_GRP_IDS];
+};
+BPF_PERCPU_ARRAY(ebpfw_htouch, struct hit_list, 1);
+
+static __always_inline void hit_set(struct ebpfw_vec *h, __u32 id)
+{
+    __u64 w = id >> 6;
+    asm volatile("" : "+r"(w));
+    if (w >= EBPFW_NWORDS)
+        return;
+    h->w[w] |= 1ULL << (id & 63);
+    __u64 sw = w >> 6;
+    asm volatile("" : "+r"(sw));
+    if (sw >= EBPFW_NSUM)
+        return;
+    h->s[sw] |= 1ULL << (w & 63);
+}
+
+static __always_inline void hit_clear(struct ebpfw_vec *h, __u32 id)
+{
+    __u64 w = id >> 6;
+    asm volatile("" : "+r"(w));
+    if (w >= EBPFW_NWORDS)
+        return;
+    h->w[w] = 0;
+    __u64 sw = w >> 6;
+    asm volatile("" : "+r"(sw));
+    if (sw >= EBPFW_NSUM)
+        return;
+    h->s[sw] = 0;
+}
+
+/* One hash lookup per group; the rules found become candidates of the walk. Their numbers are
+ * listed so the scratch vector can be cleared after the walk (it is per CPU, and the walk of one
+ * packet is not interleaved with another's on the same CPU: XDP and TC run with BHs off). */
+static __always_inline void group_hits(__u32 slot, struct pkt *p, struct ebpfw_vec *h, struct hit_list *hl)
+{
+    __u32 sa = ntohl(p->saddr), da = ntohl(p->daddr);
+    hl->n = 0;
+#pragma unroll
+    for (int g = 0; g < EBPFW_NGROUPS; g++) {
+        __u32 gk = slot * EBPFW_NGROUPS + g;
+        struct ebpfw_grp *gd = ebpfw_grp.lookup(&gk);
+        if (!gd || !gd->active)
+            continue;
+        struct ebpfw_grp_key k = {};
+        k.slot = slot;
+        k.gid = g;
+        k.src = htonl(sa & gd->smask);
+        k.dst = htonl(da & gd->dmask);
+        __u32 port = 0;
+        if (gd->port != EBPFW_GRP_PORT_NONE) {
+            /* a port (or ICMP type) needs the L4 header: fragments and cut headers never match */
+            if (p->l4 != L4_OK)
+                continue;
+            if (gd->port == EBPFW_GRP_PORT_ICMP) {
+                if (p->proto != IPPROTO_ICMP)
+                    continue;
+                port = p->sport >> 8;
+            } else {
+                if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+                    continue;
+                port = gd->port == EBPFW_GRP_PORT_SPORT ? p->sport : p->dport;
+            }
+        }
+        k.pp = (gd->use_proto ? ((__u32)p->proto << 24) : 0) | port;
+        struct ebpfw_grp_val *val = ebpfw_gent.lookup(&k);
+        if (!val)
+            continue;
+#pragma unroll
+        for (int i = 0; i < EBPFW_GRP_IDS; i++) {
+            __u32 id = val->id[i];
+            if (id == 0xffffffff)
+                break;
+            hit_set(h, id);
+            __u32 n = hl->n;
+            asm volatile("" : "+r"(n));
+            if (n < EBPFW_NGROUPS * EBPFW_GRP_IDS) {
+                hl->id[n] = id;
+                hl->n = n + 1;
+            }
+        }
+    }
+}
+
+static __always_inline void group_clear(struct ebpfw_vec *h, struct hit_list *hl)
+{
+#pragma unroll
+    for (int i = 0; i < EBPFW_NGROUPS * EBPFW_GRP_IDS; i++) {
+        if (i >= hl->n)
+            break;
+        hit_clear(h, hl->id[i]);
+    }
+    hl->n = 0;
+}
+#endif /* EBPFW_F_GROUPS */
+
 static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __u32 oif)
 {
     __u32 zero = 0;
@@ -1135,7 +1289,22 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     struct vecs v = {};
     if (lookup_vecs(slot, p, iif, oif, &v) < 0)
         return V_DROP;
+#ifdef EBPFW_F_GROUPS
+    struct grp_meta *gm = ebpfw_gmeta.lookup(&slot);
+    if (!gm)
+        return V_DROP;
+    v.resid = vec_of(slot, gm->resid_class);
+    v.hits = ebpfw_hits.lookup(&zero);
+    struct hit_list *hl = ebpfw_htouch.lookup(&zero);
+    if (!v.resid || !v.hits || !hl)
+        return V_DROP;
+    group_hits(slot, p, v.hits, hl);
+    int verdict = walk(slot, chain_id, p, &v);
+    group_clear(v.hits, hl);
+    return verdict;
+#else
     return walk(slot, chain_id, p, &v);
+#endif
 }
 
 static __always_inline int mac_differs(const __u8 *a, const __u8 *b)

@@ -22,10 +22,11 @@ from typing import Iterable, Optional
 
 from ..errors import RulesetError
 from ..ruleset import (
-    CommentMatch, ConntrackMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, Table,
+    CommentMatch, ConntrackMatch, IpMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, Table,
     TcpMatch, UdpMatch,
 )
 from . import fields as F
+from .groups import find_groups
 
 BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
 ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5}
@@ -58,6 +59,11 @@ class Plan:
     oif: Optional[dict[str, int]] = None
     ct: Optional[list[int]] = None                      # 8 classes by conntrack state bit number
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
+    # exact-match rule groups (compiler/groups.py): shapes, key -> rule numbers, and the class of
+    # the "residual" vector (the rules the bit vectors decide; grouped rules' bits are 0 there)
+    group_shapes: list = field(default_factory=list)
+    group_entries: dict = field(default_factory=dict)
+    resid_class: int = 0
 
     @property
     def fields(self) -> list[str]:
@@ -71,6 +77,10 @@ class Plan:
             "classes": len(self.vectors),
             "prefixes": {"src": len(self.src or []), "dst": len(self.dst or [])},
             "max_jump_depth": self.max_depth,
+            "groups": [{"src_plen": g.src_plen, "dst_plen": g.dst_plen, "proto": g.proto, "port": g.port,
+                        "keys": sum(1 for k in self.group_entries if k[0] == i)}
+                       for i, g in enumerate(self.group_shapes)],
+            "grouped_rules": len({r for ids in self.group_entries.values() for r in ids}),
             "conntrack": self.ct is not None,
         }
 
@@ -118,8 +128,9 @@ def _max_depth(chains, by_name) -> int:
     return max([depth(c.name, frozenset()) for c in chains] or [0])
 
 
-def compile_plan(table: Table, ifnames: Iterable[str] = ()) -> Plan:
-    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o."""
+def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) -> Plan:
+    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o.
+    `group=False` keeps every rule in the bit vectors (no hash groups)."""
     chains, missing = _order_chains(table)
     problems: list[str] = []
     by_name = {c.name: c for c in chains}
@@ -175,7 +186,11 @@ def compile_plan(table: Table, ifnames: Iterable[str] = ()) -> Plan:
             problems.append(f"{r.pos}: '-f' is not supported yet, expected no fragment condition, found '-f'")
 
     classes = _Classes(all_rules)
-    atoms = F.collect_atoms(rules, problems)
+    rule_chain_id = [chain_id[c] for c, _ in rule_chain]
+    groups = find_groups(rules, rule_chain_id) if group else find_groups(rules, rule_chain_id, n + 1)
+    # grouped rules have no conditions in the bit vectors (the residual mask zeroes them there)
+    blank = {r: Rule(ip=IpMatch(), matches=(), target=rules[r].target, pos=rules[r].pos) for r in groups.grouped}
+    atoms = F.collect_atoms([blank.get(r, rule) for r, rule in enumerate(rules)], problems)
     if problems:
         raise RulesetError(f"{len(problems)} problem(s) compiling the ruleset", problems=problems)
 
@@ -185,5 +200,12 @@ def compile_plan(table: Table, ifnames: Iterable[str] = ()) -> Plan:
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors,
     )
     F.build_fields(plan, atoms, n, classes, set(ifnames) | {""})
+    if groups.grouped:
+        resid = all_rules
+        for r in groups.grouped:
+            resid &= ~(1 << r)
+        plan.group_shapes = groups.shapes
+        plan.group_entries = groups.entries
+        plan.resid_class = classes.cls(resid)
     plan.vectors = classes.vectors
     return plan

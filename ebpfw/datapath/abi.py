@@ -30,6 +30,11 @@ CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
 COUNTER = struct.Struct("<QQ")             # packets, bytes
 IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
 U32 = struct.Struct("<I")
+GMETA = struct.Struct("<II")               # resid_class, ngroups
+GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, pad
+GRP_KEY = struct.Struct("<II4s4sI")        # slot, gid, src (be), dst (be), proto << 24 | port
+GRP_IDS = 4
+GRP_VAL = struct.Struct(f"<{GRP_IDS}I")    # rule numbers, 0xffffffff = none
 
 # connection tracking (programs/ebpfw.c, EBPFW_F_CT)
 CT_KEY = struct.Struct("<4s4sHHBBH")       # a_addr (be), b_addr (be), a_port, b_port, proto, kind, pad
@@ -54,6 +59,7 @@ FIELD_MAPS = {
     # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
+    "groups": ("ebpfw_gmeta", "ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
 }
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
 
@@ -76,6 +82,8 @@ class Shape:
     maxdepth: int
     fields: tuple[str, ...]
     ct_size: int = 0          # conntrack table entries; 0 when no rule uses conntrack
+    ngroups: int = 0          # exact-match rule groups (hash lookups per packet); 0: none
+    gcap: int = 0             # group hash entries per slot
 
     @property
     def nsum(self) -> int:
@@ -94,6 +102,8 @@ class Shape:
         flags += [f"-DEBPFW_F_{f.upper()}" for f in self.fields]
         if "ct" in self.fields:
             flags.append(f"-DEBPFW_CT_SIZE={self.ct_size or CT_DEFAULT_SIZE}")
+        if "groups" in self.fields:
+            flags += [f"-DEBPFW_NGROUPS={self.ngroups}", f"-DEBPFW_GCAP={self.gcap}"]
         return flags
 
     def maps(self) -> list[str]:
@@ -110,7 +120,8 @@ class Shape:
                 and need.rcap <= self.rcap and need.ccap <= self.ccap and need.lpm_cap <= self.lpm_cap
                 and need.ifc_cap <= self.ifc_cap and need.maxdepth <= self.maxdepth
                 and set(need.fields) <= set(self.fields)
-                and ("ct" not in need.fields or need.ct_size == self.ct_size))
+                and ("ct" not in need.fields or need.ct_size == self.ct_size)
+                and need.ngroups <= self.ngroups and need.gcap <= self.gcap)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -150,6 +161,9 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         fields.append("xport")
     if getattr(plan, "ct", None) is not None:
         fields.append("ct")
+    ngroups = len(plan.group_shapes)
+    if ngroups:
+        fields.append("groups")
     words = (plan.nrules + 1 + 63) // 64
     nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
     nprefix = max(len(plan.src or []), len(plan.dst or []))
@@ -163,4 +177,6 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         maxdepth=max(8, plan.max_depth + 1),
         fields=tuple(fields),
         ct_size=(ct_size or ct_size_from_env()) if "ct" in fields else 0,
+        ngroups=_pow2(ngroups, 4) if ngroups else 0,
+        gcap=_pow2(len(plan.group_entries) + len(plan.group_entries) // 4 + 1, 1024) if ngroups else 0,
     )

@@ -25,6 +25,7 @@ _lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
 _lib.bpf_map_update_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.c_void_p]
 _lib.bpf_map_lookup_batch.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_void_p, ct.c_void_p,
                                       ct.POINTER(ct.c_uint32), ct.c_void_p]
+_lib.bpf_map_delete_batch.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32), ct.c_void_p]
 _lib.bpf_obj_pin.argtypes = [ct.c_int, ct.c_char_p]
 _lib.bpf_obj_get.argtypes = [ct.c_char_p]
 _lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
@@ -149,6 +150,42 @@ def lookup_array(fd: int, first: int, count: int, value_size: int) -> bytes:
         v = lookup(fd, struct.pack("<I", i), value_size)
         out += v if v is not None else bytes(value_size)
     return bytes(out)
+
+
+def hash_keys(fd: int, key_size: int, value_size: int, chunk: int = 8192) -> list[bytes]:
+    """All keys of a hash map in few syscalls (batch lookup); falls back to key iteration."""
+    out: list[bytes] = []
+    keys_buf = ct.create_string_buffer(key_size * chunk)
+    vals_buf = ct.create_string_buffer(value_size * chunk)
+    token_in = ct.c_uint32(0)
+    token_out = ct.c_uint32(0)
+    first = True
+    while True:
+        n = ct.c_uint32(chunk)
+        rc = _lib.bpf_map_lookup_batch(fd, None if first else ct.byref(token_in), ct.byref(token_out),
+                                       keys_buf, vals_buf, ct.byref(n), None)
+        err = ct.get_errno() if rc != 0 else 0
+        if rc != 0 and err != 2:
+            if first and err in (22, 95, 524):
+                return keys(fd, key_size)
+            raise _fail("batch lookup")
+        raw = keys_buf.raw
+        out.extend(raw[i * key_size:(i + 1) * key_size] for i in range(n.value))
+        if rc != 0:           # ENOENT: that was the last batch
+            return out
+        token_in.value = token_out.value
+        first = False
+
+
+def delete_batch(fd: int, keys_blob: bytes, count: int) -> None:
+    if count == 0:
+        return
+    n = ct.c_uint32(count)
+    if _lib.bpf_map_delete_batch(fd, keys_blob, ct.byref(n), None) == 0:
+        return
+    ks = len(keys_blob) // count
+    for i in range(count):
+        delete(fd, keys_blob[i * ks:(i + 1) * ks])
 
 
 def pin(fd: int, path: str) -> None:

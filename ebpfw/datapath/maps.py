@@ -20,6 +20,7 @@ from . import ct as ctdata
 from .abi import (
     CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META,
     NSLOTS, PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
+    GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL,
 )
 
 # how long to wait after a flip before the old slot may be rewritten: BPF programs run in
@@ -152,6 +153,7 @@ class Datapath:
         _, gen = self.active()
         bpfsys.update(self.maps["ebpfw_ctl"], U32.pack(0), CTL.pack(slot, gen + 1), "control map")
         time.sleep(GRACE_SECONDS)
+        self.clear_groups(1 - slot)   # no packet reads the old slot any more
         return gen + 1
 
     # ---- writing one slot -------------------------------------------------------------------
@@ -239,8 +241,43 @@ class Datapath:
                 oc = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
                 bpfsys.update(fd, IFC_KEY.pack(slot, link.ifindex), IFC_VAL.pack(ic, oc), "ebpfw_ifc")
             bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
+        if "groups" in sh.fields:
+            self._write_groups(slot, plan)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
                       META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+
+    def _write_groups(self, slot: int, plan) -> None:
+        sh = self.shape
+        shapes = plan.group_shapes
+        if len(shapes) > sh.ngroups or len(plan.group_entries) > sh.gcap:
+            raise KernelError("internal: the plan's groups do not fit the loaded programs' shape")
+        self.clear_groups(slot)
+        keys, vals = [], []
+        for g in range(sh.ngroups):
+            keys.append(slot * sh.ngroups + g)
+            if g < len(shapes):
+                gs = shapes[g]
+                vals.append(GRP.pack(gs.src_mask, gs.dst_mask, 1 if gs.proto else 0, gs.port, 1, 0))
+            else:
+                vals.append(GRP.pack(0, 0, 0, 0, 0, 0))
+        self._batch("ebpfw_grp", keys, vals)
+        none = [0xFFFFFFFF] * GRP_IDS
+        kb = b"".join(GRP_KEY.pack(slot, gid, struct.pack(">I", src), struct.pack(">I", dst), pp)
+                      for gid, src, dst, pp in plan.group_entries)
+        vb = b"".join(GRP_VAL.pack(*(ids + none)[:GRP_IDS]) for ids in plan.group_entries.values())
+        bpfsys.update_batch(self.maps["ebpfw_gent"], kb, vb, len(plan.group_entries), "ebpfw_gent")
+        # without groups the residual vector is class 0: every rule is decided by the vectors
+        bpfsys.update(self.maps["ebpfw_gmeta"], U32.pack(slot),
+                      GMETA.pack(plan.resid_class if shapes else 0, len(shapes)), "ebpfw_gmeta")
+
+    def clear_groups(self, slot: int) -> int:
+        """Delete `slot`'s group keys (after a flip the old slot's keys only cost memory)."""
+        if "ebpfw_gent" not in self.maps:
+            return 0
+        fd = self.maps["ebpfw_gent"]
+        mine = [k for k in bpfsys.hash_keys(fd, GRP_KEY.size, GRP_VAL.size) if U32.unpack_from(k)[0] == slot]
+        bpfsys.delete_batch(fd, b"".join(mine), len(mine))
+        return len(mine)
 
     def write_ct_config(self, timeouts: dict[str, int] | None = None, tcp_loose: bool | None = None) -> None:
         """Timeouts (EBPFW_CT_TIMEOUTS over netfilter's defaults) and the TCP transition table."""

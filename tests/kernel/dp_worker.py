@@ -35,7 +35,8 @@ from ebpfw.netlink import host
 
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=8, vcap=4096, rcap=512, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
-              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport"))
+              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups"),
+              ngroups=16, gcap=4096)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 
@@ -64,13 +65,14 @@ def main() -> None:
             if req["op"] == "load":
                 links = host.links()
                 rs = parse_ruleset(req["rules"], "test.rules")
-                plan = compile_plan(rs.table("filter"), [l.name for l in links])
+                plan = compile_plan(rs.table("filter"), [l.name for l in links], group=req.get("group", True))
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links)
                 judged = {l.ifindex for l in links if l.name in req.get("judged", [])}
                 dp.write_host(links, host.local_addresses(), judged)
                 dp.flip(slot)
-                out = {"ok": True, "chains": plan.chain_names, "rule_chain": plan.rule_chain}
+                out = {"ok": True, "chains": plan.chain_names, "rule_chain": plan.rule_chain,
+                       "grouped": plan.summary()["grouped_rules"], "groups": len(plan.group_shapes)}
             elif req["op"] == "run":
                 slot = dp.active()[0]
                 before = dp.read_counters(slot, plan.nrules, len(plan.chain_names))

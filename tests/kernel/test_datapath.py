@@ -39,7 +39,8 @@ def ip(s: str) -> int:
 
 class Worker:
     def __init__(self, ns: str):
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # groups from two rules on, so that small test rulesets exercise the hash groups too
+        env = dict(os.environ, PYTHONPATH=str(REPO), EBPFW_GROUP_MIN="2")
         self.p = subprocess.Popen(nsh.nsenter_argv(ns) + [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True, env=env)
 
@@ -85,8 +86,9 @@ def judge(w: Worker, links: dict, hook: str, p: Pkt) -> dict:
                   ifindex=idx, ingress_ifindex=0)
 
 
-def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple[str, Pkt]]) -> None:
-    r = w.call(op="load", rules=text)
+def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple[str, Pkt]],
+                            group: bool = True) -> None:
+    r = w.call(op="load", rules=text, group=group)
     assert "error" not in r, r.get("error")
     table = parse_ruleset(text, "t.rules").table("filter")
     rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
@@ -150,6 +152,49 @@ def test_server_ruleset_matches_reference(dut):
         ("OUTPUT", Pkt(ip("10.9.1.1"), ip("10.9.1.2"), TCP, sport=23, oif="vb")),
     ]
     check_against_reference(w, links, SERVER, cases)
+
+
+def test_exact_match_groups_keep_order_jumps_and_counters(dut):
+    """Blocklist, per-service and per-host rules become hash groups; duplicates, a shadowed key,
+    non-terminal and jump members and multiport keys keep iptables' first-match order."""
+    w, links = dut
+    text = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:SVC - [0:0]
+-A INPUT -s 10.9.0.5/32 -j DROP
+-A INPUT -s 10.9.0.6/32 -j DROP
+-A INPUT -s 10.9.0.7/32
+-A INPUT -s 10.9.0.7/32 -j SVC
+-A INPUT -s 10.9.0.7/32 -j DROP
+-A INPUT -s 10.9.0.7/32 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -j SVC
+-A INPUT -p tcp -m tcp --dport 80 -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j ACCEPT
+-A INPUT -p tcp -m multiport --dports 443,8443 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 80 -j DROP
+-A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT
+-A INPUT -p icmp -m icmp --icmp-type 0 -j ACCEPT
+-A INPUT -s 10.9.0.0/24 -p tcp -m tcp ! --dport 22 -j DROP
+-A SVC -s 10.9.0.2/32 -p tcp -m tcp --dport 22 -j RETURN
+-A SVC -s 10.9.0.7/32 -p tcp -m tcp --dport 22 -j ACCEPT
+-A SVC -s 10.9.0.9/32 -p tcp -m tcp --dport 22 -j ACCEPT
+-A SVC -j DROP
+COMMIT
+"""
+    r = w.call(op="load", rules=text, group=True)
+    assert r.get("ok"), r
+    assert r["groups"] >= 3 and r["grouped"] >= 12, r
+    b = ip("10.9.0.1")
+    cases = []
+    for s in ("10.9.0.2", "10.9.0.5", "10.9.0.7", "10.9.0.9", "10.9.0.130"):
+        for proto, kw in ((TCP, {"dport": 22}), (TCP, {"dport": 80}), (TCP, {"dport": 8443}), (TCP, {"dport": 81}),
+                          (UDP, {"dport": 53}), (UDP, {"dport": 22}), (ICMP, {"icmp_type": 8}),
+                          (ICMP, {"icmp_type": 0, "icmp_code": 5}), (ICMP, {"icmp_type": 3})):
+            cases.append(("INPUT", Pkt(ip(s), b, proto, iif="va", **kw)))
+    check_against_reference(w, links, text, cases, group=True)
+    check_against_reference(w, links, text, cases, group=False)
 
 
 def test_goto_and_nested_return(dut):
@@ -307,7 +352,7 @@ def packets(draw):
 
 @settings(max_examples=int(os.environ.get("EBPFW_DP_EXAMPLES", "60")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(text=rulesets(), pkts=st.lists(packets(), min_size=1, max_size=8))
-def test_random_rulesets_match_reference(dut, text, pkts):
+@given(text=rulesets(), pkts=st.lists(packets(), min_size=1, max_size=8), group=st.booleans())
+def test_random_rulesets_match_reference(dut, text, pkts, group):
     w, links = dut
-    check_against_reference(w, links, text, pkts)
+    check_against_reference(w, links, text, pkts, group)

@@ -1,0 +1,153 @@
+"""Rule groups: exact-match rules classified by one hash lookup instead of bit vectors.
+
+Large rulesets are mostly rules whose every condition is an exact value: blocklists
+(`-s 203.0.113.7/32 -j DROP`), per-service allows (`-p tcp --dport 443 -j ACCEPT`), per-host
+services (`-s 10.1.2.0/24 -p tcp --dport 22`). Rules of one *shape* — the same source and
+destination prefix lengths, whether a protocol is given, and which port (or ICMP type) is
+matched — form a group: one hash map keyed by (group, masked source, masked destination,
+protocol, port) gives the rule numbers whose condition is exactly that key. Per packet each
+group costs one lookup, whatever the number of rules in it, and the rules found are OR-ed into
+the walk's candidate vector, so iptables' order, jumps and per-rule counters are unchanged.
+
+Rules stay in the bit-vector ("residual") part when they have anything a key cannot express
+(negations, ranges, interfaces, flags, conntrack, ...), when their shape has too few rules to be
+worth a lookup, or when a key already lists MAX_IDS rules that can all be reached.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+
+from ..ruleset import CommentMatch, IcmpMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
+
+MAX_GROUPS = 16           # lookups per packet at most (compile-time bound of the datapath)
+MAX_IDS = 4               # rule numbers per key
+MIN_GROUP = int(os.environ.get("EBPFW_GROUP_MIN", "32"))
+NO_ID = 0xFFFFFFFF
+PORT_NONE, PORT_SPORT, PORT_DPORT, PORT_ICMP = 0, 1, 2, 3
+FINAL = ("ACCEPT", "DROP", "RETURN", "GOTO")   # the walk never goes past these in a chain
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    src_plen: int          # -1: no source condition
+    dst_plen: int
+    proto: bool            # the key includes the protocol
+    port: int              # PORT_*
+
+    @property
+    def src_mask(self) -> int:
+        return 0 if self.src_plen < 0 else (0xFFFFFFFF << (32 - self.src_plen)) & 0xFFFFFFFF
+
+    @property
+    def dst_mask(self) -> int:
+        return 0 if self.dst_plen < 0 else (0xFFFFFFFF << (32 - self.dst_plen)) & 0xFFFFFFFF
+
+
+def _keys(rule: Rule) -> tuple[GroupShape, list[tuple[int, int, int]]] | None:
+    """The shape and the (src, dst, proto<<24|port) keys of a groupable rule, else None."""
+    ip = rule.ip
+    if ip.iface_in or ip.iface_out or ip.fragment is not None:
+        return None
+    if ip.src_invert or ip.dst_invert or ip.proto_invert:
+        return None
+    src_plen = dst_plen = -1
+    src = dst = 0
+    if ip.src is not None:
+        src_plen = ip.src.prefixlen
+        if src_plen is None:
+            return None
+        src = ip.src.addr
+        if src_plen == 0:
+            src_plen = -1
+    if ip.dst is not None:
+        dst_plen = ip.dst.prefixlen
+        if dst_plen is None:
+            return None
+        dst = ip.dst.addr
+        if dst_plen == 0:
+            dst_plen = -1
+    proto = ip.proto or 0
+    port_kind = PORT_NONE
+    ports: list[int] = [0]
+    for m in rule.matches:
+        if isinstance(m, CommentMatch):
+            continue
+        if port_kind != PORT_NONE:
+            return None      # one port condition at most
+        if isinstance(m, (TcpMatch, UdpMatch)):
+            if isinstance(m, TcpMatch) and (m.flags is not None or m.option is not None):
+                return None
+            if (m.sport is None) == (m.dport is None):
+                return None  # both or neither: not a single-port key
+            rng, inv = (m.sport, m.sport_invert) if m.sport is not None else (m.dport, m.dport_invert)
+            if inv or rng[0] != rng[1]:
+                return None
+            port_kind = PORT_SPORT if m.sport is not None else PORT_DPORT
+            ports = [rng[0]]
+        elif isinstance(m, MultiportMatch):
+            if m.invert or m.kind == "ports" or any(lo != hi for lo, hi in m.ranges):
+                return None
+            port_kind = PORT_SPORT if m.kind == "sports" else PORT_DPORT
+            ports = sorted({lo for lo, _ in m.ranges})
+        elif isinstance(m, IcmpMatch):
+            if m.invert or m.type == 255 or (m.code_min, m.code_max) != (0, 255):
+                return None
+            port_kind = PORT_ICMP
+            ports = [m.type]
+        else:
+            return None
+    if port_kind != PORT_NONE and not proto:
+        return None
+    shape = GroupShape(src_plen, dst_plen, bool(proto), port_kind)
+    return shape, [(src, dst, (proto << 24) | p) for p in ports]
+
+
+@dataclass
+class Groups:
+    shapes: list[GroupShape]
+    # (gid, src, dst, pp) -> rule numbers in order
+    entries: dict[tuple[int, int, int, int], list[int]]
+    grouped: set[int]
+
+
+def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None) -> Groups:
+    min_size = MIN_GROUP if min_size is None else min_size
+    by_shape: dict[GroupShape, list[tuple[int, list]]] = defaultdict(list)
+    for r, rule in enumerate(rules):
+        k = _keys(rule)
+        if k is not None:
+            by_shape[k[0]].append((r, k[1]))
+    chosen = sorted((s for s, members in by_shape.items() if len(members) >= min_size),
+                    key=lambda s: -len(by_shape[s]))[:MAX_GROUPS]
+    entries: dict[tuple[int, int, int, int], list[int]] = {}
+    grouped: set[int] = set()
+    closed: set[tuple[int, int, int, int, int]] = set()    # (key..., chain) already ends at a final rule
+    for gid, shape in enumerate(chosen):
+        for r, keys in by_shape[shape]:
+            cid = rule_chain_id[r]
+            final = rules[r].target.kind in FINAL
+            fits = True
+            for src, dst, pp in keys:
+                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp)
+                if (key + (cid,)) in closed:
+                    continue         # shadowed in this chain: the walk never gets here with this key
+                if len(entries.get(key, ())) >= MAX_IDS:
+                    fits = False
+            if not fits:
+                continue             # stays in the bit vectors
+            for src, dst, pp in keys:
+                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp)
+                if (key + (cid,)) in closed:
+                    continue
+                entries.setdefault(key, []).append(r)
+                if final:
+                    closed.add(key + (cid,))
+            grouped.add(r)
+    used = sorted({k[0] for k in entries})
+    remap = {g: i for i, g in enumerate(used)}
+    return Groups(shapes=[chosen[g] for g in used],
+                  entries={(remap[k[0]],) + k[1:]: v for k, v in entries.items()},
+                  grouped=grouped)
