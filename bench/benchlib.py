@@ -200,7 +200,7 @@ class Sandbox:
         e = dict(os.environ)
         e["EBPFW_BPFFS"] = str(self.bpffs)
         e["EBPFW_STATE_DIR"] = str(self.state)
-        e["PYTHONPATH"] = f"{ROOT}:{BENCH}"
+        e["PYTHONPATH"] = f"{os.environ.get('EBPFW_SRC') or ROOT}:{BENCH}"
         return e
 
     def ns_run(self, ns: str, argv, timeout: float = 60.0, check: bool = True, input_text=None):
@@ -253,3 +253,8 @@ def bpftool_json(argv, timeout: float = 30.0):
         return json.loads(cp.stdout)
     except json.JSONDecodeError:
         return None
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--which-ebpfw"]:
+    import ebpfw
+    print(ebpfw.__file__)

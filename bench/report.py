@@ -182,6 +182,8 @@ def main() -> int:
     if env:
         lines += [f"Machine: {env.get('nproc')} CPUs ({env.get('cpu')}), kernel {env.get('kernel')}, "
                   f"load average at start {env.get('loadavg_start')} / end {env.get('loadavg_end')}; "
+                  f"ebpfw commit {env.get('commit')}" + (f" plus {env['dirty_files']} uncommitted file(s) in ebpfw/ and programs/"
+                  if env.get("dirty_files") else "") + " (a snapshot taken at the start measured throughout); "
                   f"command `{env.get('command')}`; started {env.get('date')}, took {env.get('runtime_s', '?')} s.", ""]
     tr = _load(d / "testrun.json")
     if tr:

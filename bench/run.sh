@@ -32,6 +32,11 @@ export BENCH_REGISTRY=$OUT/.created
 : >"$BENCH_REGISTRY"
 TMPD=$(mktemp -d /tmp/ebwb-run.XXXXXX)
 CHILD=
+# measure one version of the code: a snapshot of ebpfw/ and programs/ as they are now (others may
+# commit while the bench runs); every ebpfw process of the run imports it through PYTHONPATH
+SRC=$TMPD/src
+mkdir -p "$SRC" && cp -a ebpfw programs "$SRC/" && find "$SRC" -name __pycache__ -prune -exec rm -rf {} +
+export EBPFW_SRC=$SRC PYTHONPATH=$SRC
 
 log() { echo "[bench $(date +%H:%M:%S) +$(($(date +%s) - T0))s] $*" >&2; }
 
@@ -98,13 +103,19 @@ else
 	KITM_ENV=(SECTIONS=A PATHS=input NS_A="10000" REPS=3 KIT_RULES=mixed FILTERS_INPUT="ipt-nft ipt-legacy nft-linear ebpfw")
 fi
 
-"$PY" - "$OUT/env.json" "$QUICK" <<'EOF'
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+DIRTY=$(git status --porcelain -- ebpfw programs 2>/dev/null | wc -l)
+"$PY" - "$OUT/env.json" "$QUICK" "$COMMIT" "$DIRTY" <<'EOF'
 import json, os, platform, sys, time
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "kernel": platform.release(), "nproc": os.cpu_count(),
            "cpu": cpu, "loadavg_start": open("/proc/loadavg").read().split()[0],
+           "commit": sys.argv[3], "dirty_files": int(sys.argv[4]),
            "command": ("QUICK=1 " if sys.argv[2] == "1" else "") + "make bench"}, open(sys.argv[1], "w"))
 EOF
+# the snapshot is what gets imported (checked once, so a broken setup fails here, not later)
+got=$("$PY" "$ROOT/bench/benchlib.py" --which-ebpfw) || exit 1
+[ "$got" = "$SRC/ebpfw/__init__.py" ] || { echo "bench/run.sh: imports $got, not the snapshot $SRC" >&2; exit 1; }
 log "results -> $OUT (QUICK=$QUICK, sections: $SECTIONS)"
 
 if [[ " $SECTIONS " == *" testrun "* ]]; then

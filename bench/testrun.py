@@ -3,7 +3,7 @@
 memory, map memlock and verifier sizes of the same apply.
 
     testrun.py [--shapes mixed,blocklist] [--sizes 1,10,100,1000,10000,100000] [--runs 7]
-               [--timeout 240] [--mem-limit-gb 6] [--out DIR]
+               [--timeout 240] [--mem-limit-gb 10] [--out DIR]
 
 For every (shape, N) a fresh sandbox (two namespaces, one veth, private bpffs; benchlib.py)
 is built and a worker process inside the DUT namespace, in its own memcg:
@@ -257,7 +257,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="1,10,100,1000,10000,100000")
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--timeout", type=float, default=240, help="seconds per (shape, N) point")
-    ap.add_argument("--mem-limit-gb", type=float, default=6)
+    ap.add_argument("--mem-limit-gb", type=float, default=10)
     ap.add_argument("--fields", action="store_true",
                     help="also the one-rule, one-field rulesets (f-none, f-src, ...): fixed cost per field")
     ap.add_argument("--out")
