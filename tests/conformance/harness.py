@@ -238,27 +238,46 @@ def default_src(role: str, dst: str) -> str:
     return ADDR[DUT_OUT] if to_srv else ADDR[DUT_IN]
 
 
-def _tag_packets(step: Send, step_idx: int, next_tag: int, tags: dict) -> tuple[list, int]:
+def _tag_packets(step: Send, step_idx: int, next_tag: int,
+                 tags: dict) -> tuple[list[bytes], list[Tagged], int]:
+    """Give each crafted packet its tag (IP ID), source and TTL defaults. Fragments of one
+    datagram (same src, dst, proto and IP ID as built) share one tag, so the DUT can still
+    reassemble them."""
     from scapy.layers.inet import IP  # imported lazily: scapy takes ~1 s to import
 
-    out = []
+    raws: list[bytes] = []
+    per_packet: list[Tagged] = []
+    groups: dict[tuple, Tagged] = {}
     for pkt in step.packets:
         pkt = pkt.copy()
         ip = pkt[IP]
-        ip.id = next_tag
         if "src" not in ip.fields:
             # scapy would pick a source from the ROOT namespace's routes: never let it
             ip.src = default_src(step.role, ip.dst)
         if "ttl" not in ip.fields:
             ip.ttl = CRAFTED_TTL
-        raw = bytes(pkt)
-        text = describe_ip(raw)
-        tags[next_tag] = Tagged(next_tag, step_idx, ip.src, ip.dst, raw[9], text)
-        out.append(raw)
-        next_tag += 1
-        if next_tag > 0xFFFF:
-            raise ValueError("a case may send at most 65535 crafted packets")
-    return out, next_tag
+        is_fragment = bool(ip.flags.MF) or ip.frag != 0
+        group = (ip.src, ip.dst, ip.proto, ip.id) if is_fragment else None
+        tagged = groups.get(group) if group else None
+        if tagged is None:
+            if next_tag > 0xFFFF:
+                raise ValueError("a case may send at most 65535 crafted packets")
+            ip.id = next_tag
+            raw = bytes(pkt)
+            text = describe_ip(raw)
+            if is_fragment:
+                text = text.split(" frag@")[0] + " (fragmented)"
+            tagged = Tagged(next_tag, step_idx, ip.src, ip.dst, raw[9], text)
+            tags[next_tag] = tagged
+            next_tag += 1
+            if group:
+                groups[group] = tagged
+        else:
+            ip.id = tagged.tag
+            raw = bytes(pkt)
+        raws.append(raw)
+        per_packet.append(tagged)
+    return raws, per_packet, next_tag
 
 
 def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
@@ -286,9 +305,7 @@ def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
         extra: list[str] = []
         notes: list[str] = []
         if isinstance(step, Send):
-            first = next_tag
-            raws, next_tag = _tag_packets(step, i, next_tag, tags)
-            tagged = [tags[t] for t in range(first, next_tag)]
+            raws, tagged, next_tag = _tag_packets(step, i, next_tag, tags)
             if step.role == "dut":
                 reply = topo.agents["dut"].call("send3", packets=[r.hex() for r in raws])
                 notes += [f"send of #{tagged[i].tag} failed: {err}" for i, err in reply["errors"]]

@@ -74,6 +74,7 @@ class Case:
     steps: list
     listen: list = field(default_factory=list)
     stateful: bool = False
+    known_difference: str = ""       # non-empty: ebpfw is known to differ here, and why
     expect_unhit: dict = field(default_factory=dict)
     source: str = ""                 # where the ruleset came from (a rulesets/ path)
 
@@ -97,6 +98,11 @@ def describe_ip(data: bytes) -> str:
     src, dst = socket.inet_ntoa(data[12:16]), socket.inet_ntoa(data[16:20])
     l4 = data[ihl:]
     name = PROTO_NAMES.get(proto, f"proto{proto}")
+    frag = _frag_text(data)
+    if frag and not frag.startswith("frag@0"):
+        return f"{name} {src} > {dst} {frag}"     # no transport header in this one
+    if frag:
+        return describe_ip(data[:6] + b"\x00\x00" + data[8:]) + f" {frag}"
     if proto in (6, 17) and len(l4) >= 4:
         sport, dport = struct.unpack("!HH", l4[:4])
         text = f"{name} {src}:{sport} > {dst}:{dport}"
@@ -107,6 +113,15 @@ def describe_ip(data: bytes) -> str:
     if proto == 1 and len(l4) >= 2:
         return f"icmp {src} > {dst} type {l4[0]} code {l4[1]}"
     return f"{name} {src} > {dst}"
+
+
+def _frag_text(data: bytes) -> str:
+    """'' for a whole packet, else 'frag@OFFSET' plus '+MF' if more fragments follow."""
+    word = struct.unpack("!H", data[6:8])[0]
+    offset, more = (word & 0x1FFF) * 8, bool(word & 0x2000)
+    if not offset and not more:
+        return ""
+    return f"frag@{offset}" + ("+MF" if more else "")
 
 
 def _ip_key(data: bytes) -> Optional[tuple[int, str, str, int]]:
@@ -126,7 +141,8 @@ def summarize(where: str, data: bytes, tags: dict[int, Tagged]) -> str:
     ident, src, dst, proto = key
     t = tags.get(ident)
     if t is not None and (t.src, t.dst, t.proto) == (src, dst, proto):
-        return f"{where}: #{t.tag} {t.text}"
+        frag = _frag_text(data)
+        return f"{where}: #{t.tag} {t.text}" + (f" [{frag}]" if frag else "")
     ihl = (data[0] & 0x0F) * 4
     if proto == 1 and len(data) >= ihl + 8 + 20 and data[ihl] in (3, 4, 5, 11, 12):
         inner = _ip_key(data[ihl + 8:])

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cases import CASE_MODULES, load_case
+from .cases import CASE_MODULES, EXTRA_CASES, load_case
 from .harness import (EbpfwSide, ImportRefused, IptablesSide, compare, coverage_report,
                       ebpfw_unavailable, render_report, run_case)
 from .topology import Topology
@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="print every step with what it hit and what was delivered")
     args = ap.parse_args(argv)
     modules = args.cases or CASE_MODULES
-    unknown = [m for m in modules if m not in CASE_MODULES]
+    unknown = [m for m in modules if m not in CASE_MODULES + EXTRA_CASES]
     if unknown:
-        print(f"unknown case(s) {unknown}; known: {CASE_MODULES}", file=sys.stderr)
+        print(f"unknown case(s) {unknown}; known: {CASE_MODULES + EXTRA_CASES}", file=sys.stderr)
         return 2
     if not args.iptables_only:
         reason = ebpfw_unavailable()
@@ -63,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         for module in modules:
             case = load_case(module)
             ref = run_case(ipt, case)
-            missing = coverage_report(case, ref)
+            # only the corpus promises to reach every rule; inline cases probe one behaviour
+            missing = coverage_report(case, ref) if module in CASE_MODULES else []
             if args.steps:
                 for rec in ref.steps:
                     print(f"{rec.label}\n    hits: {rec.hits}\n    seen: {rec.deliveries}"

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from .cases import CASE_MODULES, load_case
+from .cases import CASE_MODULES, EXTRA_CASES, load_case
 from .cases.common import RULESETS
 from .harness import ImportRefused, compare, coverage_report, render_report, run_case
 
@@ -50,7 +50,27 @@ MODES = [pytest.param("default", id="default"), pytest.param("tc", id="tc"),
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("module", CASE_MODULES)
 def test_ebpfw_matches_iptables(module, mode, iptables_side, ebpfw_side, iptables_runs):
-    case = load_case(module)
+    _compare_case(load_case(module), mode, iptables_side, ebpfw_side, iptables_runs)
+
+
+@pytest.mark.parametrize("name", EXTRA_CASES)
+def test_ebpfw_matches_iptables_extra(name, iptables_side, ebpfw_side, iptables_runs):
+    """Cases outside the corpus (inline rulesets): fragments. A case with `known_difference`
+    must differ (xfail with the reason); when it stops differing the test fails, so the
+    documentation of that difference gets removed."""
+    case = load_case(name)
+    try:
+        _compare_case(case, "default", iptables_side, ebpfw_side, iptables_runs)
+    except AssertionError as exc:
+        if case.known_difference:
+            pytest.xfail(f"known difference: {case.known_difference}")
+        raise exc
+    assert not case.known_difference, (
+        f"{case.name} now matches iptables: remove its known_difference and the entry in "
+        "docs/CONFORMANCE.md")
+
+
+def _compare_case(case, mode, iptables_side, ebpfw_side, iptables_runs) -> None:
     ebpfw_side.mode = ebpfw_side.default_mode if mode == "default" else mode
     try:
         ebpfw_side.import_ruleset(case.ruleset)

@@ -18,5 +18,15 @@ CASE_MODULES = [
 ]
 
 
-def load_case(module: str):
-    return importlib.import_module(f"{__name__}.{module}").build()
+# cases with inline rulesets: "module:function"
+EXTRA_CASES = [
+    "fragments:build_forward",
+    "fragments:build_input",
+    "fragments:build_conntrack",
+    "fragments:build_tcp_offset1",
+]
+
+
+def load_case(name: str):
+    module, _, func = name.partition(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), func or "build")()
