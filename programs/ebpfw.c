@@ -116,6 +116,7 @@ struct pkt {
 #define V_PASS   0    /* not ours to judge: let the kernel decide */
 #define V_ACCEPT 1
 #define V_DROP   2
+#define V_CONT   3    /* the walk continues in a tail call (programs/ebpfw.c: continuation) */
 
 #ifdef EBPFW_F_CT
 /* ---- connection tracking (compiled in with -DEBPFW_F_CT) ---------------------------------
@@ -1038,8 +1039,10 @@ struct walkstate {
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 
-/* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP. */
-static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struct vecs *v)
+/* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
+ * when this program's step budget is spent (the caller continues in a tail call, `resume`
+ * then picks the walk up from the scratch record). */
+static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struct vecs *v, int resume)
 {
     __u32 ck = slot * EBPFW_CCAP + chain_id;
     struct ebpfw_chain *ch = ebpfw_chain.lookup(&ck);
@@ -1050,9 +1053,11 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
     struct walkstate *ws = ebpfw_walk.lookup(&zero);
     if (!ws)
         return V_DROP;
-    ws->pos = ch->start;
-    ws->end = ch->end;
-    ws->sp = 0;
+    if (!resume) {
+        ws->pos = ch->start;
+        ws->end = ch->end;
+        ws->sp = 0;
+    }
 
     for (__u32 step = 0; step < EBPFW_MAXSTEPS; step++) {
         __u32 pos = ws->pos, end = ws->end;
@@ -1140,8 +1145,7 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             ws->end = tc->end;
         }
     }
-    stat_inc(EBPFW_STAT_WALK_LIMIT);
-    return V_DROP;
+    return V_CONT;
 }
 
 #ifdef EBPFW_F_GROUPS
@@ -1279,13 +1283,55 @@ static __always_inline void group_clear(struct ebpfw_vec *h, struct hit_list *hl
 }
 #endif /* EBPFW_F_GROUPS */
 
-static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __u32 oif)
+/* ---- long walks: continued in tail calls ---------------------------------------------------
+ * A program verifies EBPFW_MAXSTEPS walk steps. A walk that needs more (a long chain of
+ * candidate words, many matching non-terminal rules) saves what it needs here and tail-calls
+ * the hook's continuation program, up to EBPFW_MAXCALLS times; only beyond that is the packet
+ * dropped (fail closed, counted as walk_limit). */
+#define EBPFW_MAXCALLS 30
+struct cont {
+    struct pkt p;
+    __u32 slot;
+    __u32 chain;
+    __u32 iif;
+    __u32 oif;
+    __u32 calls;
+    __u32 pad;
+};
+BPF_PERCPU_ARRAY(ebpfw_cont, struct cont, 1);
+/* a program array serves one program type: one for XDP, one for TC */
+BPF_PROG_ARRAY(ebpfw_jmpx, 1);
+BPF_PROG_ARRAY(ebpfw_jmpt, 1);
+
+static __always_inline void walk_abandon(void)
+{
+#ifdef EBPFW_F_GROUPS
+    __u32 zero = 0;
+    struct ebpfw_vec *h = ebpfw_hits.lookup(&zero);
+    struct hit_list *hl = ebpfw_htouch.lookup(&zero);
+    if (h && hl)
+        group_clear(h, hl);
+#endif
+    stat_inc(EBPFW_STAT_WALK_LIMIT);
+}
+
+/* Classify p in chain `chain_id`: `resume` continues a walk saved in ebpfw_cont (same slot,
+ * whatever the control map says now, so one packet never sees two rulesets). */
+static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __u32 oif, int resume)
 {
     __u32 zero = 0;
-    struct ebpfw_ctl *ctl = ebpfw_ctl.lookup(&zero);
-    if (!ctl)
-        return V_PASS;
-    __u32 slot = ctl->active & 1;
+    __u32 slot;
+    struct cont *c = ebpfw_cont.lookup(&zero);
+    if (!c)
+        return V_DROP;
+    if (resume) {
+        slot = c->slot & 1;
+    } else {
+        struct ebpfw_ctl *ctl = ebpfw_ctl.lookup(&zero);
+        if (!ctl)
+            return V_PASS;
+        slot = ctl->active & 1;
+    }
     struct vecs v = {};
     if (lookup_vecs(slot, p, iif, oif, &v) < 0)
         return V_DROP;
@@ -1298,13 +1344,40 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     struct hit_list *hl = ebpfw_htouch.lookup(&zero);
     if (!v.resid || !v.hits || !hl)
         return V_DROP;
-    group_hits(slot, p, v.hits, hl);
-    int verdict = walk(slot, chain_id, p, &v);
-    group_clear(v.hits, hl);
-    return verdict;
-#else
-    return walk(slot, chain_id, p, &v);
+    if (!resume)
+        group_hits(slot, p, v.hits, hl);
 #endif
+    int verdict = walk(slot, chain_id, p, &v, resume);
+    if (verdict == V_CONT) {
+        if (!resume) {
+            __builtin_memcpy(&c->p, p, sizeof(*p));
+            c->slot = slot;
+            c->chain = chain_id;
+            c->iif = iif;
+            c->oif = oif;
+            c->calls = 0;
+        }
+        return V_CONT;
+    }
+#ifdef EBPFW_F_GROUPS
+    group_clear(v.hits, hl);
+#endif
+    return verdict;
+}
+
+/* the body of every continuation program: resume the saved walk */
+static __always_inline int classify_resume(void)
+{
+    __u32 zero = 0;
+    struct cont *c = ebpfw_cont.lookup(&zero);
+    if (!c)
+        return V_DROP;
+    c->calls += 1;
+    if (c->calls > EBPFW_MAXCALLS)
+        return V_CONT;
+    struct pkt p;
+    __builtin_memcpy(&p, &c->p, sizeof(p));
+    return classify(c->chain, &p, c->iif, c->oif, 1);
 }
 
 static __always_inline int mac_differs(const __u8 *a, const __u8 *b)
@@ -1368,11 +1441,11 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
     p.ctstate = ct_label(&p, data, data_end);
     if (p.ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
-    int v = classify(chain, &p, ifindex, oif);
+    int v = classify(chain, &p, ifindex, oif, 0);
     ct_commit(v);
     return v;
 #else
-    return classify(chain, &p, ifindex, oif);
+    return classify(chain, &p, ifindex, oif, 0);
 #endif
 }
 
@@ -1381,6 +1454,25 @@ int ebpfw_xdp_ingress(struct xdp_md *ctx)
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     int v = judge_ingress(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex);
+    if (v == V_CONT) {
+        ebpfw_jmpx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+    return v == V_DROP ? XDP_DROP : XDP_PASS;
+}
+
+int ebpfw_xdp_cont(struct xdp_md *ctx)
+{
+    int v = classify_resume();
+    if (v == V_CONT) {
+        ebpfw_jmpx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+#ifdef EBPFW_F_CT
+    ct_commit(v);
+#endif
     return v == V_DROP ? XDP_DROP : XDP_PASS;
 }
 
@@ -1393,6 +1485,26 @@ int ebpfw_tc_ingress(struct __sk_buff *skb)
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
     int v = judge_ingress(skb, data, data_end, skb->len, skb->ifindex);
+    if (v == V_CONT) {
+        ebpfw_jmpt.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+}
+
+/* one continuation serves TC ingress and egress: both end the same way */
+int ebpfw_tc_cont(struct __sk_buff *skb)
+{
+    int v = classify_resume();
+    if (v == V_CONT) {
+        ebpfw_jmpt.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#ifdef EBPFW_F_CT
+    ct_commit(v);
+#endif
     return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
@@ -1428,7 +1540,12 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     if (p.ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
 #endif
-    int v = classify(chain, &p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex);
+    int v = classify(chain, &p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 0);
+    if (v == V_CONT) {
+        ebpfw_jmpt.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif

@@ -51,7 +51,8 @@ STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "w
 
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
-             "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk")
+             "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
+             "ebpfw_jmpx", "ebpfw_jmpt")
 FIELD_MAPS = {
     "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
     "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
@@ -62,6 +63,8 @@ FIELD_MAPS = {
     "groups": ("ebpfw_gmeta", "ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
 }
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
+# continuation programs for walks longer than one program's step budget: program -> its array
+CONT_PROGRAMS = {"ebpfw_xdp_cont": "ebpfw_jmpx", "ebpfw_tc_cont": "ebpfw_jmpt"}
 
 
 def _pow2(n: int, minimum: int) -> int:

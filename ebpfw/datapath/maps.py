@@ -8,6 +8,7 @@ that slot the one packets read.
 
 from __future__ import annotations
 
+import ctypes as ct
 import os
 import struct
 import time
@@ -20,7 +21,7 @@ from . import ct as ctdata
 from .abi import (
     CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META,
     NSLOTS, PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
-    GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL,
+    GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
 )
 
 # how long to wait after a flip before the old slot may be rewritten: BPF programs run in
@@ -95,6 +96,14 @@ class Datapath:
                 raise KernelError(f"the kernel refused program {fn}: {exc}",
                                   hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
         maps = {name: bpf.get_table(name).get_fd() for name in shape.maps()}
+        # the continuation programs live in program arrays (pinned with the maps, which keeps them)
+        for fn, array_name in CONT_PROGRAMS.items():
+            try:
+                fd = bpf.load_func(fn.encode(), BPF.XDP if "xdp" in fn else BPF.SCHED_CLS).fd
+            except Exception as exc:
+                raise KernelError(f"the kernel refused program {fn}: {exc}",
+                                  hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
+            bpf.get_table(array_name)[ct.c_int(0)] = ct.c_int(fd)
         ct_maps = {}
         if "ct" in shape.fields:
             ct_maps = {name: bpf.get_table(name).get_fd() for name in ("ebpfw_ct", "ebpfw_ctstat")}

@@ -34,7 +34,7 @@ from ebpfw.iptables import parse_ruleset
 from ebpfw.netlink import host
 
 # one shape big enough for every test ruleset, with every field compiled in
-SHAPE = Shape(nwords=8, vcap=4096, rcap=512, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
+SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups"),
               ngroups=16, gcap=4096)
 if os.environ.get("EBPFW_TEST_CT") == "1":

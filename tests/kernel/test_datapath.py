@@ -197,6 +197,22 @@ COMMIT
     check_against_reference(w, links, text, cases, group=False)
 
 
+def test_long_walk_continues_in_tail_calls(dut):
+    """700 matching counting rules need more steps than one program verifies (256): the walk
+    goes on in tail calls, every rule is counted once, and the verdict is the last rule's."""
+    w, links = dut
+    lines = ["*filter", ":INPUT DROP [0:0]", ":FORWARD DROP [0:0]", ":OUTPUT ACCEPT [0:0]", ":C - [0:0]"]
+    lines += ["-A INPUT -p udp"] * 350 + ["-A INPUT -p udp -j C", "-A INPUT -p udp -j ACCEPT"]
+    lines += ["-A C -p udp"] * 350 + ["COMMIT"]
+    text = "\n".join(lines) + "\n"
+    p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), UDP, iif="va", payload=3)
+    for group in (True, False):
+        check_against_reference(w, links, text, [("INPUT", p)], group=group)
+        got = judge(w, links, "INPUT", p)
+        assert got["ret"] == XDP_PASS and len(got["rules"]) == 702
+        assert got["stats"]["walk_limit"] == 0
+
+
 def test_goto_and_nested_return(dut):
     w, links = dut
     text = """*filter
