@@ -156,7 +156,8 @@ class Sandbox:
     """Two namespaces joined by one veth: DUT (d0, 10.0.0.2/24) and PEER (p0, 10.0.0.1/24),
     plus a private bpffs and state dir for ebpfw. Use as a context manager."""
 
-    def __init__(self, tag: str = "x"):
+    def __init__(self, tag: str = "x", forward: bool = False):
+        self.forward = forward  # also d1 10.0.1.1/24 <-> p1 10.0.1.2/24, forwarding on in DUT
         self.dut = unique("ebwb")
         self.peer = unique("ebwp")
         self.tag = tag
@@ -190,6 +191,14 @@ class Sandbox:
             run(["ip", "-n", ns, "link", "set", "lo", "up"])
             run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
             run(["ip", "-n", ns, "link", "set", dev, "up"])
+        if self.forward:
+            run(["ip", "link", "add", "d1", "netns", self.dut, "type", "veth", "peer", "name", "p1",
+                 "netns", self.peer])
+            for ns, dev, addr in ((self.dut, "d1", "10.0.1.1"), (self.peer, "p1", "10.0.1.2")):
+                run(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+                run(["ip", "-n", ns, "link", "set", dev, "up"])
+            # per-namespace sysctl of the DUT namespace we created (nothing global)
+            self.ns_run(self.dut, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
         self.bpffs.mkdir()
         self.state.mkdir()
         register("mount", str(self.bpffs))

@@ -17,7 +17,8 @@ judged against all N rules:
   blocklist  N-1 '-s 172.16.x.y/32 -j DROP' (distinct addresses from 172.16.0.0/12),
              last: -s 10.10.0.0/16 -p udp --dport 9000 -j ACCEPT.
   f-FIELD    (N=1 only) one ACCEPT rule that matches on FIELD alone (none, src, dst, proto,
-             dport, iif): the fixed per-packet cost of each field's lookup.
+             dport, iif): the fixed per-packet cost of each field's lookup; f-fwd is f-src in
+             FORWARD, for a packet routed to 10.0.1.2 (adds the fib lookup).
 
 --change K replaces rule K (1-based, K < N) with a different non-matching rule of the same
 template family, for "one rule changed" update measurements; the shape of the compiled program
@@ -94,7 +95,10 @@ FIELD_RULES = {
     "f-proto": "-A INPUT -p udp -j ACCEPT",
     "f-dport": "-A INPUT -p udp -m udp --dport 9000 -j ACCEPT",
     "f-iif": "-A INPUT -i {iif} -j ACCEPT",
+    # the same source match on a FORWARDED packet (to FWD_DST, routed out of d1): + the fib lookup
+    "f-fwd": "-A FORWARD -s 10.10.0.0/16 -j ACCEPT",
 }
+FWD_DST = "10.0.1.2"
 SHAPES = ("mixed", "blocklist", *FIELD_RULES)
 
 

@@ -93,7 +93,8 @@ def testrun_section(tr: list) -> tuple[list[str], dict]:
         none = by.get(("f-none", 1), {}).get("ns")
         out += ["", "Fixed cost per field: one ACCEPT rule matching on that field only (N=1), "
                 "`+ns` = over the rule with no match (`-j ACCEPT` alone, which still parses, checks the "
-                "checksum, looks up the local-address table and walks one rule).", "",
+                "checksum, looks up the local-address table and walks one rule). f-fwd is f-src in the "
+                "FORWARD chain for a packet routed to 10.0.1.2: it adds bpf_fib_lookup.", "",
                 "| ruleset | ns/pkt | XDP_PASS ns | +ns vs no field | status |", "|---|---:|---:|---:|---|"]
         for r in fields:
             ns = r.get("ns")

@@ -138,12 +138,13 @@ def worker(a: dict) -> dict:
     out["ingress"] = res["ifaces"][0]["ingress"]
     cur = api.status()
     gen_dir = Path(cur["gen_dir"])
+    nrules = len(cur["rule_chain"])
     shape = Shape.from_json(cur["shape"])
     out["shape_json"] = cur["shape"]
     prog_path = gen_dir / "prog_xdp"
     prog = bpfsys.get(str(prog_path))
     link = {l.name: l for l in host.links()}["d0"]
-    frame = build_frame(link.mac, PKT_SRC, B.DUT_ADDR)
+    frame = build_frame(link.mac, PKT_SRC, a.get("dst_ip") or B.DUT_ADDR)
     ctx = struct.pack("<6I", 0, len(frame), 0, link.ifindex, 0, 0)  # struct xdp_md
     trivial = load_trivial_xdp_pass()
 
@@ -178,7 +179,7 @@ def worker(a: dict) -> dict:
     dp = Datapath.open_pinned(gen_dir, shape)
     try:
         slot, _ = dp.active()
-        rc, _ = dp.read_counters(slot, a["n"], 3)
+        rc, _ = dp.read_counters(slot, nrules, 3)
         stats = dp.read_stats()
     finally:
         dp.close()
@@ -225,14 +226,17 @@ def worker(a: dict) -> dict:
 # ---- orchestrator ---------------------------------------------------------------------------
 
 def measure_point(shape: str, n: int, runs: int, timeout: float, mem_limit: int) -> dict:
+    from gen_rules import FWD_DST
     cg = B.Memcg(f"tr_{shape}_{n}", mem_limit)
     t0 = time.monotonic()
+    fwd = shape == "f-fwd"
     try:
-        with B.Sandbox(f"tr{n}") as sb:
+        with B.Sandbox(f"tr{n}", forward=fwd) as sb:
             k0 = cg.kmem()
             try:
                 r = sb.worker("testrun.py", {"shape": shape, "n": n, "runs": runs,
                                              "memcg": str(cg.path) if cg.ok else None,
+                                             "dst_ip": FWD_DST if fwd else None,
                                              "measure_budget_s": 40}, timeout)
             except TimeoutError as exc:
                 r = {"shape": shape, "n": n, "error": f"timeout: {exc}"}
