@@ -9,7 +9,7 @@ its -p), what the kernel refuses when it loads a rule (REJECT tcp-reset without 
 -m mac or addrtype --limit-iface-in in rules reached from OUTPUT, --limit-iface-out from
 INPUT, limit/hashlimit rates that overflow the token bucket, recent options that need
 --rcheck/--update; hook restrictions follow the jump graph from the built-in chains like
-the kernel's), and what ebpfw's datapath cannot enforce yet (other tables, --tcp-option, -f,
+the kernel's), and what ebpfw's datapath cannot enforce yet (other tables, --tcp-option,
 conntrack/state matches unless `allow_conntrack=True`, and target kinds the compiler has no
 action for). New match types are not refused here: the compiler refuses what it does not
 know, with the rule's FILE:LINE. It works on any IR, also one not made by the parser.
@@ -160,9 +160,6 @@ class _Checker:
             if net is not None and net.addr & ~net.mask & 0xFFFFFFFF:
                 self.add(pos, f"address in {opt} has bits outside its mask",
                          "a masked address (the parser masks it)", text)
-        if ip.fragment is not None:
-            self.add(pos, "option '-f' (fragments) is not supported yet",
-                     "a rule without -f", ("-f" if ip.fragment else "! -f"))
         for m in rule.matches:
             self.match(pos, ip, m, text)
             self.kernel_match(pos, self.hooks.get(chain.name, frozenset()), m, text)

@@ -83,6 +83,36 @@ BPF_ARRAY(ebpfw_icmp, __u32, NSLOTS * EBPFW_PORT_SLOTS);
 #if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
 BPF_HASH(ebpfw_ifc, struct ebpfw_ifc_key, struct ebpfw_ifc_val, NSLOTS * EBPFW_IFC_CAP);
 #endif
+#ifdef EBPFW_F_LENGTH
+BPF_ARRAY(ebpfw_length, __u32, NSLOTS * EBPFW_LENGTH_SLOTS);
+#endif
+#ifdef EBPFW_F_TTL
+BPF_ARRAY(ebpfw_ttl, __u32, NSLOTS * EBPFW_TTL_SLOTS);
+#endif
+#ifdef EBPFW_F_TOS
+BPF_ARRAY(ebpfw_tos, __u32, NSLOTS * EBPFW_TOS_SLOTS);
+#endif
+#ifdef EBPFW_F_FRAG
+BPF_ARRAY(ebpfw_frag, __u32, NSLOTS * EBPFW_FRAG_SLOTS);
+#endif
+#ifdef EBPFW_F_TCPMSS
+BPF_ARRAY(ebpfw_tcpmss, __u32, NSLOTS * EBPFW_MSS_SLOTS);
+#endif
+#ifdef EBPFW_F_PKTTYPE
+BPF_ARRAY(ebpfw_pkttype, __u32, NSLOTS * EBPFW_PKTTYPE_SLOTS);
+#endif
+#ifdef EBPFW_F_MAC
+BPF_HASH(ebpfw_mac, struct ebpfw_mac_key, __u32, NSLOTS * EBPFW_MAC_CAP);
+#endif
+#if defined(EBPFW_F_ATSRC) || defined(EBPFW_F_ATDST)
+BPF_F_TABLE("lpm_trie", struct ebpfw_atype_key, struct ebpfw_atype_val, ebpfw_atype, EBPFW_ATYPE_CAP, BPF_F_NO_PREALLOC);
+#endif
+#ifdef EBPFW_F_ATSRC
+BPF_ARRAY(ebpfw_atsrc, __u32, NSLOTS * EBPFW_ATYPE_SLOTS);
+#endif
+#ifdef EBPFW_F_ATDST
+BPF_ARRAY(ebpfw_atdst, __u32, NSLOTS * EBPFW_ATYPE_SLOTS);
+#endif
 
 /* ---- the parsed packet ------------------------------------------------------------------ */
 #define L4_OK     0   /* the L4 header is present */
@@ -106,7 +136,17 @@ struct pkt {
     __u8  frag;       /* 0 not a fragment, 1 a non-first fragment, 2 a first fragment */
     __u8  ctstate;    /* EBPFW_CT_* bit number (EBPFW_F_CT only) */
     __u16 ipid;       /* IP identification, host order */
+    __u8  hl;         /* the TTL the filter hook sees (FORWARD: after ip_forward's decrement) */
+    __u8  pkttype;    /* skb->pkt_type at the hook: PACKET_HOST, BROADCAST, MULTICAST */
+    __u8  macok;      /* smac is the frame's Ethernet source (-m mac can be judged) */
+    __u8  pad;
+    __u8  smac[6];
+    __u16 pad2;
+    __u32 mss;        /* EBPFW_F_TCPMSS: the MSS option, EBPFW_MSS_NONE, or MSS_BAD */
 };
+
+/* xt_tcpmss hotdrops a TCP header it cannot read: class "all" plus EBPFW_RF_MSS in walk() */
+#define MSS_BAD (EBPFW_MSS_NONE + 1)
 
 /* the hooks a packet can be judged at */
 #define HOOK_INGRESS 0
@@ -608,6 +648,78 @@ static __always_inline __u32 csum_fold32(__u32 s)
     return s;
 }
 
+#ifdef EBPFW_F_TCPMSS
+/* The option walk keeps its state in a per-CPU scratch record, as walk() does: the verifier
+ * then sees one state at the loop head (and one after it) instead of one per path. */
+struct mssstate {
+    __u32 i;
+    __u32 optlen;
+    __u32 result;
+    __u32 pad;
+};
+BPF_PERCPU_ARRAY(ebpfw_mssw, struct mssstate, 1);
+
+/* The MSS option as xt_tcpmss finds it: MSS_BAD where it hotdrops (no full TCP header, data
+ * offset < 5, options cut short), EBPFW_MSS_NONE when the options hold no MSS (or not TCP).
+ * The walk is the kernel's: kind 0/1 advance 1, others by their length (0 counts as 1);
+ * the option area is at most 40 bytes, so 40 steps always finish it. */
+static __always_inline __u32 parse_mss(void *data, void *data_end, struct pkt *p)
+{
+    if (p->proto != IPPROTO_TCP)
+        return EBPFW_MSS_NONE;
+    __u64 off = p->l4off;
+    asm volatile("" : "+r"(off));
+    if (off > 14 + 60)
+        return MSS_BAD;
+    __u8 *th = data + off;
+    if (p->l4len < 20 || (void *)(th + 20) > data_end)
+        return MSS_BAD;
+    __u32 doff = (th[12] >> 4) * 4;
+    if (doff < 20 || doff > p->l4len)
+        return MSS_BAD;
+    __u32 zero = 0;
+    /* volatile: every iteration reads the state back from map memory (see struct mssstate) */
+    volatile struct mssstate *ms = ebpfw_mssw.lookup(&zero);
+    if (!ms)
+        return MSS_BAD;
+    ms->i = 0;
+    ms->optlen = doff - 20;
+    ms->result = EBPFW_MSS_NONE;
+    __u8 *op = th + 20;
+    for (__u32 n = 0; n < 40; n++) {
+        __u32 i = ms->i, optlen = ms->optlen;
+        if (i >= optlen || optlen > 40)
+            break;
+        __u8 *q = op + (i & 63);
+        if ((void *)(q + 1) > data_end) {
+            ms->result = MSS_BAD;
+            break;
+        }
+        __u8 kind = q[0];
+        if (kind < 2) {
+            ms->i = i + 1;
+            continue;
+        }
+        if (i + 1 >= optlen)
+            break;   /* the kernel reads one byte past the area here and leaves the loop */
+        if ((void *)(q + 2) > data_end) {
+            ms->result = MSS_BAD;
+            break;
+        }
+        __u8 olen = q[1];
+        if (kind == 2 && olen == 4 && optlen - i >= 4) {
+            if ((void *)(q + 4) > data_end)
+                ms->result = MSS_BAD;
+            else
+                ms->result = ((__u32)q[2] << 8) | q[3];
+            break;
+        }
+        ms->i = i + (olen ? olen : 1);
+    }
+    return ms->result;
+}
+#endif
+
 /* Parse Ethernet + IPv4 + the start of L4. Returns 0 for a packet to judge, 1 for not IPv4,
  * 2 for a malformed IPv4 header (the kernel's ip_rcv would drop it). */
 static __always_inline int parse(void *data, void *data_end, __u32 wire_len, struct pkt *p, int check_csum)
@@ -662,6 +774,14 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->frag = (frag & 0x1fff) ? 1 : ((frag & 0x2000) ? 2 : 0);
     p->ipid = ntohs(ip->id);
     p->ctstate = 0;
+    p->hl = p->ttl;
+    p->pkttype = 0;   /* PACKET_HOST */
+    p->macok = 0;
+    p->mss = EBPFW_MSS_NONE;
+#ifdef EBPFW_F_TCPMSS
+    /* xt_tcpmss reads the header at the IP payload even in a non-first fragment */
+    p->mss = parse_mss(data, data_end, p);
+#endif
     if (frag & 0x1fff) {
         p->l4 = L4_NONE;
         return 0;
@@ -757,6 +877,104 @@ static __always_inline __u32 cls_icmp(__u32 k)
 }
 #endif
 
+#ifdef EBPFW_F_LENGTH
+static __always_inline __u32 cls_length(__u32 k)
+{
+    __u32 *c = ebpfw_length.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_TTL
+static __always_inline __u32 cls_ttl(__u32 k)
+{
+    __u32 *c = ebpfw_ttl.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_TOS
+static __always_inline __u32 cls_tos(__u32 k)
+{
+    __u32 *c = ebpfw_tos.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_FRAG
+static __always_inline __u32 cls_frag(__u32 k)
+{
+    __u32 *c = ebpfw_frag.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_TCPMSS
+static __always_inline __u32 cls_tcpmss(__u32 k)
+{
+    __u32 *c = ebpfw_tcpmss.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_PKTTYPE
+static __always_inline __u32 cls_pkttype(__u32 k)
+{
+    __u32 *c = ebpfw_pkttype.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_ATSRC
+static __always_inline __u32 cls_atsrc(__u32 k)
+{
+    __u32 *c = ebpfw_atsrc.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_ATDST
+static __always_inline __u32 cls_atdst(__u32 k)
+{
+    __u32 *c = ebpfw_atdst.lookup(&k);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#ifdef EBPFW_F_MAC
+/* the class of the packet's source MAC: its own entry, else the slot's default entry */
+static __always_inline __u32 cls_mac(__u32 slot, struct pkt *p)
+{
+    struct ebpfw_mac_key k = { .slot = slot };
+    __builtin_memcpy(k.mac, p->smac, 6);
+    __u32 *c = ebpfw_mac.lookup(&k);
+    if (c)
+        return *c;
+    struct ebpfw_mac_key d = { .slot = slot, .is_default = 1 };
+    c = ebpfw_mac.lookup(&d);
+    return c ? *c : EBPFW_CLASS_ALL;
+}
+#endif
+#if defined(EBPFW_F_ATSRC) || defined(EBPFW_F_ATDST)
+#define RTN_UNICAST   1
+#define RTN_BROADCAST 3
+#define RTN_MULTICAST 5
+/* inet_dev_addr_type() of xt_addrtype, for any device and for the input and output
+ * interfaces (--limit-iface-in/out), as RTN type | type on iif << 4 | type on oif << 8:
+ * 0.0.0.0/8 and 255.255.255.255 are BROADCAST, 224.0.0.0/4 MULTICAST, others the type of
+ * their route in the local table (userspace copies the routes into ebpfw_atype, error routes
+ * as UNICAST) or UNICAST without one; a route through another device than the one given
+ * is UNICAST. A zero ifindex is "no device": no restriction, as in the kernel. */
+static __always_inline __u32 atype_of(__u32 addr, __u32 iif, __u32 oif)
+{
+    __u32 h = ntohl(addr);
+    if ((h >> 24) == 0 || h == 0xffffffff)
+        return RTN_BROADCAST * 0x111;
+    if ((h >> 28) == 0xe)
+        return RTN_MULTICAST * 0x111;
+    struct ebpfw_atype_key k = { .prefixlen = 32, .addr = addr };
+    struct ebpfw_atype_val *v = ebpfw_atype.lookup(&k);
+    if (!v)
+        return RTN_UNICAST * 0x111;
+    __u32 t = v->type & 15;
+    __u32 ti = (!iif || v->ifindex == iif) ? t : RTN_UNICAST;
+    __u32 to = (!oif || v->ifindex == oif) ? t : RTN_UNICAST;
+    return t | (ti << 4) | (to << 8);
+}
+#endif
+
 #ifdef EBPFW_F_SRC
 static __always_inline __u32 class_src(__u32 slot, __u32 addr)
 {
@@ -819,6 +1037,33 @@ struct vecs {
 #ifdef EBPFW_F_GROUPS
     struct ebpfw_vec *resid;   /* rules decided by the vectors (grouped rules are 0 here) */
     struct ebpfw_vec *hits;    /* grouped rules whose key the packet has (per-CPU scratch) */
+#endif
+#ifdef EBPFW_F_LENGTH
+    struct ebpfw_vec *length;
+#endif
+#ifdef EBPFW_F_TTL
+    struct ebpfw_vec *ttl;
+#endif
+#ifdef EBPFW_F_TOS
+    struct ebpfw_vec *tos;
+#endif
+#ifdef EBPFW_F_FRAG
+    struct ebpfw_vec *frag;
+#endif
+#ifdef EBPFW_F_TCPMSS
+    struct ebpfw_vec *tcpmss;
+#endif
+#ifdef EBPFW_F_PKTTYPE
+    struct ebpfw_vec *pkttype;
+#endif
+#ifdef EBPFW_F_MAC
+    struct ebpfw_vec *mac;
+#endif
+#ifdef EBPFW_F_ATSRC
+    struct ebpfw_vec *atsrc;
+#endif
+#ifdef EBPFW_F_ATDST
+    struct ebpfw_vec *atdst;
 #endif
     int dummy;
 };
@@ -926,6 +1171,38 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
 #endif
     }
 #endif
+#ifdef EBPFW_F_LENGTH
+    GETVEC(v->length, slot, cls_length(slot * EBPFW_LENGTH_SLOTS + (p->len & 0xffff)));
+#endif
+#ifdef EBPFW_F_TTL
+    GETVEC(v->ttl, slot, cls_ttl(slot * EBPFW_TTL_SLOTS + p->hl));
+#endif
+#ifdef EBPFW_F_TOS
+    GETVEC(v->tos, slot, cls_tos(slot * EBPFW_TOS_SLOTS + p->tos));
+#endif
+#ifdef EBPFW_F_FRAG
+    GETVEC(v->frag, slot, cls_frag(slot * EBPFW_FRAG_SLOTS + (p->frag == 1 ? 1 : 0)));
+#endif
+#ifdef EBPFW_F_TCPMSS
+    if (p->mss > EBPFW_MSS_NONE) {
+        GETVEC(v->tcpmss, slot, EBPFW_CLASS_ALL);
+    } else {
+        GETVEC(v->tcpmss, slot, cls_tcpmss(slot * EBPFW_MSS_SLOTS + p->mss));
+    }
+#endif
+#ifdef EBPFW_F_PKTTYPE
+    GETVEC(v->pkttype, slot, cls_pkttype(slot * EBPFW_PKTTYPE_SLOTS + (p->pkttype & 3)));
+#endif
+#ifdef EBPFW_F_MAC
+    /* no source MAC (judged at egress): every mac rule passes here and drops in walk() */
+    GETVEC(v->mac, slot, p->macok ? cls_mac(slot, p) : EBPFW_CLASS_ALL);
+#endif
+#ifdef EBPFW_F_ATSRC
+    GETVEC(v->atsrc, slot, cls_atsrc(slot * EBPFW_ATYPE_SLOTS + atype_of(p->saddr, iif, oif)));
+#endif
+#ifdef EBPFW_F_ATDST
+    GETVEC(v->atdst, slot, cls_atdst(slot * EBPFW_ATYPE_SLOTS + atype_of(p->daddr, iif, oif)));
+#endif
     return 0;
 }
 
@@ -969,6 +1246,33 @@ static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 #endif
 #ifdef EBPFW_F_CT
     m &= v->ct->w[w];
+#endif
+#ifdef EBPFW_F_LENGTH
+    m &= v->length->w[w];
+#endif
+#ifdef EBPFW_F_TTL
+    m &= v->ttl->w[w];
+#endif
+#ifdef EBPFW_F_TOS
+    m &= v->tos->w[w];
+#endif
+#ifdef EBPFW_F_FRAG
+    m &= v->frag->w[w];
+#endif
+#ifdef EBPFW_F_TCPMSS
+    m &= v->tcpmss->w[w];
+#endif
+#ifdef EBPFW_F_PKTTYPE
+    m &= v->pkttype->w[w];
+#endif
+#ifdef EBPFW_F_MAC
+    m &= v->mac->w[w];
+#endif
+#ifdef EBPFW_F_ATSRC
+    m &= v->atsrc->w[w];
+#endif
+#ifdef EBPFW_F_ATDST
+    m &= v->atdst->w[w];
 #endif
     return m;
 }
@@ -1014,6 +1318,33 @@ static __always_inline __u64 sum_and(struct vecs *v, __u64 w)
 #ifdef EBPFW_F_CT
     m &= v->ct->s[w];
 #endif
+#ifdef EBPFW_F_LENGTH
+    m &= v->length->s[w];
+#endif
+#ifdef EBPFW_F_TTL
+    m &= v->ttl->s[w];
+#endif
+#ifdef EBPFW_F_TOS
+    m &= v->tos->s[w];
+#endif
+#ifdef EBPFW_F_FRAG
+    m &= v->frag->s[w];
+#endif
+#ifdef EBPFW_F_TCPMSS
+    m &= v->tcpmss->s[w];
+#endif
+#ifdef EBPFW_F_PKTTYPE
+    m &= v->pkttype->s[w];
+#endif
+#ifdef EBPFW_F_MAC
+    m &= v->mac->s[w];
+#endif
+#ifdef EBPFW_F_ATSRC
+    m &= v->atsrc->s[w];
+#endif
+#ifdef EBPFW_F_ATDST
+    m &= v->atdst->s[w];
+#endif
     return m;
 }
 
@@ -1033,7 +1364,7 @@ struct walkstate {
     __u32 pos;
     __u32 end;
     __u32 sp;
-    __u32 pad;
+    __u32 hot;        /* EBPFW_RF_* bits that drop the packet when a rule with them matches */
     __u32 ret_pos[EBPFW_MAXDEPTH];
     __u32 ret_end[EBPFW_MAXDEPTH];
 };
@@ -1057,6 +1388,18 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->pos = ch->start;
         ws->end = ch->end;
         ws->sp = 0;
+        /* read back from map memory inside the loop: one verifier state for every packet kind
+         * (a continuation keeps the value: same CPU, same packet) */
+        __u32 hot = p->l4 == L4_TRUNC ? EBPFW_RF_NEEDS_L4 : 0;
+#ifdef EBPFW_F_TCPMSS
+        if (p->mss == MSS_BAD)
+            hot |= EBPFW_RF_MSS;
+#endif
+#ifdef EBPFW_F_MAC
+        if (!p->macok)
+            hot |= EBPFW_RF_MAC;
+#endif
+        ws->hot = hot;
     }
 
     for (__u32 step = 0; step < EBPFW_MAXSTEPS; step++) {
@@ -1113,8 +1456,10 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         struct ebpfw_rule *rule = ebpfw_rule.lookup(&rk);
         if (!rule)
             return V_DROP;
-        if (p->l4 == L4_TRUNC && (rule->flags & EBPFW_RF_NEEDS_L4)) {
-            stat_inc(EBPFW_STAT_HOTDROP);
+        /* xt_tcp / xt_tcpmss hotdrop; -m mac without a source MAC fails closed */
+        __u32 hit = rule->flags & ws->hot;
+        if (hit) {
+            stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
             return V_DROP;
         }
         count(ebpfw_cnt.lookup(&rk), p->len);
@@ -1410,6 +1755,12 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
             return V_PASS;
         }
     }
+    /* eth_type_trans(): what -m pkttype sees; ip_forward() only forwards PACKET_HOST */
+    if (!l2host)
+        p.pkttype = (eth->h_dest[0] & eth->h_dest[1] & eth->h_dest[2] & eth->h_dest[3] &
+                     eth->h_dest[4] & eth->h_dest[5]) == 0xff ? 1 : 2;
+    __builtin_memcpy(p.smac, eth->h_source, 6);
+    p.macok = 1;
     /* one call site of classify(): the walk is inlined once, which keeps verification cheap */
     __u32 chain = EBPFW_CHAIN_INPUT, oif = 0;
     __u32 d = ntohl(p.daddr);
@@ -1431,6 +1782,7 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
             }
             chain = EBPFW_CHAIN_FORWARD;
             oif = fib.ifindex;
+            p.hl = p.ttl - 1;   /* ip_forward() decrements the TTL before the FORWARD hook */
         } else if (rc != BPF_FIB_LKUP_RET_NOT_FWDED && rc != BPF_FIB_LKUP_RET_FWD_DISABLED) {
             /* blackhole, unreachable, prohibit, fragmentation needed: no filter hook runs */
             stat_inc(EBPFW_STAT_NOHOOK);
@@ -1476,12 +1828,25 @@ int ebpfw_xdp_cont(struct xdp_md *ctx)
     return v == V_DROP ? XDP_DROP : XDP_PASS;
 }
 
+/* make the headers parse() and the matches read direct-access (TC: the skb may be non-linear) */
+static __always_inline void pull_headers(struct __sk_buff *skb, void *data, void *data_end)
+{
+#ifdef EBPFW_F_TCPMSS
+    /* Ethernet + IP header with options + TCP header with options: at most 134 bytes */
+    __u32 want = skb->len < 134 ? skb->len : 134;
+    if (data + want > data_end)
+        bpf_skb_pull_data(skb, want);
+#else
+    if (data + 64 > data_end)
+        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+#endif
+}
+
 int ebpfw_tc_ingress(struct __sk_buff *skb)
 {
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
-    if (data + 64 > data_end)
-        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+    pull_headers(skb, data, data_end);
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
     int v = judge_ingress(skb, data, data_end, skb->len, skb->ifindex);
@@ -1524,8 +1889,7 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     }
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
-    if (data + 64 > data_end)
-        bpf_skb_pull_data(skb, skb->len < 128 ? skb->len : 128);
+    pull_headers(skb, data, data_end);
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
     struct pkt p;

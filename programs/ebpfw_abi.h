@@ -20,6 +20,8 @@
 
 /* rule flags */
 #define EBPFW_RF_NEEDS_L4 1   /* has a tcp/udp/icmp/multiport match: truncated L4 header hotdrops */
+#define EBPFW_RF_MSS      2   /* has a tcpmss match: a malformed TCP header or option area hotdrops */
+#define EBPFW_RF_MAC      4   /* has a mac match: dropped where the source MAC is unknown (see ebpfw.c) */
 
 /* chain ids of the built-in chains (user chains follow) */
 #define EBPFW_CHAIN_INPUT   0
@@ -36,6 +38,16 @@
 #define EBPFW_TCPFL_NONE 256
 #define EBPFW_TCPFL_SLOTS 257
 #define EBPFW_PROTO_SLOTS 256
+
+/* entries per slot of the other exact / interval fields (EBPFW_F_<FIELD>, see ebpfw.c) */
+#define EBPFW_LENGTH_SLOTS  65536  /* IP total length */
+#define EBPFW_TTL_SLOTS     256
+#define EBPFW_TOS_SLOTS     256
+#define EBPFW_FRAG_SLOTS    2      /* 1: a non-first fragment (what -f matches) */
+#define EBPFW_MSS_NONE      65536  /* a TCP header without an MSS option (or not TCP) */
+#define EBPFW_MSS_SLOTS     65537
+#define EBPFW_PKTTYPE_SLOTS 4      /* PACKET_HOST (unicast), BROADCAST, MULTICAST, OTHERHOST */
+#define EBPFW_ATYPE_SLOTS   4096   /* RTN type | RTN type on iif << 4 | RTN type on oif << 8 */
 
 struct ebpfw_ctl {
     __u32 active;        /* active slot, 0 or 1 */
@@ -64,6 +76,26 @@ struct ebpfw_ifc_key {
 struct ebpfw_ifc_val {
     __u32 in_class;
     __u32 out_class;
+};
+
+/* -m mac: (slot, source MAC) -> class; the entry with is_default = 1 (mac all zero) is the
+ * class of every MAC no rule names */
+struct ebpfw_mac_key {
+    __u32 slot;
+    __u8  mac[6];
+    __u8  is_default;
+    __u8  pad;
+};
+
+/* -m addrtype: the host's routes (not per slot), as inet_dev_addr_type() would find them */
+struct ebpfw_atype_key {
+    __u32 prefixlen;
+    __u32 addr;          /* network byte order */
+};
+
+struct ebpfw_atype_val {
+    __u32 type;          /* RTN_* the lookup yields (RTN_UNICAST for error routes) */
+    __u32 ifindex;       /* device of the route's first next hop */
 };
 
 struct ebpfw_rule {
@@ -101,7 +133,8 @@ struct ebpfw_ifinfo {
 #define EBPFW_STAT_HOTDROP     5   /* truncated L4 header reached an L4 match */
 #define EBPFW_STAT_WALK_LIMIT  6   /* walk exceeded its step budget: dropped (fail closed) */
 #define EBPFW_STAT_JUDGED_FWD  7   /* forwarded packets already judged at ingress */
-#define EBPFW_NSTATS           8
+#define EBPFW_STAT_MAC_UNKNOWN 8   /* a -m mac rule reached where the source MAC is gone: dropped */
+#define EBPFW_NSTATS           16
 
 
 /* ---- connection tracking (compiled in with EBPFW_F_CT, see programs/ebpfw.c) ---------- */

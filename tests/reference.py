@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ebpfw.ruleset import (
-    CommentMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, Table, TcpMatch, UdpMatch,
+    ADDRTYPE_NAMES, AddrtypeMatch, CommentMatch, DscpMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
+    MultiportMatch, PkttypeMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 
 TCP, UDP, ICMP = 6, 17, 1
+L2_BROADCAST = b"\xff" * 6
+L2_MULTICAST = b"\x01\x00\x5e\x00\x00\x05"
+
+
+class Hotdrop(Exception):
+    """A match set par->hotdrop: ipt_do_table returns NF_DROP at once."""
 
 
 @dataclass
@@ -32,11 +39,22 @@ class Pkt:
     iif: str = ""
     oif: str = ""
     payload: int = 0           # payload bytes after the L4 header
-    ttl: int = 64
+    ttl: int = 64              # as on the wire (ip_forward decrements it before FORWARD)
+    tos: int = 0
+    frag: int = 0              # fragment offset in 8-byte units: non-zero is a non-first fragment
+    mf: bool = False           # more fragments
+    tcp_opts: bytes = b""      # TCP options, zero-padded to a multiple of 4
+    tcp_doff: Optional[int] = None   # data offset to write instead of the right one (malformed)
+    l2: str = "host"           # Ethernet destination at ingress: host, broadcast, multicast
+    src_mac: bytes = b"\x02\0\0\0\0\x01"
+
+    @property
+    def opts(self) -> bytes:
+        return self.tcp_opts + b"\0" * (-len(self.tcp_opts) % 4)
 
     @property
     def l4_len(self) -> int:
-        return {TCP: 20, UDP: 8, ICMP: 8}.get(self.proto, 0)
+        return {TCP: 20 + len(self.opts), UDP: 8, ICMP: 8}.get(self.proto, 0)
 
     @property
     def ip_len(self) -> int:
@@ -51,8 +69,80 @@ def _in(ranges, v) -> bool:
     return any(lo <= v <= hi for lo, hi in ranges)
 
 
-def rule_matches(r: Rule, p: Pkt) -> bool:
+# ---- the host's routes, for -m addrtype (inet_dev_addr_type) ----------------------------------
+
+RTN = {name: i for i, name in enumerate(ADDRTYPE_NAMES)}
+ERROR_TYPES = {"BLACKHOLE", "UNREACHABLE", "PROHIBIT", "THROW", "NAT", "XRESOLVE"}
+
+
+@dataclass
+class Route:
+    net: int
+    plen: int
+    type: str        # ADDRTYPE_NAMES
+    dev: str
+
+
+class Host:
+    """The routes of the local and main tables (one trie while there are no policy rules)."""
+
+    def __init__(self, routes: list[Route]):
+        self.routes = routes
+
+    def addr_type(self, addr: int, dev: Optional[str]) -> int:
+        if addr >> 24 == 0 or addr == 0xFFFFFFFF:
+            return RTN["BROADCAST"]
+        if addr >> 28 == 0xE:
+            return RTN["MULTICAST"]
+        best = None
+        for rt in self.routes:
+            mask = (0xFFFFFFFF << (32 - rt.plen)) & 0xFFFFFFFF if rt.plen else 0
+            if addr & mask == rt.net and (best is None or rt.plen > best.plen):
+                best = rt
+        if best is None or best.type in ERROR_TYPES:   # fib_table_lookup fails: RTN_UNICAST
+            return RTN["UNICAST"]
+        if dev is not None and dev != best.dev:
+            return RTN["UNICAST"]
+        return RTN[best.type]
+
+
+def tcp_mss(p: Pkt) -> Optional[int]:
+    """xt_tcpmss over the bytes after the IP header (also of a non-first fragment): the MSS,
+    None without one; raises Hotdrop where the kernel hotdrops."""
+    raw = build_frame(p, b"\0" * 6)[34:14 + p.ip_len]
+    if len(raw) < 20:
+        raise Hotdrop()
+    doff = (raw[12] >> 4) * 4
+    if doff < 20:
+        raise Hotdrop()
+    optlen = doff - 20
+    if optlen == 0:
+        return None
+    if len(raw) < doff:
+        raise Hotdrop()
+    op = raw[20:doff] + b"\0"          # the kernel may read one byte past the option area
+    i = 0
+    while i < optlen:
+        if op[i] == 2 and optlen - i >= 4 and op[i + 1] == 4:
+            return (op[i + 2] << 8) | op[i + 3]
+        if op[i] < 2:
+            i += 1
+        else:
+            i += op[i + 1] or 1
+    return None
+
+
+def pkt_type(p: Pkt, hook: str) -> str:
+    """skb->pkt_type as xt_pkttype names it: from the Ethernet destination on receive;
+    PACKET_HOST for what the host sends (OUTPUT)."""
+    if hook == "OUTPUT":
+        return "unicast"
+    return {"host": "unicast", "broadcast": "broadcast", "multicast": "multicast"}[p.l2]
+
+
+def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = None) -> bool:
     ip = r.ip
+    nonfirst = p.frag != 0
     if ip.src is not None and (((p.src & ip.src.mask) == ip.src.addr) == ip.src_invert):
         return False
     if ip.dst is not None and (((p.dst & ip.dst.mask) == ip.dst.addr) == ip.dst_invert):
@@ -63,9 +153,11 @@ def rule_matches(r: Rule, p: Pkt) -> bool:
         return False
     if ip.proto and ((p.proto == ip.proto) == ip.proto_invert):
         return False
+    if ip.fragment is not None and nonfirst != ip.fragment:
+        return False
     for m in r.matches:
         if isinstance(m, (TcpMatch, UdpMatch)):
-            if p.proto not in (TCP, UDP):
+            if p.proto not in (TCP, UDP) or nonfirst:
                 return False
             if m.sport is not None and _in([m.sport], p.sport) == m.sport_invert:
                 return False
@@ -75,7 +167,7 @@ def rule_matches(r: Rule, p: Pkt) -> bool:
                 if ((p.flags & m.flags[0]) == m.flags[1]) == m.flags_invert:
                     return False
         elif isinstance(m, MultiportMatch):
-            if p.proto not in (TCP, UDP):
+            if p.proto not in (TCP, UDP) or nonfirst:
                 return False
             if m.kind == "sports":
                 hit = _in(m.ranges, p.sport)
@@ -86,7 +178,7 @@ def rule_matches(r: Rule, p: Pkt) -> bool:
             if hit == m.invert:
                 return False
         elif isinstance(m, IcmpMatch):
-            if p.proto != ICMP:
+            if p.proto != ICMP or nonfirst:
                 return False
             hit = m.type == 255 or (p.icmp_type == m.type and m.code_min <= p.icmp_code <= m.code_max)
             if hit == m.invert:
@@ -98,13 +190,47 @@ def rule_matches(r: Rule, p: Pkt) -> bool:
                 return False
         elif isinstance(m, CommentMatch):
             pass
+        elif isinstance(m, LengthMatch):
+            if (m.min <= p.ip_len <= m.max) == m.invert:
+                return False
+        elif isinstance(m, TtlMatch):
+            ttl = p.ttl - 1 if hook == "FORWARD" else p.ttl
+            ok = {"eq": ttl == m.value, "ne": ttl != m.value, "lt": ttl < m.value, "gt": ttl > m.value}[m.mode]
+            if not ok:
+                return False
+        elif isinstance(m, TosMatch):
+            if ((p.tos & m.mask) == m.value) == m.invert:
+                return False
+        elif isinstance(m, DscpMatch):
+            if ((p.tos >> 2) == m.value) == m.invert:
+                return False
+        elif isinstance(m, TcpmssMatch):
+            mss = tcp_mss(p)
+            hit = mss is not None and m.min <= mss <= m.max
+            if hit == m.invert:
+                return False
+        elif isinstance(m, PkttypeMatch):
+            if (pkt_type(p, hook) == m.pkt_type) == m.invert:
+                return False
+        elif isinstance(m, MacMatch):
+            if (p.src_mac == m.addr) == m.invert:
+                return False
+        elif isinstance(m, AddrtypeMatch):
+            assert host is not None, "addrtype needs the host's routes"
+            dev = (p.iif or None) if m.limit_iface_in else ((p.oif or None) if m.limit_iface_out else None)
+            if m.src and bool((m.src >> host.addr_type(p.src, dev)) & 1) == m.src_invert:
+                return False
+            if m.dst and bool((m.dst >> host.addr_type(p.dst, dev)) & 1) == m.dst_invert:
+                return False
         else:
             raise NotImplementedError(type(m).__name__)
     return True
 
 
-def evaluate(table: Table, hook: str, p: Pkt) -> tuple[str, list[tuple[str, int]], Optional[str]]:
-    """(verdict, rules counted as (chain, index), chain whose policy was counted or None)."""
+def evaluate(table: Table, hook: str, p: Pkt,
+             host: Optional[Host] = None) -> tuple[str, list[tuple[str, int]], Optional[str]]:
+    """(verdict, rules counted as (chain, index), chain whose policy was counted or None);
+    a hotdrop is ("DROP", what was counted before it, None)."""
     chains = {c.name: c for c in table.chains}
     counted: list[tuple[str, int]] = []
 
@@ -112,7 +238,7 @@ def evaluate(table: Table, hook: str, p: Pkt) -> tuple[str, list[tuple[str, int]
         if depth > 64:
             raise RuntimeError("jump loop")
         for i, r in enumerate(chains[name].rules):
-            if not rule_matches(r, p):
+            if not rule_matches(r, p, hook, host):
                 continue
             counted.append((name, i))
             k = r.target.kind
@@ -130,7 +256,10 @@ def evaluate(table: Table, hook: str, p: Pkt) -> tuple[str, list[tuple[str, int]
 
     if hook not in chains:
         return "ACCEPT", counted, None
-    v = walk(hook, 0)
+    try:
+        v = walk(hook, 0)
+    except Hotdrop:
+        return "DROP", counted, None
     if v is None:
         return chains[hook].policy, counted, hook
     return v, counted, None
@@ -145,10 +274,14 @@ def _csum(b: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def build_frame(p: Pkt, dst_mac: bytes, src_mac: bytes = b"\x02\0\0\0\0\x01") -> bytes:
-    """Ethernet + IPv4 + L4 bytes for `p` (valid checksums, no options)."""
+def build_frame(p: Pkt, dst_mac: bytes, src_mac: Optional[bytes] = None) -> bytes:
+    """Ethernet + IPv4 + L4 bytes for `p` (valid IP checksum, no IP options). A non-first
+    fragment carries the same bytes, which the receiver takes for payload."""
+    if src_mac is None:
+        src_mac = p.src_mac
     if p.proto == TCP:
-        l4 = struct.pack("!HHIIBBHHH", p.sport, p.dport, 1, 0, 5 << 4, p.flags, 1024, 0, 0)
+        doff = p.tcp_doff if p.tcp_doff is not None else 5 + len(p.opts) // 4
+        l4 = struct.pack("!HHIIBBHHH", p.sport, p.dport, 1, 0, doff << 4, p.flags, 1024, 0, 0) + p.opts
     elif p.proto == UDP:
         l4 = struct.pack("!HHHH", p.sport, p.dport, 8 + p.payload, 0)
     elif p.proto == ICMP:
@@ -156,7 +289,8 @@ def build_frame(p: Pkt, dst_mac: bytes, src_mac: bytes = b"\x02\0\0\0\0\x01") ->
     else:
         l4 = b""
     body = l4 + b"\xab" * p.payload
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, p.ttl, p.proto, 0,
+    frag = p.frag | (0x2000 if p.mf else 0)
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, p.tos, 20 + len(body), 1, frag, p.ttl, p.proto, 0,
                       p.src.to_bytes(4, "big"), p.dst.to_bytes(4, "big"))
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
     frame = dst_mac + src_mac + b"\x08\x00" + hdr + body

@@ -8,6 +8,16 @@ Each field is one classifier kind:
   iface     iif, oif              every interface name of the host, plus "" (no interface)
   ctstate   ct                    the 8 conntrack state bit numbers (CT_* = 1 << n); the
                                   datapath labels each packet before classification
+  interval  length                IP total length 0..65535 (-m length)
+  exact     ttl, tos              the TTL at the hook (-m ttl) and the TOS byte (-m tos, and
+                                  -m dscp as TOS >> 2: two kinds on one field)
+  exact     frag                  0, or 1 for a non-first fragment (-f / ! -f)
+  interval  tcpmss                the MSS option 0..65535, plus "no MSS option" (-m tcpmss)
+  exact     pkttype               PACKET_HOST / BROADCAST / MULTICAST / OTHERHOST (-m pkttype)
+  mac       mac                   every source MAC rules name, plus "any other" (-m mac)
+  exact     atsrc, atdst          route types of the source / destination address for any
+                                  device, the input and the output interface, 12 bits
+                                  (-m addrtype, see ATYPE_* below)
 Adding a match extension means adding its atoms in `collect_atoms`.
 """
 
@@ -15,11 +25,23 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from ..ruleset import ConntrackMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
+from ..ruleset import (
+    PKTTYPE_NAMES, AddrtypeMatch, ConntrackMatch, DscpMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
+    MultiportMatch, PkttypeMatch, Rule, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
+)
 
-FIELD_NAMES = ("src", "dst", "proto", "sport", "dport", "xsport", "xdport", "tcpfl", "icmp", "iif", "oif", "ct")
+FIELD_NAMES = ("src", "dst", "proto", "sport", "dport", "xsport", "xdport", "tcpfl", "icmp", "iif", "oif", "ct",
+               "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
 CT_SLOTS = 8
 PORT_NONE = 65536
+# addrtype values: the address's route type (RTN_*, = ADDRTYPE_NAMES index) in bits 0-3 for
+# any device, 4-7 when limited to the input interface, 8-11 to the output interface
+ATYPE_SLOTS = 4096
+ATYPE_SHIFT = {None: 0, "in": 4, "out": 8}
+TTL_TESTS = {
+    "eq": lambda v, x: v == x, "ne": lambda v, x: v != x,
+    "lt": lambda v, x: v < x, "gt": lambda v, x: v > x,
+}
 
 
 def range_to_cidrs(lo: int, hi: int) -> list[tuple[int, int]]:
@@ -112,6 +134,29 @@ def collect_atoms(rules: list[Rule], problems: list[str]) -> Atoms:
                     a.add(problems, rule, r, "src", "range", range_to_cidrs(*m.src), m.src_invert)
                 if m.dst is not None:
                     a.add(problems, rule, r, "dst", "range", range_to_cidrs(*m.dst), m.dst_invert)
+            elif isinstance(m, LengthMatch):
+                a.add(problems, rule, r, "length", "length", [(m.min, m.max)], m.invert)
+            elif isinstance(m, TtlMatch):
+                a.add(problems, rule, r, "ttl", "ttl", (m.mode, m.value), False)
+            elif isinstance(m, TosMatch):
+                a.add(problems, rule, r, "tos", "tos", (m.value, m.mask), m.invert)
+            elif isinstance(m, DscpMatch):
+                a.add(problems, rule, r, "tos", "dscp", m.value, m.invert)
+            elif isinstance(m, TcpmssMatch):
+                a.add(problems, rule, r, "tcpmss", "mss", [(m.min, m.max)], m.invert)
+            elif isinstance(m, PkttypeMatch):
+                a.add(problems, rule, r, "pkttype", "pkttype", PKTTYPE_NAMES.index(m.pkt_type), m.invert)
+            elif isinstance(m, MacMatch):
+                a.add(problems, rule, r, "mac", "mac", bytes(m.addr), m.invert)
+            elif isinstance(m, AddrtypeMatch):
+                limit = "in" if m.limit_iface_in else ("out" if m.limit_iface_out else None)
+                if m.src:
+                    a.add(problems, rule, r, "atsrc", "addrtype", (m.src, limit), m.src_invert)
+                if m.dst:
+                    a.add(problems, rule, r, "atdst", "addrtype", (m.dst, limit), m.dst_invert)
+        if ip.fragment is not None:
+            # -f: a non-first fragment (value 1); ! -f: anything else
+            a.add(problems, rule, r, "frag", "frag", None, not ip.fragment)
     return a
 
 
@@ -160,8 +205,12 @@ def build_lpm(field_atoms: dict, all_rules: int, classes) -> list[tuple[int, int
     return out
 
 
-def build_interval(field_atoms: dict, all_rules: int, classes, size: int = 65536) -> list[int]:
-    """Classes for each value 0..size-1 plus a last entry for "no value" (no L4 header)."""
+def build_interval(field_atoms: dict, all_rules: int, classes, size: int = 65536,
+                   none_is_outside: bool = False) -> list[int]:
+    """Classes for each value 0..size-1 plus a last entry for "no value": there only rules
+    without a condition pass (no L4 header: the match fails, negated or not), or, with
+    `none_is_outside`, the value is outside every range (a missing MSS option: xt_tcpmss
+    returns `invert`)."""
     kinds = {k: _kind_sets(v, all_rules) for k, v in field_atoms.items()}
     events: list[tuple[int, str, int, int]] = []
     bounds = {0, size}
@@ -191,7 +240,10 @@ def build_interval(field_atoms: dict, all_rules: int, classes, size: int = 65536
                 contained[kind] &= ~(1 << r)
         c = classes.cls(_combine(kinds, contained, all_rules))
         out[b:bl[i + 1]] = [c] * (bl[i + 1] - b)
-    out[size] = classes.cls(_no_atoms(kinds, all_rules))  # no value: only rules without a condition
+    if none_is_outside:
+        out[size] = classes.cls(_combine(kinds, {}, all_rules))
+    else:
+        out[size] = classes.cls(_no_atoms(kinds, all_rules))  # no value: only rules without a condition
     return out
 
 
@@ -222,6 +274,42 @@ def build_exact(atoms: list, all_rules: int, classes, values: int, test, none_en
     if none_entry:
         out.append(classes.cls(no))
     return out
+
+
+def build_exact_kinds(field_atoms: dict, all_rules: int, classes, values: int, tests: dict) -> list[int]:
+    """Classes for the values 0..values-1 of a field with several kinds of atoms (AND over
+    kinds); tests[kind](value, payload) says whether the atom holds for the value."""
+    kinds = {k: _kind_sets(v, all_rules) for k, v in field_atoms.items()}
+    groups = {k: _groups(v) for k, v in field_atoms.items()}
+    out = []
+    for v in range(values):
+        contained = {}
+        for kind, g in groups.items():
+            c = 0
+            for (payload, _), rb in g.items():
+                if tests[kind](v, payload):
+                    c |= rb
+            contained[kind] = c
+        out.append(classes.cls(_combine(kinds, contained, all_rules)))
+    return out
+
+
+def build_mac(atoms: list, all_rules: int, classes) -> dict[bytes, int]:
+    """Class of every MAC some rule names, and under b"" the class of any other MAC."""
+    kinds = {"mac": _kind_sets(atoms, all_rules)}
+    out = {b"": classes.cls(_combine(kinds, {}, all_rules))}
+    for mac in sorted({payload for _, payload, _ in atoms}):
+        c = 0
+        for r, payload, _ in atoms:
+            if payload == mac:
+                c |= 1 << r
+        out[mac] = classes.cls(_combine(kinds, {"mac": c}, all_rules))
+    return out
+
+
+def _atype_holds(v: int, payload) -> bool:
+    mask, limit = payload
+    return bool((mask >> ((v >> ATYPE_SHIFT[limit]) & 15)) & 1)
 
 
 def iface_matches(name: str, pattern: str) -> bool:
@@ -285,3 +373,26 @@ def build_fields(plan, atoms: Atoms, n: int, classes, ifnames: set[str]) -> None
         plan.iface_patterns.append(("oif", bf["oif"]["iface"]))
     if "ct" in bf:
         plan.ct = build_ct(bf["ct"], all_rules, classes)
+    if "length" in bf:
+        plan.length = build_interval(bf["length"], all_rules, classes)[:65536]
+    if "ttl" in bf:
+        plan.ttl = build_exact_kinds(bf["ttl"], all_rules, classes, 256,
+                                     {"ttl": lambda v, p: TTL_TESTS[p[0]](v, p[1])})
+    if "tos" in bf:
+        plan.tos = build_exact_kinds(bf["tos"], all_rules, classes, 256, {
+            "tos": lambda v, p: (v & p[1]) == p[0],
+            "dscp": lambda v, p: (v >> 2) == p,
+        })
+    if "frag" in bf:
+        plan.frag = build_exact_kinds(bf["frag"], all_rules, classes, 2, {"frag": lambda v, p: v == 1})
+    if "tcpmss" in bf:
+        plan.tcpmss = build_interval(bf["tcpmss"], all_rules, classes, none_is_outside=True)
+    if "pkttype" in bf:
+        plan.pkttype = build_exact_kinds(bf["pkttype"], all_rules, classes, 4,
+                                         {"pkttype": lambda v, p: v == p})
+    if "mac" in bf:
+        plan.mac = build_mac(bf["mac"]["mac"], all_rules, classes)
+    for f in ("atsrc", "atdst"):
+        if f in bf:
+            setattr(plan, f, build_exact_kinds(bf[f], all_rules, classes, ATYPE_SLOTS,
+                                               {"addrtype": _atype_holds}))

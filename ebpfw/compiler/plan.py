@@ -22,8 +22,8 @@ from typing import Iterable, Optional
 
 from ..errors import RulesetError
 from ..ruleset import (
-    CommentMatch, ConntrackMatch, IpMatch, IcmpMatch, IprangeMatch, MultiportMatch, Rule, Table,
-    TcpMatch, UdpMatch,
+    AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IcmpMatch, IpMatch, IprangeMatch, LengthMatch,
+    MacMatch, MultiportMatch, PkttypeMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 from . import fields as F
 from .groups import find_groups
@@ -31,6 +31,12 @@ from .groups import find_groups
 BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
 ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5}
 RF_NEEDS_L4 = 1
+RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
+RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
+# the matches the datapath enforces (each one a field, see fields.py)
+ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
+                    LengthMatch, TtlMatch, TosMatch, DscpMatch, TcpmssMatch, PkttypeMatch, MacMatch,
+                    AddrtypeMatch)
 
 
 @dataclass
@@ -58,6 +64,15 @@ class Plan:
     iif: Optional[dict[str, int]] = None                # interface name -> class ("" = none)
     oif: Optional[dict[str, int]] = None
     ct: Optional[list[int]] = None                      # 8 classes by conntrack state bit number
+    length: Optional[list[int]] = None                  # 65536 classes by IP total length
+    ttl: Optional[list[int]] = None                     # 256 classes by TTL at the hook
+    tos: Optional[list[int]] = None                     # 256 classes by TOS byte
+    frag: Optional[list[int]] = None                    # 2 classes: 1 = a non-first fragment
+    tcpmss: Optional[list[int]] = None                  # 65537 classes (last: no MSS option)
+    pkttype: Optional[list[int]] = None                 # 4 classes by skb->pkt_type
+    mac: Optional[dict[bytes, int]] = None              # source MAC -> class (b"" = any other)
+    atsrc: Optional[list[int]] = None                   # 4096 classes by route types (fields.py)
+    atdst: Optional[list[int]] = None
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes, key -> rule numbers, and the class of
     # the "residual" vector (the rules the bit vectors decide; grouped rules' bits are 0 there)
@@ -176,14 +191,15 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
                 args.append(chain_id[t.chain])
         else:
             args.append(0)
-        needs_l4 = any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches)
-        flags.append(RF_NEEDS_L4 if needs_l4 else 0)
+        f = RF_NEEDS_L4 if any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches) else 0
+        if any(isinstance(m, TcpmssMatch) for m in r.matches):
+            f |= RF_MSS
+        if any(isinstance(m, MacMatch) for m in r.matches):
+            f |= RF_MAC
+        flags.append(f)
         for m in r.matches:
-            if not isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch,
-                                  ConntrackMatch)):
+            if not isinstance(m, ENFORCED_MATCHES):
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
-        if r.ip.fragment is not None:
-            problems.append(f"{r.pos}: '-f' is not supported yet, expected no fragment condition, found '-f'")
 
     classes = _Classes(all_rules)
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]

@@ -18,6 +18,14 @@ NSLOTS = 2
 PORT_SLOTS = 65537
 TCPFL_SLOTS = 257
 PROTO_SLOTS = 256
+LENGTH_SLOTS = 65536
+TTL_SLOTS = 256
+TOS_SLOTS = 256
+FRAG_SLOTS = 2
+MSS_SLOTS = 65537                          # 0..65535, then "no MSS option"
+PKTTYPE_SLOTS = 4
+ATYPE_SLOTS = 4096                         # type | type on iif << 4 | type on oif << 8
+ATYPE_CAP = 16384                          # routes in the addrtype trie (host view)
 MAXSTEPS = 256
 
 CTL = struct.Struct("<II")                 # active, generation
@@ -35,6 +43,9 @@ GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, acti
 GRP_KEY = struct.Struct("<II4s4sI")        # slot, gid, src (be), dst (be), proto << 24 | port
 GRP_IDS = 4
 GRP_VAL = struct.Struct(f"<{GRP_IDS}I")    # rule numbers, 0xffffffff = none
+MAC_KEY = struct.Struct("<I6sBB")          # slot, mac, is_default, pad
+ATYPE_KEY = struct.Struct("<I4s")          # prefixlen, addr (be)
+ATYPE_VAL = struct.Struct("<II")           # RTN type, ifindex of the first next hop
 
 # connection tracking (programs/ebpfw.c, EBPFW_F_CT)
 CT_KEY = struct.Struct("<4s4sHHBBH")       # a_addr (be), b_addr (be), a_port, b_port, proto, kind, pad
@@ -47,7 +58,8 @@ CT_DEFAULT_SIZE = 262144
 CT_TABLE = "ct"          # pin names under <pin_dir>, outside the generation directories
 CT_STAT = "ct_stat"
 
-STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "walk_limit", "judged_forward")
+STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "walk_limit", "judged_forward",
+         "mac_unknown")
 
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
@@ -61,7 +73,13 @@ FIELD_MAPS = {
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
     "groups": ("ebpfw_gmeta", "ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
+    "length": ("ebpfw_length",), "ttl": ("ebpfw_ttl",), "tos": ("ebpfw_tos",), "frag": ("ebpfw_frag",),
+    "tcpmss": ("ebpfw_tcpmss", "ebpfw_mssw"), "pkttype": ("ebpfw_pkttype",), "mac": ("ebpfw_mac",),
+    # ebpfw_atype (the host's routes) is written with the host view, like ebpfw_local
+    "atsrc": ("ebpfw_atype", "ebpfw_atsrc"), "atdst": ("ebpfw_atype", "ebpfw_atdst"),
 }
+# fields whose shape name is also the Plan attribute holding their classes
+OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
 # continuation programs for walks longer than one program's step budget: program -> its array
 CONT_PROGRAMS = {"ebpfw_xdp_cont": "ebpfw_jmpx", "ebpfw_tc_cont": "ebpfw_jmpt"}
@@ -87,6 +105,7 @@ class Shape:
     ct_size: int = 0          # conntrack table entries; 0 when no rule uses conntrack
     ngroups: int = 0          # exact-match rule groups (hash lookups per packet); 0: none
     gcap: int = 0             # group hash entries per slot
+    mac_cap: int = 0          # (slot, MAC) entries per slot of -m mac; 0 when no rule uses it
 
     @property
     def nsum(self) -> int:
@@ -107,6 +126,10 @@ class Shape:
             flags.append(f"-DEBPFW_CT_SIZE={self.ct_size or CT_DEFAULT_SIZE}")
         if "groups" in self.fields:
             flags += [f"-DEBPFW_NGROUPS={self.ngroups}", f"-DEBPFW_GCAP={self.gcap}"]
+        if "mac" in self.fields:
+            flags.append(f"-DEBPFW_MAC_CAP={max(self.mac_cap, 16)}")
+        if "atsrc" in self.fields or "atdst" in self.fields:
+            flags.append(f"-DEBPFW_ATYPE_CAP={ATYPE_CAP}")
         return flags
 
     def maps(self) -> list[str]:
@@ -124,7 +147,8 @@ class Shape:
                 and need.ifc_cap <= self.ifc_cap and need.maxdepth <= self.maxdepth
                 and set(need.fields) <= set(self.fields)
                 and ("ct" not in need.fields or need.ct_size == self.ct_size)
-                and need.ngroups <= self.ngroups and need.gcap <= self.gcap)
+                and need.ngroups <= self.ngroups and need.gcap <= self.gcap
+                and ("mac" not in need.fields or need.mac_cap <= self.mac_cap))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -167,6 +191,9 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
     ngroups = len(plan.group_shapes)
     if ngroups:
         fields.append("groups")
+    for f in OPTIONAL_FIELDS:
+        if getattr(plan, f, None) is not None:
+            fields.append(f)
     words = (plan.nrules + 1 + 63) // 64
     nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
     nprefix = max(len(plan.src or []), len(plan.dst or []))
@@ -182,4 +209,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         ct_size=(ct_size or ct_size_from_env()) if "ct" in fields else 0,
         ngroups=_pow2(ngroups, 4) if ngroups else 0,
         gcap=_pow2(len(plan.group_entries) + len(plan.group_entries) // 4 + 1, 1024) if ngroups else 0,
+        mac_cap=_pow2(len(plan.mac) + len(plan.mac) // 4 + 1, 64) if getattr(plan, "mac", None) is not None else 0,
     )

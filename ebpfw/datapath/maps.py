@@ -19,8 +19,9 @@ from ..errors import KernelError
 from . import bpfsys
 from . import ct as ctdata
 from .abi import (
-    CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL, IFC_KEY, IFC_VAL, IFINFO, LPM_KEY, META,
-    NSLOTS, PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, U32, Shape,
+    ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
+    FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
+    PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
 )
 
@@ -225,6 +226,13 @@ class Datapath:
         if "ct" in f:
             self._fill_array("ebpfw_ctcls", slot, CT_SLOTS, getattr(plan, "ct", None))
             self.write_ct_config()
+        for name, per_slot in (("length", LENGTH_SLOTS), ("ttl", TTL_SLOTS), ("tos", TOS_SLOTS),
+                               ("frag", FRAG_SLOTS), ("tcpmss", MSS_SLOTS), ("pkttype", PKTTYPE_SLOTS),
+                               ("atsrc", ATYPE_SLOTS), ("atdst", ATYPE_SLOTS)):
+            if name in f:
+                self._fill_array(f"ebpfw_{name}", slot, per_slot, getattr(plan, name, None))
+        if "mac" in f:
+            self._write_mac(slot, getattr(plan, "mac", None))
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -288,6 +296,19 @@ class Datapath:
         bpfsys.delete_batch(fd, b"".join(mine), len(mine))
         return len(mine)
 
+    def _write_mac(self, slot: int, classes: dict[bytes, int] | None) -> None:
+        """(slot, MAC) -> class for every MAC rules name, and the slot's default entry."""
+        fd = self.maps["ebpfw_mac"]
+        classes = classes if classes is not None else {b"": 0}
+        if len(classes) - 1 > self.shape.mac_cap:
+            raise KernelError("internal: more MAC addresses than the loaded programs' map holds")
+        for k in bpfsys.keys(fd, MAC_KEY.size):
+            if MAC_KEY.unpack(k)[0] == slot:
+                bpfsys.delete(fd, k)
+        for mac, cls in classes.items():
+            key = MAC_KEY.pack(slot, mac if mac else b"\0" * 6, 0 if mac else 1, 0)
+            bpfsys.update(fd, key, U32.pack(cls), "ebpfw_mac")
+
     def write_ct_config(self, timeouts: dict[str, int] | None = None, tcp_loose: bool | None = None) -> None:
         """Timeouts (EBPFW_CT_TIMEOUTS over netfilter's defaults) and the TCP transition table."""
         if tcp_loose is None:
@@ -314,6 +335,24 @@ class Datapath:
                 bpfsys.delete(fd, k)
         for k in want_local:
             bpfsys.update(fd, k, b"\x01", "ebpfw_local")
+        if "ebpfw_atype" in self.maps:
+            self.write_addrtypes(addrtype_routes())
+
+    def write_addrtypes(self, routes: dict[tuple[int, int], tuple[int, int]]) -> None:
+        """Replace the addrtype trie: (address, prefixlen) -> (RTN type, ifindex)."""
+        if len(routes) > ATYPE_CAP:
+            raise KernelError(f"{len(routes)} routes decide address types (-m addrtype), more than the "
+                              f"{ATYPE_CAP} the datapath holds",
+                              hint="rules with -m addrtype need a routing table with fewer local, broadcast, "
+                                   "anycast and multicast routes")
+        fd = self.maps["ebpfw_atype"]
+        want = {ATYPE_KEY.pack(plen, struct.pack(">I", addr)): ATYPE_VAL.pack(t, ifx)
+                for (addr, plen), (t, ifx) in routes.items()}
+        for k in bpfsys.keys(fd, ATYPE_KEY.size):
+            if k not in want:
+                bpfsys.delete(fd, k)
+        for k, v in want.items():
+            bpfsys.update(fd, k, v, "ebpfw_atype")
 
     # ---- reading ------------------------------------------------------------------------------
     def _percpu_range(self, name: str, first: int, count: int) -> list[tuple[int, int]]:
@@ -353,3 +392,77 @@ class Datapath:
             raw = bpfsys.lookup(self.maps["ebpfw_stat"], U32.pack(i), 8 * ncpu)
             out[name] = sum(struct.unpack(f"<{ncpu}Q", raw)) if raw else 0
         return out
+
+
+# ---- -m addrtype: the host's routes as inet_dev_addr_type() sees them -----------------------------
+RT_TABLE_MAIN, RT_TABLE_LOCAL = 254, 255
+RTN_UNICAST = 1
+# route types whose lookup fails in fib_table_lookup (blackhole, unreachable, prohibit, throw,
+# nat, xresolve): inet_dev_addr_type() then answers RTN_UNICAST
+_RTN_ERROR = {6, 7, 8, 9, 10, 11}
+RTNH_F_DEAD = 1
+
+
+def _mask(plen: int) -> int:
+    return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF if plen else 0
+
+
+def addrtype_routes(dump=None) -> dict[tuple[int, int], tuple[int, int]]:
+    """The routes that decide xt_addrtype's answer, as {(address, prefixlen): (RTN type,
+    ifindex of the first next hop)}.
+
+    inet_dev_addr_type() looks the address up in the local table (tos 0) and answers the
+    route's type, RTN_UNICAST when no route matches or the route is an error route, and
+    RTN_UNICAST when a device is given that is not the route's. While no policy-routing rule
+    was added the kernel keeps the local and main tables in one trie, so main routes take part
+    too. Only routes that answer something else than UNICAST matter, and unicast ones nested
+    inside them (they shadow them); the rest is left out. `dump` (for tests) is a list of
+    (table, type, dst, prefixlen, tos, priority, flags, ifindex); by default it is read from
+    the kernel."""
+    if dump is None:
+        dump, merged = _dump_routes()
+    else:
+        merged = True
+    tables = (RT_TABLE_LOCAL, RT_TABLE_MAIN) if merged else (RT_TABLE_LOCAL,)
+    best: dict[tuple[int, int], tuple] = {}
+    for table, rtype, dst, plen, tos, prio, flags, ifx in dump:
+        if table not in tables or tos or flags & RTNH_F_DEAD:
+            continue
+        key = (dst & _mask(plen), plen)
+        rank = (prio, tables.index(table))
+        if key not in best or rank < best[key][0]:
+            best[key] = (rank, RTN_UNICAST if rtype in _RTN_ERROR else rtype, ifx)
+    special = [k for k, v in best.items() if v[1] != RTN_UNICAST]
+    out = {}
+    for (addr, plen), (_, rtype, ifx) in best.items():
+        if rtype == RTN_UNICAST and not any(sp <= plen and (addr & _mask(sp)) == sa for sa, sp in special):
+            continue
+        out[(addr, plen)] = (rtype, ifx)
+    return out
+
+
+def _dump_routes() -> tuple[list, bool]:
+    """All IPv4 routes of this namespace, and whether the local and main tables are merged
+    (only the three default rules: local, main, default)."""
+    import socket
+    try:
+        from pyroute2 import IPRoute
+        with IPRoute() as ipr:
+            msgs = ipr.get_routes(family=socket.AF_INET)   # every table
+            rules = ipr.get_rules(family=socket.AF_INET)
+    except Exception as exc:
+        raise KernelError(f"cannot read the routing tables (for -m addrtype): {exc}") from exc
+    out = []
+    for m in msgs:
+        table = m.get_attr("RTA_TABLE") or m["table"]
+        dst = m.get_attr("RTA_DST")
+        addr = int.from_bytes(socket.inet_aton(dst), "big") if dst else 0
+        ifx = m.get_attr("RTA_OIF") or 0
+        mp = m.get_attr("RTA_MULTIPATH")
+        if not ifx and mp:
+            ifx = mp[0]["oif"]
+        out.append((table, m["type"], addr, m["dst_len"], m["tos"], m.get_attr("RTA_PRIORITY") or 0,
+                    m["flags"], ifx))
+    merged = {(r.get_attr("FRA_TABLE") or r["table"]) for r in rules} <= {RT_TABLE_LOCAL, RT_TABLE_MAIN, 253} \
+        and len(rules) <= 3
+    return out, merged

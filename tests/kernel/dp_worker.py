@@ -35,8 +35,9 @@ from ebpfw.netlink import host
 
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
-              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups"),
-              ngroups=16, gcap=4096)
+              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups",
+                      "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst"),
+              ngroups=16, gcap=4096, mac_cap=64)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 

@@ -4,7 +4,9 @@ rule counters moved (packets and bytes = IP length) and which policy counter mov
 
 Topology (all made here): namespace DUT with veths `va` (10.9.0.1/24) and `vb` (10.9.1.1/24),
 their peers in namespace PEER; forwarding on in DUT; 10.9.1.2 has a permanent neighbour
-entry so FORWARD lookups resolve. Nothing is sent anywhere: test runs do not transmit.
+entry so FORWARD lookups resolve. Extra routes give -m addrtype something to find: a local
+route 10.68.0.0/16 (lo) with a more specific main route 10.68.5.0/24 (vb) inside it, and a
+blackhole 10.66.0.0/16. Nothing is sent anywhere: test runs do not transmit.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from hypothesis import strategies as st
 
 from ebpfw.iptables import parse_ruleset
 import netns as nsh
-from reference import ICMP, TCP, UDP, Pkt, build_frame, evaluate
+from reference import ICMP, L2_BROADCAST, L2_MULTICAST, TCP, UDP, Host, Pkt, Route, build_frame, evaluate
 
 pytestmark = pytest.mark.kernel
 
@@ -67,6 +69,9 @@ def dut():
         nsh.run_in(d, "sysctl -qw net.ipv4.ip_forward=1")
         nsh.run_in(d, "ip neigh replace 10.9.1.2 lladdr 02:00:00:00:01:02 dev vb nud permanent")
         nsh.run_in(d, "ip neigh replace 10.9.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent")
+        nsh.run_in(d, "ip route add local 10.68.0.0/16 dev lo")
+        nsh.run_in(d, "ip route add 10.68.5.0/24 dev vb")
+        nsh.run_in(d, "ip route add blackhole 10.66.0.0/16")
         info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
         links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
         w = Worker(d)
@@ -76,11 +81,25 @@ def dut():
         factory.cleanup()
 
 
+# the DUT's local and main routes as the kernel makes them for the fixture's addresses and routes
+# (written out here, independently of ebpfw's route reader)
+DUT_HOST = Host([
+    Route(ip("10.9.0.1"), 32, "LOCAL", "va"), Route(ip("10.9.0.255"), 32, "BROADCAST", "va"),
+    Route(ip("10.9.1.1"), 32, "LOCAL", "vb"), Route(ip("10.9.1.255"), 32, "BROADCAST", "vb"),
+    Route(ip("127.0.0.0"), 8, "LOCAL", "lo"), Route(ip("127.0.0.1"), 32, "LOCAL", "lo"),
+    Route(ip("127.255.255.255"), 32, "BROADCAST", "lo"),
+    Route(ip("10.9.0.0"), 24, "UNICAST", "va"), Route(ip("10.9.1.0"), 24, "UNICAST", "vb"),
+    Route(ip("10.68.0.0"), 16, "LOCAL", "lo"), Route(ip("10.68.5.0"), 24, "UNICAST", "vb"),
+    Route(ip("10.66.0.0"), 16, "BLACKHOLE", ""),
+])
+
+
 def judge(w: Worker, links: dict, hook: str, p: Pkt) -> dict:
     """Run p through the program for `hook` and return the worker's answer."""
     if hook in ("INPUT", "FORWARD"):
         idx, mac = links[p.iif]
-        return w.call(op="run", prog="xdp", frame=build_frame(p, mac).hex(), ifindex=idx)
+        dst = {"host": mac, "broadcast": L2_BROADCAST, "multicast": L2_MULTICAST}[p.l2]
+        return w.call(op="run", prog="xdp", frame=build_frame(p, dst).hex(), ifindex=idx)
     idx, mac = links[p.oif]
     return w.call(op="run", prog="tc_egress", frame=build_frame(p, b"\x02\0\0\0\0\x09", mac).hex(),
                   ifindex=idx, ingress_ifindex=0)
@@ -93,7 +112,7 @@ def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple
     table = parse_ruleset(text, "t.rules").table("filter")
     rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
     for hook, p in cases:
-        verdict, counted, policy = evaluate(table, hook, p)
+        verdict, counted, policy = evaluate(table, hook, p, DUT_HOST)
         got = judge(w, links, hook, p)
         assert "error" not in got, got
         drop = got["ret"] == (TC_SHOT if hook == "OUTPUT" else XDP_DROP)
@@ -286,6 +305,193 @@ def test_bad_checksum_and_foreign_mac_are_left_to_the_kernel(dut):
     assert got["ret"] == XDP_PASS and got["chains"] == []   # PACKET_OTHERHOST
 
 
+# ---- the classifier fields of issue 5: length, ttl, tos/dscp, -f, tcpmss, pkttype, mac, addrtype --
+
+HEAD = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+A, B, FWD_DST = ip("10.9.0.2"), ip("10.9.0.1"), ip("10.9.1.2")
+
+
+def _each_hook(make) -> list[tuple[str, Pkt]]:
+    """One packet per hook from make(**addressing)."""
+    return [("INPUT", make(src=A, dst=B, iif="va")),
+            ("FORWARD", make(src=A, dst=FWD_DST, iif="va", oif="vb")),
+            ("OUTPUT", make(src=ip("10.9.1.1"), dst=FWD_DST, oif="vb"))]
+
+
+def _pkt(proto=UDP, **kw) -> Pkt:
+    src, dst = kw.pop("src"), kw.pop("dst")
+    return Pkt(src, dst, proto, **kw)
+
+
+def test_length_boundaries(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -m length --length 28:60 -j DROP\n-A INPUT -m length ! --length 61:100\n"
+                   "-A FORWARD -m length --length 61 -j DROP\n-A FORWARD -m length --length 0:27\n"
+                   "-A OUTPUT -m length --length 100:65535 -j DROP\n-A OUTPUT -m length ! --length 28\nCOMMIT\n")
+    cases = []
+    for payload in (0, 1, 32, 33, 71, 72, 73, 200):   # UDP: IP length 28 + payload
+        cases += _each_hook(lambda **a: _pkt(UDP, payload=payload, **a))
+    check_against_reference(w, links, text, cases)
+
+
+def test_ttl_edges(dut):
+    """ttl 0/1/255 and the FORWARD decrement (the hook sees TTL - 1)."""
+    w, links = dut
+    text = HEAD + ("-A INPUT -m ttl --ttl-eq 0 -j DROP\n-A INPUT -m ttl --ttl-gt 254\n"
+                   "-A INPUT -m ttl --ttl-lt 2 -j DROP\n-A INPUT -m ttl ! --ttl-eq 64\n"
+                   "-A FORWARD -m ttl --ttl-eq 63 -j DROP\n-A FORWARD -m ttl --ttl-gt 253\n"
+                   "-A FORWARD -m ttl --ttl-lt 2 -j DROP\n"
+                   "-A OUTPUT -m ttl --ttl-eq 255 -j DROP\n-A OUTPUT -m ttl --ttl-lt 1 -j DROP\nCOMMIT\n")
+    cases = []
+    for ttl in (0, 1, 2, 3, 63, 64, 65, 254, 255):
+        for hook, p in _each_hook(lambda **a: _pkt(UDP, ttl=ttl, **a)):
+            if hook == "FORWARD" and ttl <= 1:
+                continue   # ip_forward drops it before the hook (passed uncounted, see below)
+            cases.append((hook, p))
+    check_against_reference(w, links, text, cases)
+    got = judge(w, links, "FORWARD", Pkt(A, FWD_DST, UDP, ttl=1, iif="va", oif="vb"))
+    assert got["ret"] == XDP_PASS and got["rules"] == [] and got["chains"] == []
+
+
+def test_tos_masks_and_dscp(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -m tos --tos 0x10/0x3f -j DROP\n-A INPUT -m tos ! --tos 0x00/0xe0\n"
+                   "-A INPUT -m tos --tos 0x03/0x01\n"            # value outside the mask: never matches
+                   "-A INPUT -m dscp --dscp 0x2e -j DROP\n-A INPUT -m dscp ! --dscp 0x00\n"
+                   "-A INPUT -m tos --tos 0x08/0xff -m dscp --dscp 0x02 -j DROP\n"
+                   "-A FORWARD -m tos --tos 0xff/0xff -j DROP\n-A OUTPUT -m dscp --dscp 0x3f -j DROP\nCOMMIT\n")
+    cases = []
+    for tos in (0x00, 0x01, 0x03, 0x08, 0x10, 0x50, 0x90, 0xb8, 0xbb, 0xfc, 0xff):
+        cases += _each_hook(lambda **a: _pkt(TCP, tos=tos, **a))
+    check_against_reference(w, links, text, cases)
+
+
+def test_fragments(dut):
+    """-f matches non-first fragments only; ! -f everything else; port matches never match a
+    non-first fragment."""
+    w, links = dut
+    text = HEAD + ("-A INPUT -p udp -m udp --dport 53 -j DROP\n-A INPUT -f -j DROP\n"
+                   "-A FORWARD ! -f -p tcp -j DROP\n-A FORWARD -f\n"
+                   "-A OUTPUT -f -p icmp -j DROP\n-A OUTPUT ! -f\nCOMMIT\n")
+    cases = []
+    for proto in (UDP, TCP, ICMP):
+        for frag, mf in ((0, False), (0, True), (1, True), (185, False)):
+            cases += _each_hook(lambda **a: _pkt(proto, dport=53, frag=frag, mf=mf, payload=16, **a))
+    check_against_reference(w, links, text, cases)
+
+
+MSS_OPTS = [
+    b"", b"\x02\x04\x05\xb4", b"\x02\x04\x02\x18", b"\x02\x04\x00\x00", b"\x02\x04\xff\xff",
+    b"\x01\x01\x02\x04\x05\x78",                    # NOP NOP MSS 1400
+    b"\x00\x02\x04\x05\xb4",                        # EOL is skipped like a NOP by xt_tcpmss
+    b"\x04\x02\x08\x0a" + bytes(8) + b"\x02\x04\x01\x00",  # SACK-perm, timestamps, MSS 256
+    b"\x02\x03\x05\xb4",                             # MSS with a wrong length: not an MSS
+    b"\x08\x00\x02\x04\x05\xb4",                    # length 0 counts as 1, then MSS
+    b"\x08\x28" + bytes(38),                          # one 40-byte option, no MSS
+    b"\x01" * 36 + b"\x02\x04\x04\x00",              # the MSS after 36 NOPs (40 bytes)
+    b"\x01" * 39 + b"\x02",                            # kind 2 as the very last byte
+]
+
+
+def test_tcpmss_options_and_hotdrop(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -p tcp -m tcpmss --mss 1:536 -j DROP\n-A INPUT -p tcp -m tcpmss ! --mss 1400:1460\n"
+                   "-A INPUT -p tcp -m tcpmss --mss 0\n"
+                   "-A FORWARD -p tcp -m tcpmss ! --mss 1460 -j DROP\n-A OUTPUT -p tcp -m tcpmss --mss 65535 -j DROP\n"
+                   "COMMIT\n")
+    cases = []
+    for opts in MSS_OPTS:
+        for flags in (0x02, 0x12, 0x10):
+            cases += _each_hook(lambda **a: _pkt(TCP, tcp_opts=opts, flags=flags, **a))
+    # malformed: data offset below 5, beyond the packet; a non-first fragment (its payload is
+    # read as a TCP header); UDP is not looked at
+    for doff, payload in ((4, 0), (0, 0), (15, 0), (15, 40), (6, 0)):
+        cases += _each_hook(lambda **a: _pkt(TCP, tcp_doff=doff, payload=payload, **a))
+    cases += _each_hook(lambda **a: _pkt(TCP, tcp_opts=b"\x02\x04\x01\x00", frag=3, **a))
+    cases += _each_hook(lambda **a: _pkt(UDP, **a))
+    check_against_reference(w, links, text, cases)
+
+
+def test_pkttype(dut):
+    """Receive: from the Ethernet destination; OUTPUT: always unicast (PACKET_HOST), even to a
+    broadcast or multicast address."""
+    w, links = dut
+    text = HEAD + ("-A INPUT -m pkttype --pkt-type broadcast -j DROP\n-A INPUT -m pkttype ! --pkt-type unicast\n"
+                   "-A INPUT -m pkttype --pkt-type multicast -j DROP\n"
+                   "-A FORWARD -m pkttype ! --pkt-type unicast -j DROP\n"
+                   "-A OUTPUT -m pkttype --pkt-type broadcast -j DROP\n-A OUTPUT -m pkttype --pkt-type multicast -j DROP\n"
+                   "-A OUTPUT -m pkttype --pkt-type unicast\nCOMMIT\n")
+    cases = []
+    for l2 in ("host", "broadcast", "multicast"):
+        for dst in ("10.9.0.1", "10.9.0.255", "255.255.255.255", "224.0.0.5"):
+            cases.append(("INPUT", Pkt(A, ip(dst), UDP, iif="va", l2=l2)))
+    cases.append(("FORWARD", Pkt(A, FWD_DST, UDP, iif="va", oif="vb")))
+    for dst in ("10.9.1.2", "10.9.1.255", "255.255.255.255", "224.0.0.9"):
+        cases.append(("OUTPUT", Pkt(ip("10.9.1.1"), ip(dst), UDP, oif="vb")))
+    check_against_reference(w, links, text, cases)
+
+
+def test_mac_source(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -m mac --mac-source 02:00:00:00:00:aa -j DROP\n"
+                   "-A INPUT -m mac ! --mac-source 02:00:00:00:00:bb\n"
+                   "-A FORWARD -m mac ! --mac-source 02:00:00:00:00:bb -j DROP\n"
+                   "-A FORWARD -m mac --mac-source 02:00:00:00:00:aa\nCOMMIT\n")
+    cases = []
+    for mac in ("02000000aa", "02000000bb", "02000000cc", "ffffffffff"):
+        m = bytes.fromhex("00" + mac) if mac != "ffffffffff" else b"\xff" * 6
+        cases.append(("INPUT", Pkt(A, B, TCP, iif="va", src_mac=m)))
+        cases.append(("FORWARD", Pkt(A, FWD_DST, TCP, iif="va", oif="vb", src_mac=m)))
+    check_against_reference(w, links, text, cases)
+
+
+def test_mac_fails_closed_where_the_source_mac_is_gone(dut):
+    """A forwarded packet judged at egress (it entered through an interface ebpfw does not
+    judge) has lost its source MAC: a rule with -m mac that it reaches drops it, counted in
+    the mac_unknown statistic; rules before it still count."""
+    w, links = dut
+    text = HEAD + "-A FORWARD -p udp\n-A FORWARD -m mac --mac-source 02:00:00:00:00:aa -j ACCEPT\nCOMMIT\n"
+    assert w.call(op="load", rules=text).get("ok")
+    p = Pkt(A, FWD_DST, TCP, iif="va", oif="vb")
+    idx, mac = links["vb"]
+    frame = build_frame(p, b"\x02\0\0\0\0\x09", mac).hex()
+    got = w.call(op="run", prog="tc_egress", frame=frame, ifindex=idx, ingress_ifindex=links["va"][0])
+    assert got["ret"] == TC_SHOT and got["rules"] == [] and got["chains"] == []
+    assert got["stats"]["mac_unknown"] >= 1
+    udp = build_frame(Pkt(A, FWD_DST, UDP, iif="va", oif="vb"), b"\x02\0\0\0\0\x09", mac).hex()
+    got = w.call(op="run", prog="tc_egress", frame=udp, ifindex=idx, ingress_ifindex=links["va"][0])
+    assert got["ret"] == TC_SHOT and [r[0] for r in got["rules"]] == [0]
+
+
+ATYPE_SRCS = ["10.9.0.2", "10.9.0.1", "10.9.1.1", "10.9.0.255", "10.68.1.1", "10.68.5.1", "10.66.1.1",
+              "127.0.0.5", "0.0.0.0", "255.255.255.255", "224.0.0.5", "192.0.2.1"]
+
+
+def test_addrtype(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -m addrtype --src-type LOCAL -j DROP\n"
+                   "-A INPUT -m addrtype --src-type BROADCAST,MULTICAST\n"
+                   "-A INPUT -m addrtype ! --src-type UNICAST --limit-iface-in\n"
+                   "-A INPUT -m addrtype --src-type BLACKHOLE,UNREACHABLE,UNSPEC -j DROP\n"
+                   "-A INPUT -m addrtype --dst-type LOCAL --limit-iface-in\n"
+                   "-A INPUT -m addrtype --dst-type BROADCAST -j DROP\n"
+                   "-A FORWARD -m addrtype --src-type LOCAL --limit-iface-out -j DROP\n"
+                   "-A FORWARD -m addrtype ! --src-type UNICAST --dst-type UNICAST\n"
+                   "-A FORWARD -m addrtype --src-type LOCAL --limit-iface-in\n"
+                   "-A OUTPUT -m addrtype --dst-type MULTICAST -j DROP\n"
+                   "-A OUTPUT -m addrtype --src-type LOCAL ! --dst-type LOCAL,BROADCAST --limit-iface-out\n"
+                   "COMMIT\n")
+    cases = []
+    for s in ATYPE_SRCS:
+        for d in ("10.9.0.1", "10.9.1.1", "10.9.0.255", "10.68.1.1", "224.0.0.5"):
+            cases.append(("INPUT", Pkt(ip(s), ip(d), UDP, iif="va")))
+        cases.append(("FORWARD", Pkt(ip(s), FWD_DST, UDP, iif="va", oif="vb")))
+    for s in ("10.9.1.1", "10.9.0.1", "10.68.5.1"):
+        for d in ("10.9.1.2", "10.9.1.255", "224.0.0.9", "10.66.1.1", "10.68.5.7"):
+            cases.append(("OUTPUT", Pkt(ip(s), ip(d), UDP, oif="vb")))
+    check_against_reference(w, links, text, cases)
+
+
 # ---- property test: random rulesets and packets against the reference --------------------------
 
 ADDRS = ["10.9.0.2", "10.9.0.5", "10.9.0.130", "10.9.1.2", "10.9.0.1", "10.9.1.1"]
@@ -349,21 +555,68 @@ def rulesets(draw):
     return "\n".join(lines) + "\n"
 
 
+def new_matches(draw, chain: str, proto) -> list[str]:
+    """Options of the issue-5 fields, each with probability ~1/8 (tcpmss last: its hotdrop
+    happens where the rule is reached, which the datapath decides after every field)."""
+    neg = lambda: draw(st.sampled_from(["", "! "]))  # noqa: E731
+    out = []
+    if draw(st.integers(0, 7)) == 0:
+        lo = draw(st.sampled_from([0, 28, 40, 41, 48, 60]))
+        hi = draw(st.sampled_from([lo, lo + 8, 60, 100, 65535]))
+        out.append(f"-m length {neg()}--length {lo}:{max(lo, hi)}")
+    if draw(st.integers(0, 7)) == 0:
+        mode = draw(st.sampled_from(["--ttl-eq", "! --ttl-eq", "--ttl-lt", "--ttl-gt"]))
+        out.append(f"-m ttl {mode} {draw(st.sampled_from([0, 1, 63, 64, 254, 255]))}")
+    if draw(st.integers(0, 7)) == 0:
+        if draw(st.booleans()):
+            v, m = draw(st.sampled_from([(0x10, 0x3f), (0, 0xe0), (0xb8, 0xff), (0x02, 0x03), (0x01, 0x00)]))
+            out.append(f"-m tos {neg()}--tos 0x{v:02x}/0x{m:02x}")
+        else:
+            out.append(f"-m dscp {neg()}--dscp 0x{draw(st.sampled_from([0, 0x04, 0x2e, 0x3f])):02x}")
+    if draw(st.integers(0, 7)) == 0:
+        out.append(f"-m pkttype {neg()}--pkt-type {draw(st.sampled_from(['unicast', 'broadcast', 'multicast']))}")
+    if chain in ("INPUT", "FORWARD") and draw(st.integers(0, 7)) == 0:
+        out.append(f"-m mac {neg()}--mac-source {draw(st.sampled_from(['02:00:00:00:00:01', '02:00:00:00:00:02']))}")
+    if draw(st.integers(0, 7)) == 0:
+        types = ",".join(sorted(set(draw(st.lists(st.sampled_from(
+            ["UNICAST", "LOCAL", "BROADCAST", "MULTICAST", "BLACKHOLE"]), min_size=1, max_size=2)))))
+        side = draw(st.sampled_from(["--src-type", "--dst-type"]))
+        limits = [""] + (["--limit-iface-in"] if chain in ("INPUT", "FORWARD") else []) \
+            + (["--limit-iface-out"] if chain in ("FORWARD", "OUTPUT") else [])
+        out.append(f"-m addrtype {neg()}{side} {types} {draw(st.sampled_from(limits))}".rstrip())
+    if draw(st.integers(0, 9)) == 0:
+        out.insert(0, draw(st.sampled_from(["-f", "! -f"])))
+    if proto == "tcp" and draw(st.integers(0, 5)) == 0:
+        lo = draw(st.sampled_from([0, 1, 536, 1400, 1460]))
+        out.append(f"-m tcpmss {neg()}--mss {lo}:{draw(st.sampled_from([lo, 1460, 65535]))}")
+    return out
+
+
 @st.composite
 def packets(draw):
     hook = draw(st.sampled_from(["INPUT", "FORWARD", "OUTPUT"]))
     proto = draw(st.sampled_from([TCP, UDP, ICMP]))
     src = ip(draw(st.sampled_from(ADDRS[:4])))
+    if draw(st.integers(0, 5)) == 0:
+        src = ip(draw(st.sampled_from(ATYPE_SRCS)))
+    l2 = "host"
     if hook == "INPUT":
-        dst, iif, oif = ip("10.9.0.1"), "va", ""
+        dst, iif, oif = ip(draw(st.sampled_from(["10.9.0.1"] * 4 + ["10.9.0.255", "10.68.1.1", "224.0.0.5"]))), "va", ""
+        l2 = draw(st.sampled_from(["host"] * 4 + ["broadcast", "multicast"]))
     elif hook == "FORWARD":
         dst, iif, oif = ip("10.9.1.2"), "va", "vb"
     else:
-        src, dst, iif, oif = ip("10.9.1.1"), ip(draw(st.sampled_from(["10.9.1.2", "10.9.1.77"]))), "", "vb"
+        src, dst, iif, oif = ip("10.9.1.1"), ip(draw(st.sampled_from(["10.9.1.2", "10.9.1.77", "10.9.1.255",
+                                                                      "224.0.0.9"]))), "", "vb"
+    frag, mf = draw(st.sampled_from([(0, False)] * 6 + [(0, True), (1, False), (20, True)]))
     return hook, Pkt(src, dst, proto, sport=draw(st.integers(1, 120)), dport=draw(st.integers(1, 120)),
                      flags=draw(st.sampled_from([0x02, 0x10, 0x12, 0x00])),
                      icmp_type=draw(st.sampled_from([0, 3, 8])), icmp_code=draw(st.sampled_from([0, 3])),
-                     iif=iif, oif=oif, payload=draw(st.integers(0, 40)))
+                     iif=iif, oif=oif, payload=draw(st.integers(0, 40)),
+                     ttl=draw(st.sampled_from([64, 64, 2, 63, 65, 255] + ([0, 1] if hook != "FORWARD" else []))),
+                     tos=draw(st.sampled_from([0, 0, 0x10, 0x12, 0xb8, 0xff])), frag=frag, mf=mf,
+                     tcp_opts=draw(st.sampled_from(MSS_OPTS)) if proto == TCP else b"", l2=l2,
+                     src_mac=draw(st.sampled_from([b"\x02\0\0\0\0\x01", b"\x02\0\0\0\0\x02"])))
 
 
 @settings(max_examples=int(os.environ.get("EBPFW_DP_EXAMPLES", "60")), deadline=None,

@@ -37,10 +37,6 @@ CASES = [
     ("-A INPUT ! -o eth+ -j DROP\n",
      "c.rules:8: -o in chain INPUT (iptables refuses it: no output interface there), expected no -o in "
      "INPUT, found '-o eth+'"),
-    ("-A INPUT -f -j DROP\n",
-     "c.rules:8: option '-f' (fragments) is not supported yet, expected a rule without -f, found '-f'"),
-    ("-A INPUT ! -f -j DROP\n",
-     "c.rules:8: option '-f' (fragments) is not supported yet, expected a rule without -f, found '! -f'"),
     ("-A INPUT -p tcp ! --tcp-option 4 -j DROP\n",
      "c.rules:8: option '--tcp-option' is not supported yet, expected a tcp match without --tcp-option, "
      "found '! --tcp-option 4'"),
@@ -83,7 +79,7 @@ def test_conntrack_allowed_by_keyword():
 
 
 def test_every_problem_reported_in_line_order():
-    problems = check_text("-A c -j a\n-A OUTPUT -i x\n-A a -j b\n-A INPUT -f -m state --state NEW\n"
+    problems = check_text("-A c -j a\n-A OUTPUT -i x\n-A a -j b\n-A INPUT -p tcp --tcp-option 4 -m state --state NEW\n"
                           "-A b -j c\n")
     assert [p.split(":")[1] for p in problems] == ["8", "9", "11", "11"]
     assert "makes a loop (a -> b -> c -> a)" in problems[0]      # one loop, reported once
@@ -91,10 +87,10 @@ def test_every_problem_reported_in_line_order():
 
 def test_message_counts_problems():
     with pytest.raises(RulesetError) as exc:
-        check_ruleset(parse_ruleset(HEAD + "-A INPUT -f\n-A INPUT ! -f\nCOMMIT\n", "n.rules"))
+        check_ruleset(parse_ruleset(HEAD + "-A INPUT -p tcp --tcp-option 4\n-A INPUT -p tcp ! --tcp-option 5\nCOMMIT\n", "n.rules"))
     assert str(exc.value) == "2 problems in n.rules"
     with pytest.raises(RulesetError) as exc:
-        check_ruleset(parse_ruleset(HEAD + "-A INPUT -f\nCOMMIT\n", "n.rules"))
+        check_ruleset(parse_ruleset(HEAD + "-A INPUT -p tcp --tcp-option 4\nCOMMIT\n", "n.rules"))
     assert str(exc.value) == "1 problem in n.rules"
 
 
@@ -196,7 +192,7 @@ def test_conntrack_ir_allowed():
 
 
 # --- the realistic corpus ----------------------------------------------------------------------
-UNSUPPORTED_IN_CORPUS = {"noncanonical": 2}      # -f and ! -f
+UNSUPPORTED_IN_CORPUS: dict[str, int] = {}      # (-f and ! -f in "noncanonical" are enforced now)
 
 
 CORE_CORPUS = [c for c in CORPUS if c not in EXT_CORPUS]
@@ -216,7 +212,7 @@ def test_corpus_checks(name, text):
 
 # --- the extensions: what iptables/the kernel refuse, and the datapath's refusals ----------------
 def datapath_only(problems: list[str]) -> bool:
-    return all("is not supported by the datapath yet" in p or "option '-f' (fragments)" in p for p in problems)
+    return all("is not supported by the datapath yet" in p for p in problems)
 
 
 def check_problems(rules: str) -> list[str]:
@@ -354,10 +350,13 @@ def check_problems_text(text: str) -> list[str]:
 # --- the compiler refuses every new IR type with the rule's FILE:LINE (no crash) --------------------
 COMPILE_CASES = [
     "-m limit --limit 1/s", "-m hashlimit --hashlimit-upto 1/s --hashlimit-name x",
-    "-m set --match-set a src", "-m recent --set", "-m addrtype --src-type LOCAL",
-    "-m pkttype --pkt-type unicast", "-m mac --mac-source 0:1:2:3:4:5", "-m length --length 5",
-    "-m ttl --ttl-eq 3", "-m tos --tos 1", "-m dscp --dscp 1", "-p tcp -m tcpmss --mss 5", "-f",
-    "-m connlimit --connlimit-above 2",
+    "-m set --match-set a src", "-m recent --set", "-m connlimit --connlimit-above 2",
+]
+# enforced as classifier fields (tests/kernel/test_datapath.py checks their semantics)
+COMPILE_OK_CASES = [
+    "-m addrtype --src-type LOCAL", "-m pkttype --pkt-type unicast", "-m mac --mac-source 0:1:2:3:4:5",
+    "-m length --length 5", "-m ttl --ttl-eq 3", "-m tos --tos 1", "-m dscp --dscp 1",
+    "-p tcp -m tcpmss --mss 5", "-f", "! -f",
 ]
 COMPILE_TARGET_CASES = ["-j REJECT", "-j LOG", "-j MARK --set-mark 1", "-j CONNMARK --save-mark"]
 
@@ -373,6 +372,15 @@ def _compile_refuses(fragment: str) -> None:
 @pytest.mark.parametrize("fragment", COMPILE_CASES)
 def test_compiler_refuses_new_matches(fragment):
     _compile_refuses(fragment)
+
+
+@pytest.mark.parametrize("fragment", COMPILE_OK_CASES)
+def test_compiler_enforces_field_matches(fragment):
+    from ebpfw.compiler import compile_plan
+    rs = parse_ruleset(HEAD + "-A INPUT -j ACCEPT\n" + f"-A INPUT {fragment}\nCOMMIT\n", "p.rules")
+    check_ruleset(rs)
+    plan = compile_plan(rs.table("filter"))
+    assert plan.vectors[0] == 0b11 and len(plan.fields) >= 1
 
 
 @pytest.mark.parametrize("fragment", COMPILE_TARGET_CASES)
