@@ -128,7 +128,7 @@ struct pkt {
     __u8  proto;
     __u8  tcpflags;
     __u8  l4;         /* L4_* */
-    __u8  ttl;
+    __u8  ttl;        /* the TTL the filter hook sees (FORWARD: after ip_forward's decrement) */
     __u8  df;
     __u8  tos;
     __u16 l4off;      /* offset of the L4 header from the frame start */
@@ -136,17 +136,19 @@ struct pkt {
     __u8  frag;       /* 0 not a fragment, 1 a non-first fragment, 2 a first fragment */
     __u8  ctstate;    /* EBPFW_CT_* bit number (EBPFW_F_CT only) */
     __u16 ipid;       /* IP identification, host order */
-    __u8  hl;         /* the TTL the filter hook sees (FORWARD: after ip_forward's decrement) */
     __u8  pkttype;    /* skb->pkt_type at the hook: PACKET_HOST, BROADCAST, MULTICAST */
     __u8  macok;      /* smac is the frame's Ethernet source (-m mac can be judged) */
-    __u8  pad;
     __u8  smac[6];
-    __u16 pad2;
     __u32 mss;        /* EBPFW_F_TCPMSS: the MSS option, EBPFW_MSS_NONE, or MSS_BAD */
+    __u32 pad;        /* per-CPU map values are multiples of 8 bytes */
 };
 
 /* xt_tcpmss hotdrops a TCP header it cannot read: class "all" plus EBPFW_RF_MSS in walk() */
 #define MSS_BAD (EBPFW_MSS_NONE + 1)
+
+/* the packet being judged lives in map memory rather than on the 512-byte stack; its values
+ * are then unknown to the verifier, which does not split its states on them */
+BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
 
 /* the hooks a packet can be judged at */
 #define HOOK_INGRESS 0
@@ -663,7 +665,7 @@ BPF_PERCPU_ARRAY(ebpfw_mssw, struct mssstate, 1);
  * offset < 5, options cut short), EBPFW_MSS_NONE when the options hold no MSS (or not TCP).
  * The walk is the kernel's: kind 0/1 advance 1, others by their length (0 counts as 1);
  * the option area is at most 40 bytes, so 40 steps always finish it. */
-static __always_inline __u32 parse_mss(void *data, void *data_end, struct pkt *p)
+static __always_inline __u32 mss_walk(volatile struct mssstate *ms, void *data, void *data_end, struct pkt *p)
 {
     if (p->proto != IPPROTO_TCP)
         return EBPFW_MSS_NONE;
@@ -676,11 +678,6 @@ static __always_inline __u32 parse_mss(void *data, void *data_end, struct pkt *p
         return MSS_BAD;
     __u32 doff = (th[12] >> 4) * 4;
     if (doff < 20 || doff > p->l4len)
-        return MSS_BAD;
-    __u32 zero = 0;
-    /* volatile: every iteration reads the state back from map memory (see struct mssstate) */
-    volatile struct mssstate *ms = ebpfw_mssw.lookup(&zero);
-    if (!ms)
         return MSS_BAD;
     ms->i = 0;
     ms->optlen = doff - 20;
@@ -716,6 +713,18 @@ static __always_inline __u32 parse_mss(void *data, void *data_end, struct pkt *p
         }
         ms->i = i + (olen ? olen : 1);
     }
+    return ms->result;
+}
+
+static __always_inline __u32 parse_mss(void *data, void *data_end, struct pkt *p)
+{
+    __u32 zero = 0;
+    /* volatile: every access goes to map memory (see struct mssstate), and the result read
+     * back from it is one unknown value for the verifier, whichever way it was found */
+    volatile struct mssstate *ms = ebpfw_mssw.lookup(&zero);
+    if (!ms)
+        return MSS_BAD;
+    ms->result = mss_walk(ms, data, data_end, p);
     return ms->result;
 }
 #endif
@@ -774,7 +783,6 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->frag = (frag & 0x1fff) ? 1 : ((frag & 0x2000) ? 2 : 0);
     p->ipid = ntohs(ip->id);
     p->ctstate = 0;
-    p->hl = p->ttl;
     p->pkttype = 0;   /* PACKET_HOST */
     p->macok = 0;
     p->mss = EBPFW_MSS_NONE;
@@ -877,62 +885,6 @@ static __always_inline __u32 cls_icmp(__u32 k)
 }
 #endif
 
-#ifdef EBPFW_F_LENGTH
-static __always_inline __u32 cls_length(__u32 k)
-{
-    __u32 *c = ebpfw_length.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_TTL
-static __always_inline __u32 cls_ttl(__u32 k)
-{
-    __u32 *c = ebpfw_ttl.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_TOS
-static __always_inline __u32 cls_tos(__u32 k)
-{
-    __u32 *c = ebpfw_tos.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_FRAG
-static __always_inline __u32 cls_frag(__u32 k)
-{
-    __u32 *c = ebpfw_frag.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_TCPMSS
-static __always_inline __u32 cls_tcpmss(__u32 k)
-{
-    __u32 *c = ebpfw_tcpmss.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_PKTTYPE
-static __always_inline __u32 cls_pkttype(__u32 k)
-{
-    __u32 *c = ebpfw_pkttype.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_ATSRC
-static __always_inline __u32 cls_atsrc(__u32 k)
-{
-    __u32 *c = ebpfw_atsrc.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
-#ifdef EBPFW_F_ATDST
-static __always_inline __u32 cls_atdst(__u32 k)
-{
-    __u32 *c = ebpfw_atdst.lookup(&k);
-    return c ? *c : EBPFW_CLASS_ALL;
-}
-#endif
 #ifdef EBPFW_F_MAC
 /* the class of the packet's source MAC: its own entry, else the slot's default entry */
 static __always_inline __u32 cls_mac(__u32 slot, struct pkt *p)
@@ -942,8 +894,9 @@ static __always_inline __u32 cls_mac(__u32 slot, struct pkt *p)
     __u32 *c = ebpfw_mac.lookup(&k);
     if (c)
         return *c;
-    struct ebpfw_mac_key d = { .slot = slot, .is_default = 1 };
-    c = ebpfw_mac.lookup(&d);
+    __builtin_memset(k.mac, 0, 6);
+    k.is_default = 1;
+    c = ebpfw_mac.lookup(&k);
     return c ? *c : EBPFW_CLASS_ALL;
 }
 #endif
@@ -1171,37 +1124,52 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
 #endif
     }
 #endif
+    /* the fields of issue 5 share one key on the stack (the BPF stack is 512 bytes) */
+    __u32 *c;
 #ifdef EBPFW_F_LENGTH
-    GETVEC(v->length, slot, cls_length(slot * EBPFW_LENGTH_SLOTS + (p->len & 0xffff)));
+    k = slot * EBPFW_LENGTH_SLOTS + (p->len & 0xffff);
+    c = ebpfw_length.lookup(&k);
+    GETVEC(v->length, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_TTL
-    GETVEC(v->ttl, slot, cls_ttl(slot * EBPFW_TTL_SLOTS + p->hl));
+    k = slot * EBPFW_TTL_SLOTS + p->ttl;
+    c = ebpfw_ttl.lookup(&k);
+    GETVEC(v->ttl, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_TOS
-    GETVEC(v->tos, slot, cls_tos(slot * EBPFW_TOS_SLOTS + p->tos));
+    k = slot * EBPFW_TOS_SLOTS + p->tos;
+    c = ebpfw_tos.lookup(&k);
+    GETVEC(v->tos, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_FRAG
-    GETVEC(v->frag, slot, cls_frag(slot * EBPFW_FRAG_SLOTS + (p->frag == 1 ? 1 : 0)));
+    k = slot * EBPFW_FRAG_SLOTS + (p->frag == 1 ? 1 : 0);
+    c = ebpfw_frag.lookup(&k);
+    GETVEC(v->frag, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_TCPMSS
-    if (p->mss > EBPFW_MSS_NONE) {
-        GETVEC(v->tcpmss, slot, EBPFW_CLASS_ALL);
-    } else {
-        GETVEC(v->tcpmss, slot, cls_tcpmss(slot * EBPFW_MSS_SLOTS + p->mss));
-    }
+    /* MSS_BAD: every tcpmss rule passes here and hotdrops in walk() */
+    k = slot * EBPFW_MSS_SLOTS + (p->mss > EBPFW_MSS_NONE ? EBPFW_MSS_NONE : p->mss);
+    c = ebpfw_tcpmss.lookup(&k);
+    GETVEC(v->tcpmss, slot, (c && p->mss <= EBPFW_MSS_NONE) ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_PKTTYPE
-    GETVEC(v->pkttype, slot, cls_pkttype(slot * EBPFW_PKTTYPE_SLOTS + (p->pkttype & 3)));
+    k = slot * EBPFW_PKTTYPE_SLOTS + (p->pkttype & 3);
+    c = ebpfw_pkttype.lookup(&k);
+    GETVEC(v->pkttype, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_MAC
     /* no source MAC (judged at egress): every mac rule passes here and drops in walk() */
     GETVEC(v->mac, slot, p->macok ? cls_mac(slot, p) : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_ATSRC
-    GETVEC(v->atsrc, slot, cls_atsrc(slot * EBPFW_ATYPE_SLOTS + atype_of(p->saddr, iif, oif)));
+    k = slot * EBPFW_ATYPE_SLOTS + atype_of(p->saddr, iif, oif);
+    c = ebpfw_atsrc.lookup(&k);
+    GETVEC(v->atsrc, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
 #ifdef EBPFW_F_ATDST
-    GETVEC(v->atdst, slot, cls_atdst(slot * EBPFW_ATYPE_SLOTS + atype_of(p->daddr, iif, oif)));
+    k = slot * EBPFW_ATYPE_SLOTS + atype_of(p->daddr, iif, oif);
+    c = ebpfw_atdst.lookup(&k);
+    GETVEC(v->atdst, slot, c ? *c : EBPFW_CLASS_ALL);
 #endif
     return 0;
 }
@@ -1720,9 +1688,7 @@ static __always_inline int classify_resume(void)
     c->calls += 1;
     if (c->calls > EBPFW_MAXCALLS)
         return V_CONT;
-    struct pkt p;
-    __builtin_memcpy(&p, &c->p, sizeof(p));
-    return classify(c->chain, &p, c->iif, c->oif, 1);
+    return classify(c->chain, &c->p, c->iif, c->oif, 1);
 }
 
 static __always_inline int mac_differs(const __u8 *a, const __u8 *b)
@@ -1733,8 +1699,11 @@ static __always_inline int mac_differs(const __u8 *a, const __u8 *b)
 /* Ingress: INPUT for local destinations, FORWARD for routed ones, as the kernel decides. */
 static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, __u32 wire_len, __u32 ifindex)
 {
-    struct pkt p;
-    int r = parse(data, data_end, wire_len, &p, 1);
+    __u32 pz = 0;
+    struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
+    if (!p)
+        return V_PASS;
+    int r = parse(data, data_end, wire_len, p, 1);
     if (r == 1) {
         stat_inc(EBPFW_STAT_NOTIP);
         return V_PASS;
@@ -1756,33 +1725,35 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
         }
     }
     /* eth_type_trans(): what -m pkttype sees; ip_forward() only forwards PACKET_HOST */
-    if (!l2host)
-        p.pkttype = (eth->h_dest[0] & eth->h_dest[1] & eth->h_dest[2] & eth->h_dest[3] &
-                     eth->h_dest[4] & eth->h_dest[5]) == 0xff ? 1 : 2;
-    __builtin_memcpy(p.smac, eth->h_source, 6);
-    p.macok = 1;
+    /* branch-free, so the verifier does not split every later state on the packet type */
+    __u32 group = eth->h_dest[0] & 1;
+    __u32 allones = ((__u32)(eth->h_dest[0] & eth->h_dest[1] & eth->h_dest[2] & eth->h_dest[3] &
+                             eth->h_dest[4] & eth->h_dest[5]) + 1) >> 8;
+    p->pkttype = group * (2 - allones);   /* 0 PACKET_HOST, 1 BROADCAST, 2 MULTICAST */
+    __builtin_memcpy(p->smac, eth->h_source, 6);
+    p->macok = 1;
     /* one call site of classify(): the walk is inlined once, which keeps verification cheap */
     __u32 chain = EBPFW_CHAIN_INPUT, oif = 0;
-    __u32 d = ntohl(p.daddr);
-    if (!(ebpfw_local.lookup(&p.daddr) || d == 0xffffffff || (d >> 28) == 0xe)) {
+    __u32 d = ntohl(p->daddr);
+    if (!(ebpfw_local.lookup(&p->daddr) || d == 0xffffffff || (d >> 28) == 0xe)) {
         struct bpf_fib_lookup fib = {};
         fib.family = 2; /* AF_INET */
-        fib.l4_protocol = p.proto;
-        fib.tos = p.tos;
-        fib.tot_len = p.df ? p.len : 0;
+        fib.l4_protocol = p->proto;
+        fib.tos = p->tos;
+        fib.tot_len = p->df ? p->len : 0;
         fib.ifindex = ifindex;
-        fib.ipv4_src = p.saddr;
-        fib.ipv4_dst = p.daddr;
+        fib.ipv4_src = p->saddr;
+        fib.ipv4_dst = p->daddr;
         int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
         if (rc == BPF_FIB_LKUP_RET_SUCCESS || rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
             /* ip_forward() drops these before the FORWARD hook */
-            if (!l2host || p.ttl <= 1) {
+            if (!l2host || p->ttl <= 1) {
                 stat_inc(EBPFW_STAT_NOHOOK);
                 return V_PASS;
             }
             chain = EBPFW_CHAIN_FORWARD;
             oif = fib.ifindex;
-            p.hl = p.ttl - 1;   /* ip_forward() decrements the TTL before the FORWARD hook */
+            p->ttl -= 1;   /* ip_forward() decrements the TTL before the FORWARD hook */
         } else if (rc != BPF_FIB_LKUP_RET_NOT_FWDED && rc != BPF_FIB_LKUP_RET_FWD_DISABLED) {
             /* blackhole, unreachable, prohibit, fragmentation needed: no filter hook runs */
             stat_inc(EBPFW_STAT_NOHOOK);
@@ -1790,14 +1761,14 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
         }
     }
 #ifdef EBPFW_F_CT
-    p.ctstate = ct_label(&p, data, data_end);
-    if (p.ctstate == EBPFW_CT_INVALID)
+    p->ctstate = ct_label(p, data, data_end);
+    if (p->ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
-    int v = classify(chain, &p, ifindex, oif, 0);
+    int v = classify(chain, p, ifindex, oif, 0);
     ct_commit(v);
     return v;
 #else
-    return classify(chain, &p, ifindex, oif, 0);
+    return classify(chain, p, ifindex, oif, 0);
 #endif
 }
 
@@ -1892,19 +1863,22 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     pull_headers(skb, data, data_end);
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
-    struct pkt p;
-    int r = parse(data, data_end, skb->len, &p, 0);
+    __u32 pz = 0;
+    struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
+    if (!p)
+        return TC_ACT_OK;
+    int r = parse(data, data_end, skb->len, p, 0);
     if (r != 0) {
         stat_inc(r == 1 ? EBPFW_STAT_NOTIP : EBPFW_STAT_MALFORMED);
         return TC_ACT_OK;
     }
     stat_inc(EBPFW_STAT_SEEN);
 #ifdef EBPFW_F_CT
-    p.ctstate = ct_label(&p, data, data_end);
-    if (p.ctstate == EBPFW_CT_INVALID)
+    p->ctstate = ct_label(p, data, data_end);
+    if (p->ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
 #endif
-    int v = classify(chain, &p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 0);
+    int v = classify(chain, p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 0);
     if (v == V_CONT) {
         ebpfw_jmpt.call(skb, 0);
         walk_abandon();

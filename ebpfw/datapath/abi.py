@@ -64,7 +64,7 @@ STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "w
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
              "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
-             "ebpfw_jmpx", "ebpfw_jmpt")
+             "ebpfw_jmpx", "ebpfw_jmpt", "ebpfw_pkt")
 FIELD_MAPS = {
     "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
     "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
