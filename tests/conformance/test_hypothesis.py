@@ -16,12 +16,13 @@ from zero each time.
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, reject, settings
 from hypothesis import strategies as st
 
-from .harness import ImportRefused, compare, render_report, run_case
+from .harness import ImportRefused, SideError, compare, render_report, run_case
 from .packets import Case, Send
 
 pytestmark = [pytest.mark.kernel, pytest.mark.timeout(3600)]
@@ -31,11 +32,11 @@ DUT_WAN, DUT_LAN, CLI, SRV = "10.91.1.1", "10.91.2.1", "10.91.1.2", "10.91.2.2"
 PREFIXES = ["10.91.1.2/32", "10.91.1.0/24", "10.91.0.0/16", "10.91.2.2/32", "10.91.2.0/24",
             "10.91.1.1/32", "10.91.2.1/32", "203.0.113.0/24", "203.0.113.0/25",
             "203.0.113.128/26", "203.0.113.7/32", "198.51.100.0/24", "198.51.100.128/25",
-            "172.16.0.0/12", "172.17.0.0/16", "0.0.0.0/1", "128.0.0.0/1"]
+            "172.16.0.0/12", "172.17.0.0/16", "0.0.0.0/1", "128.0.0.0/1", "0.0.0.0/0"]
 RANGES = [("203.0.113.1", "203.0.113.100"), ("203.0.113.100", "203.0.113.200"),
           ("10.91.1.0", "10.91.2.255"), ("198.51.100.10", "198.51.100.10"),
           ("172.17.0.1", "172.17.0.9")]
-IFACES = ["dut0", "dut1", "dut+", "d+", "cli0"]
+IFACES = ["dut0", "dut1", "dut+", "d+", "cli0", "+", "dut"]
 PORTS = [0, 1, 22, 53, 79, 80, 81, 443, 1023, 1024, 8080, 65535]
 PORT_SPECS = ["22", "80", "53", "1024:65535", "0:1023", "80:443", "443", "8080", "65535", "1:79"]
 FLAG_NAMES = ["FIN", "SYN", "RST", "PSH", "ACK", "URG"]
@@ -73,9 +74,9 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
             parts += [f"{_neg(draw)}-i", draw(st.sampled_from(IFACES))]
         if may_out and draw(st.integers(0, 2)) == 0:
             parts += [f"{_neg(draw)}-o", draw(st.sampled_from(IFACES))]
-        proto = draw(st.sampled_from([None, "tcp", "udp", "icmp", "47"]))
+        proto = draw(st.sampled_from([None, "tcp", "udp", "icmp", "47", "all", "sctp"]))
         if proto:
-            neg = draw(st.integers(0, 5)) == 0
+            neg = proto != "all" and draw(st.integers(0, 5)) == 0   # iptables refuses ! -p all
             parts += [f"{'! ' if neg else ''}-p", proto]
             if not neg and proto in ("tcp", "udp"):
                 kind = draw(st.sampled_from(["none", "ports", "multiport", "flags"]
@@ -98,15 +99,25 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
                 elif kind == "multiport":
                     items = draw(st.lists(st.sampled_from(PORT_SPECS + ["25", "8443"]),
                                           min_size=1, max_size=4, unique=True))
-                    parts += ["-m", "multiport",
-                              f"{_neg(draw)}--{draw(st.sampled_from(['dports', 'sports', 'ports']))}",
-                              ",".join(items)]
+                    which = draw(st.sampled_from(['dports', 'sports', 'ports']))
+                    parts += ["-m", "multiport", f"{_neg(draw)}--{which}", ",".join(items)]
+                    if which == "dports" and draw(st.integers(0, 3)) == 0:
+                        # the same extension twice in one rule (on the other port): both
+                        # must match. (Two conditions on one port field: ebpfw refuses them.)
+                        parts += ["-m", "multiport", f"{_neg(draw)}--sports",
+                                  ",".join(draw(st.lists(st.sampled_from(PORT_SPECS),
+                                                         min_size=1, max_size=3, unique=True)))]
             elif not neg and proto == "icmp" and draw(st.booleans()):
                 parts += ["-m", "icmp", f"{_neg(draw)}--icmp-type", draw(st.sampled_from(ICMP_SPECS))]
         if draw(st.integers(0, 4)) == 0:
             lo, hi = draw(st.sampled_from(RANGES))
-            which = draw(st.sampled_from(["--src-range", "--dst-range"]))
-            parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
+            which = draw(st.sampled_from(["--src-range", "--dst-range", "both"]))
+            if which == "both":
+                lo2, hi2 = draw(st.sampled_from(RANGES))
+                parts += ["-m", "iprange", f"{_neg(draw)}--src-range", f"{lo}-{hi}",
+                          f"{_neg(draw)}--dst-range", f"{lo2}-{hi2}"]
+            else:
+                parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
         if ct and draw(st.integers(0, 2)) == 0:
             states = draw(st.sampled_from(CT_SPECS))
             if draw(st.integers(0, 3)) == 0:
@@ -175,7 +186,8 @@ def packets(draw):
         # reassembles them before INPUT)
         from scapy.layers.inet import fragment
 
-        return Send(role, fragment(pkt / Raw(b"f" * 40), draw(st.sampled_from([8, 16, 24]))))
+        sizes = [16, 24] if proto == "tcp" and KNOWN_BUG_TCP_OFFSET1 else [8, 16, 24]
+        return Send(role, fragment(pkt / Raw(b"f" * 40), draw(st.sampled_from(sizes))))
     return Send(role, [pkt])
 
 
@@ -283,6 +295,20 @@ def interleaved_flows(draw) -> list:
     return out
 
 
+# Open ebpfw bugs with a fixed regression case in cases/regressions.py: an example that hits
+# one is rejected (not counted as a pass or a failure) and reported as a warning, so the
+# bounded run keeps guarding everything else. Remove the entry when the bug is fixed.
+KNOWN_APPLY_BUGS = {
+    "Argument list too long": "apply fails with E2BIG (cases/regressions.py: build_e2big)",
+}
+
+
+# Open ebpfw bug, kept as cases/fragments.py: build_tcp_offset1: a TCP fragment at offset 8 is
+# not dropped like iptables' tcp match does. While it is open the generator does not cut TCP
+# into 8-byte fragments (which makes one). Set to False when the bug is fixed.
+KNOWN_BUG_TCP_OFFSET1 = True
+
+
 def _check(text: str, steps: list, iptables_side, ebpfw_side) -> None:
     case = Case(name="hypothesis", ruleset=text, steps=steps)
     try:
@@ -291,7 +317,14 @@ def _check(text: str, steps: list, iptables_side, ebpfw_side) -> None:
         raise AssertionError(f"ebpfw import refused a ruleset in the supported subset:\n{exc}\n"
                              f"--- ruleset\n{text}") from None
     ref = run_case(iptables_side, case, stepwise=True)
-    got = run_case(ebpfw_side, case, stepwise=False)
+    try:
+        got = run_case(ebpfw_side, case, stepwise=False)
+    except SideError as exc:
+        for signature, what in KNOWN_APPLY_BUGS.items():
+            if signature in str(exc):
+                warnings.warn(f"conformance: known ebpfw bug hit, example rejected: {what}")
+                reject()
+        raise
     diffs = compare(case, ref, got)
     if diffs:
         got = run_case(ebpfw_side, case, stepwise=True)
@@ -304,7 +337,11 @@ def _settings(examples: int, shrink: bool):
     phases = [Phase.explicit, Phase.reuse, Phase.generate, Phase.target]
     if shrink:
         phases.append(Phase.shrink)
-    return settings(max_examples=examples, deadline=None, phases=phases, print_blob=True,
+    # the bounded run (make test) plays the same examples every time unless asked otherwise;
+    # the slow run explores
+    derandomize = not shrink and os.environ.get("CONFORMANCE_RANDOM", "0") != "1"
+    extra = {"derandomize": True, "database": None} if derandomize else {}
+    return settings(max_examples=examples, deadline=None, phases=phases, print_blob=True, **extra,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.function_scoped_fixture])
 

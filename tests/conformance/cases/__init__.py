@@ -24,6 +24,7 @@ EXTRA_CASES = [
     "fragments:build_input",
     "fragments:build_conntrack",
     "fragments:build_tcp_offset1",
+    "regressions:build_e2big",
 ]
 
 
