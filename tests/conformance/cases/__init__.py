@@ -25,6 +25,8 @@ EXTRA_CASES = [
     "fragments:build_conntrack",
     "fragments:build_tcp_offset1",
     "regressions:build_e2big",
+    "malformed:build_ip_options",
+    "malformed:build_truncated",
 ]
 
 
