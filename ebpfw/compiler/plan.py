@@ -23,13 +23,15 @@ from typing import Iterable, Optional
 from ..errors import RulesetError
 from ..ruleset import (
     AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IcmpMatch, IpMatch, IprangeMatch, LengthMatch,
-    MacMatch, MultiportMatch, PkttypeMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
+    LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, Table, TcpMatch, TcpmssMatch, TosMatch,
+    TtlMatch, UdpMatch,
 )
 from . import fields as F
 from .groups import find_groups
 
 BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
-ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5}
+# the target kinds the datapath enforces (ebpfw.check refuses the others with the rule's FILE:LINE)
+ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "REJECT": 6, "LOG": 7}
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
@@ -37,6 +39,11 @@ RF_MAC = 4          # a mac match: fail closed where the datapath has no source 
 ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
                     LengthMatch, TtlMatch, TosMatch, DscpMatch, TcpmssMatch, PkttypeMatch, MacMatch,
                     AddrtypeMatch)
+# REJECT's rule argument: the ICMP destination-unreachable code, or REJ_TCP_RESET
+REJ_TCP_RESET = 256
+REJECT_CODES = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
+                "icmp-port-unreachable": 3, "icmp-net-prohibited": 9, "icmp-host-prohibited": 10,
+                "icmp-admin-prohibited": 13, "tcp-reset": REJ_TCP_RESET}
 
 
 @dataclass
@@ -73,6 +80,7 @@ class Plan:
     mac: Optional[dict[bytes, int]] = None              # source MAC -> class (b"" = any other)
     atsrc: Optional[list[int]] = None                   # 4096 classes by route types (fields.py)
     atdst: Optional[list[int]] = None
+    log: dict[int, LogTarget] = field(default_factory=dict)   # rule number -> options of its -j LOG
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes, key -> rule numbers, and the class of
     # the "residual" vector (the rules the bit vectors decide; grouped rules' bits are 0 there)
@@ -97,7 +105,18 @@ class Plan:
                        for i, g in enumerate(self.group_shapes)],
             "grouped_rules": len({r for ids in self.group_entries.values() for r in ids}),
             "conntrack": self.ct is not None,
+            "actions": self.actions,
         }
+
+    @property
+    def actions(self) -> list[str]:
+        """The non-verdict actions compiled into the datapath (each a -D flag)."""
+        out = []
+        if ACT["REJECT"] in self.rule_kind:
+            out.append("reject")
+        if self.log:
+            out.append("log")
+        return out
 
 
 class _Classes:
@@ -180,10 +199,31 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
     n = len(rules)
     all_rules = (1 << n) - 1
     kinds, args, flags = [], [], []
-    for r in rules:
+    logs: dict[int, LogTarget] = {}
+    for rn, r in enumerate(rules):
         t = r.target
-        kinds.append(ACT[t.kind])
-        if t.kind in ("JUMP", "GOTO"):
+        if t.kind not in ACT:
+            problems.append(f"{r.pos}: target '{t.kind}' is not supported by the datapath yet, expected ACCEPT, "
+                            f"DROP, REJECT, LOG, RETURN or a user-defined chain, found '-j {t.kind}'")
+            kinds.append(0)
+        else:
+            kinds.append(ACT[t.kind])
+        if t.kind == "REJECT":
+            ext = t.ext if isinstance(t.ext, RejectTarget) else RejectTarget()
+            code = REJECT_CODES.get(ext.reject_with)
+            if code is None:
+                problems.append(f"{r.pos}: unknown reject type '{ext.reject_with}', expected one of "
+                                + ", ".join(REJECT_CODES))
+                code = 3
+            args.append(code)
+        elif t.kind == "LOG":
+            ext = t.ext if isinstance(t.ext, LogTarget) else LogTarget()
+            if ext.uid:
+                problems.append(f"{r.pos}: LOG --log-uid is not supported by the datapath (XDP and TC see no "
+                                "socket owner), expected LOG without --log-uid, found '--log-uid'")
+            logs[rn] = ext
+            args.append(0)
+        elif t.kind in ("JUMP", "GOTO"):
             if t.chain not in chain_id or t.chain in BUILTINS:
                 problems.append(f"{r.pos}: jump to '{t.chain}', expected an existing user-defined chain")
                 args.append(0)
@@ -213,7 +253,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
     plan = Plan(
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
-        max_depth=_max_depth(chains, by_name), vectors=classes.vectors,
+        max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs,
     )
     F.build_fields(plan, atoms, n, classes, set(ifnames) | {""})
     if groups.grouped:

@@ -297,7 +297,13 @@ def test_extension_allowed_by_iptables(rules):
     assert datapath_only(check_problems(rules)), check_problems(rules)
 
 
-@pytest.mark.parametrize("kind", ["REJECT", "LOG", "MARK", "CONNMARK"])
+def test_reject_and_log_are_enforced_by_the_datapath():
+    rs = ir(builtin("INPUT", r(Target("REJECT", ext=RejectTarget()), 3, IpMatch(proto=6)),
+                    r(Target("LOG", ext=LogTarget()), 4)))
+    check_ruleset(rs)
+
+
+@pytest.mark.parametrize("kind", ["MARK", "CONNMARK"])
 def test_extension_targets_refused_until_the_datapath_has_them(kind):
     ext = {"MARK": MarkTarget(1), "CONNMARK": ConnmarkTarget("save")}.get(kind)
     rs = ir(builtin("INPUT", r(Target(kind, ext=ext), 3, IpMatch(proto=6))))  # type: ignore[arg-type]
@@ -358,7 +364,7 @@ COMPILE_OK_CASES = [
     "-m length --length 5", "-m ttl --ttl-eq 3", "-m tos --tos 1", "-m dscp --dscp 1",
     "-p tcp -m tcpmss --mss 5", "-f", "! -f",
 ]
-COMPILE_TARGET_CASES = ["-j REJECT", "-j LOG", "-j MARK --set-mark 1", "-j CONNMARK --save-mark"]
+COMPILE_TARGET_CASES = ["-j MARK --set-mark 1", "-j CONNMARK --save-mark"]
 
 
 def _compile_refuses(fragment: str) -> None:
@@ -384,11 +390,37 @@ def test_compiler_enforces_field_matches(fragment):
 
 
 @pytest.mark.parametrize("fragment", COMPILE_TARGET_CASES)
-@pytest.mark.xfail(raises=KeyError, strict=True,
-                   reason="ebpfw/compiler/plan.py:159 `ACT[t.kind]` raises KeyError for a target kind it "
-                          "does not know (check_ruleset refuses these kinds first, so apply never gets there)")
 def test_compiler_refuses_new_targets(fragment):
-    _compile_refuses(fragment)
+    from ebpfw.compiler import compile_plan
+    rs = parse_ruleset(HEAD + "-A INPUT -j ACCEPT\n" + f"-A INPUT {fragment}\nCOMMIT\n", "p.rules")
+    with pytest.raises(RulesetError) as exc:
+        compile_plan(rs.table("filter"))
+    kind = fragment.split()[1]
+    assert exc.value.problems == [
+        f"p.rules:9: target '{kind}' is not supported by the datapath yet, expected ACCEPT, DROP, REJECT, LOG, "
+        f"RETURN or a user-defined chain, found '-j {kind}'"]
+
+
+def test_compiler_encodes_reject_and_log():
+    from ebpfw.compiler import compile_plan
+    from ebpfw.compiler.plan import ACT, REJ_TCP_RESET
+    rs = parse_ruleset(HEAD + "-A INPUT -p tcp -j REJECT --reject-with tcp-reset\n"
+                       "-A INPUT -j LOG --log-prefix \"x: \" --log-level 6\n"
+                       "-A INPUT -j REJECT --reject-with icmp-admin-prohibited\n-A INPUT -j REJECT\nCOMMIT\n",
+                       "p.rules")
+    plan = compile_plan(rs.table("filter"))
+    assert plan.rule_kind == [ACT["REJECT"], ACT["LOG"], ACT["REJECT"], ACT["REJECT"]]
+    assert plan.rule_arg == [REJ_TCP_RESET, 0, 13, 3]
+    assert plan.log[1].prefix == "x: " and plan.log[1].level == 6
+    assert plan.actions == ["reject", "log"]
+
+
+def test_compiler_refuses_log_uid():
+    from ebpfw.compiler import compile_plan
+    rs = parse_ruleset(HEAD + "-A INPUT -j LOG --log-uid\nCOMMIT\n", "p.rules")
+    with pytest.raises(RulesetError) as exc:
+        compile_plan(rs.table("filter"))
+    assert exc.value.problems[0].startswith("p.rules:8: LOG --log-uid is not supported by the datapath")
 
 
 def test_sets_checked_against_the_set_file():
