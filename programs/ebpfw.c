@@ -21,6 +21,10 @@
  * With EBPFW_F_CT (some rule uses -m conntrack / -m state) every judged packet is labelled by
  * connection tracking first (the section below) and the `ct` field classifies its state;
  * EBPFW_CT_SIZE, EBPFW_CT_PATH and EBPFW_CTSTAT_PATH place the shared, pinned table.
+ * With EBPFW_F_REJECT some rule is -j REJECT: the walk ends with V_REJECT and a post program
+ * rewrites the frame into the answer and sends it back (see the REJECT section). With
+ * EBPFW_F_LOG some rule is -j LOG: the walk notes the rule and a post program writes an event
+ * to a ring buffer; the walk goes on.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -159,6 +163,13 @@ BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
 #define V_ACCEPT 1
 #define V_DROP   2
 #define V_CONT   3    /* the walk continues in a tail call (programs/ebpfw.c: continuation) */
+#define V_REJECT 4    /* drop and answer (EBPFW_F_REJECT): the walk left the rule's arg in walkstate.arg */
+
+/* Actions after the verdict (LOG events, building a REJECT answer) run in tail-called post
+ * programs: code placed after the inlined walk would be verified once per way out of the walk,
+ * code in another program is verified once. The walk leaves what they need in its scratch
+ * record (struct walkstate). */
+#define EBPFW_MAXLOG 8        /* LOG rules one packet can reach; more are counted as lost */
 
 #ifdef EBPFW_F_CT
 /* ---- connection tracking (compiled in with -DEBPFW_F_CT) ---------------------------------
@@ -1335,8 +1346,26 @@ struct walkstate {
     __u32 hot;        /* EBPFW_RF_* bits that drop the packet when a rule with them matches */
     __u32 ret_pos[EBPFW_MAXDEPTH];
     __u32 ret_end[EBPFW_MAXDEPTH];
+    /* for the post programs (REJECT, LOG) */
+    __u32 arg;        /* the REJECT rule's arg when walk() returns V_REJECT */
+    __u32 slot;
+    __u32 nlog;       /* LOG rules reached, in order */
+    __u32 logs[EBPFW_MAXLOG];
+    __u32 verdict;    /* V_* */
+    __u32 hook;       /* EBPFW_CHAIN_* */
+    __u32 iif;
+    __u32 oif;
+    __u32 l2host;     /* the frame was addressed to us at L2 */
+    __u32 local;      /* the IP destination is a local address */
+    __u32 egress;     /* judged by the TC egress program */
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
+#if defined(EBPFW_F_LOG) || defined(EBPFW_F_REJECT)
+#define EBPFW_POST 1
+/* one array per program type: the kernel ties a prog array to the type of its first user */
+BPF_PROG_ARRAY(ebpfw_post_xdp, 1);
+BPF_PROG_ARRAY(ebpfw_post_tc, 1);
+#endif
 
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
@@ -1368,6 +1397,8 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             hot |= EBPFW_RF_MAC;
 #endif
         ws->hot = hot;
+        ws->nlog = 0;
+        ws->slot = slot;
     }
 
     for (__u32 step = 0; step < EBPFW_MAXSTEPS; step++) {
@@ -1436,6 +1467,26 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             return V_ACCEPT;
         if (kind == EBPFW_ACT_DROP)
             return V_DROP;
+        if (kind == EBPFW_ACT_REJECT) {
+#ifdef EBPFW_F_REJECT
+            ws->arg = rule->arg;
+            return V_REJECT;
+#else
+            return V_DROP;   /* never written without EBPFW_F_REJECT; fail closed */
+#endif
+        }
+#ifdef EBPFW_F_LOG
+        if (kind == EBPFW_ACT_LOG) {
+            /* the event is written by the post program; the walk goes on */
+            __u32 n = ws->nlog;
+            if (n < EBPFW_MAXLOG) {
+                ws->logs[n] = r;
+                ws->nlog = n + 1;
+            } else {
+                stat_inc(EBPFW_STAT_LOG_LOST);
+            }
+        }
+#endif
         if (kind == EBPFW_ACT_RETURN) {
             ws->pos = end;
             continue;
@@ -1696,6 +1747,502 @@ static __always_inline int mac_differs(const __u8 *a, const __u8 *b)
     return (a[0] ^ b[0]) | (a[1] ^ b[1]) | (a[2] ^ b[2]) | (a[3] ^ b[3]) | (a[4] ^ b[4]) | (a[5] ^ b[5]);
 }
 
+#ifdef EBPFW_F_LOG
+/* ---- LOG ------------------------------------------------------------------------------------
+ * An event per packet that reaches a -j LOG rule: the rule's prefix and flags, the hook and
+ * interfaces, and the first EBPFW_LOG_CAP bytes of the frame (MAC, IP and L4 headers, from
+ * which `ebpfw log` prints nf_log_syslog's line). A per-CPU token bucket bounds the event
+ * rate (a flood cannot overload the host); suppressed and lost events are counted. */
+#ifndef EBPFW_LOG_PAGES
+#define EBPFW_LOG_PAGES 256
+#endif
+BPF_RINGBUF_OUTPUT(ebpfw_logring, EBPFW_LOG_PAGES);
+BPF_ARRAY(ebpfw_logcfg, struct ebpfw_logcfg, NSLOTS * EBPFW_RCAP);
+BPF_ARRAY(ebpfw_logrlc, struct ebpfw_logrl_cfg, 1);
+BPF_PERCPU_ARRAY(ebpfw_logrl, struct ebpfw_logrl, 1);
+
+static __always_inline void log_event(struct walkstate *ws, __u32 r, void *data, void *data_end)
+{
+    __u32 slot = ws->slot & 1;
+    __u32 zero = 0;
+    struct ebpfw_logrl_cfg *c = ebpfw_logrlc.lookup(&zero);
+    struct ebpfw_logrl *b = ebpfw_logrl.lookup(&zero);
+    if (!c || !b)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    __u64 per = c->ns_per_event;
+    if (per) {
+        __u64 t = b->tokens + (now - b->last);
+        b->last = now;
+        if (t > c->burst_ns)
+            t = c->burst_ns;
+        if (t < per) {
+            b->tokens = t;
+            stat_inc(EBPFW_STAT_LOG_SUPPR);
+            return;
+        }
+        b->tokens = t - per;
+    }
+    __u32 ck = slot * EBPFW_RCAP + r;
+    struct ebpfw_logcfg *cfg = ebpfw_logcfg.lookup(&ck);
+    if (!cfg)
+        return;
+    struct ebpfw_logev *ev = ebpfw_logring.ringbuf_reserve(sizeof(struct ebpfw_logev));
+    if (!ev) {
+        stat_inc(EBPFW_STAT_LOG_LOST);
+        return;
+    }
+    ev->ts = now;
+    ev->rule = r;
+    ev->hook = ws->hook;
+    ev->slot = slot;
+    ev->iif = ws->iif;
+    ev->oif = ws->oif;
+    ev->pad = 0;
+    __builtin_memcpy(&ev->cfg, cfg, sizeof(struct ebpfw_logcfg));
+    __u64 n = (__u64)(data_end - data);
+    ev->wire_len = n;
+    if (n > EBPFW_LOG_CAP)
+        n = EBPFW_LOG_CAP;
+    asm volatile("" : "+r"(n));
+    n &= 0xff;
+    if (n > EBPFW_LOG_CAP)
+        n = EBPFW_LOG_CAP;
+    ev->caplen = n;
+    if (bpf_probe_read_kernel(ev->data, n, data) < 0)
+        ev->caplen = 0;
+    ebpfw_logring.ringbuf_submit(ev, 0);
+    stat_inc(EBPFW_STAT_LOG);
+}
+
+
+
+/* the events of every LOG rule the packet reached, in rule order */
+static __always_inline void log_events(struct walkstate *ws, void *data, void *data_end)
+{
+    __u32 n = ws->nlog;
+    for (int i = 0; i < EBPFW_MAXLOG; i++) {
+        if (i >= n)
+            break;
+        log_event(ws, ws->logs[i], data, data_end);
+    }
+}
+#endif
+
+#ifdef EBPFW_F_REJECT
+/* ---- REJECT -----------------------------------------------------------------------------------
+ *
+ * Contract: a packet that ends at -j REJECT is dropped and, when the kernel's REJECT would
+ * answer it, its frame is rewritten in place into the answer and sent back:
+ *   - an ICMP destination unreachable (code = the rule's arg) built as icmp_send() builds it:
+ *     IP tos (tos & 0x1e) | 0xc0, no DF, ttl net.ipv4.ip_default_ttl, a fresh IP id, source
+ *     the original destination at INPUT, the address the route back prefers at FORWARD (a
+ *     fib lookup), the original destination at OUTPUT (the kernel: the local address, see
+ *     reject_prepare); it quotes the original IP packet up to 576
+ *     bytes in all (548 bytes of quote);
+ *   - a TCP RST built as nf_send_reset() builds it: tos 0, id 0, DF, source the original
+ *     destination; with the original's ACK: seq = its ack_seq; without: ACK set, ack_seq =
+ *     its seq + SYN + FIN + payload length.
+ * No answer (the kernel's rules): non-first fragments, a destination that is broadcast or
+ * multicast (also at L2), an ICMP error (or unknown ICMP type) for ICMP errors, a RST for a RST,
+ * a TCP header cut short, a source that cannot be answered (0/8, broadcast, multicast); ICMP
+ * errors also follow the per-peer rate limit net.ipv4.icmp_ratelimit (burst 6, as
+ * inet_peer_xrlim_allow), not applied to answers delivered locally.
+ * Where it goes: XDP: XDP_TX out of the ingress interface with the MACs swapped; TC ingress:
+ * bpf_redirect to the same interface's egress; TC egress OUTPUT: to the local stack through
+ * lo's ingress (as the kernel routes a reply to a local address); TC egress FORWARD: out of
+ * the route back to the source (fib lookup). A helper failure drops the packet unanswered.
+ * Not done: the answer is not judged by OUTPUT (iptables passes it through OUTPUT), L4
+ * checksums of the original are not verified (the kernel stays silent for a bad one), IP
+ * options are not echoed, and the global ICMP rate limit (icmp_msgs_per_sec) is not applied.
+ */
+#ifndef BPF_FIB_LOOKUP_SRC
+#define BPF_FIB_LOOKUP_SRC (1U << 4)
+#endif
+#define RJ_ROOM 548          /* icmp_send: 576 - IP header - ICMP header */
+#define RJ_FIN 0x01
+#define RJ_SYN 0x02
+#define RJ_RST 0x04
+#define RJ_ACK 0x10
+#define RJ_LO_IFINDEX 1      /* lo is ifindex 1 in every network namespace */
+
+BPF_ARRAY(ebpfw_rejcfg, struct ebpfw_rejcfg, 1);
+BPF_TABLE("lru_hash", __u32, struct ebpfw_icmprl, ebpfw_icmprl, 16384);
+
+/* what the answer needs, read from the original before its frame is rewritten */
+struct rejinfo {
+    __u8  mac_dst[6];     /* of the answer */
+    __u8  mac_src[6];
+    __u32 arg;            /* ICMP code or EBPFW_REJ_TCP_RESET */
+    __u32 src;            /* the answer's IP source (network order) */
+    __u32 dst;
+    __u32 q;              /* ICMP: bytes of the original IP packet quoted */
+    __u32 seq;            /* RST, network order */
+    __u32 ack;
+    __u16 sport;          /* RST, network order */
+    __u16 dport;
+    __u8  tos;
+    __u8  ttl;
+    __u8  tflags;         /* RST's TCP flags */
+    __u8  pad;
+    __u32 ifindex;        /* TC: where to redirect */
+    __u32 rflags;         /* TC: bpf_redirect flags */
+};
+
+static __always_inline int rj_icmp_is_error(__u8 type)
+{
+    return type > 18 || type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+static __always_inline int rj_bad_source(__u32 saddr)
+{
+    __u32 s = ntohl(saddr);
+    return (s >> 24) == 0 || s == 0xffffffff || (s >> 28) == 0xe;
+}
+
+/* inet_peer_xrlim_allow: a bucket of up to 6 * ratelimit of credit, one ratelimit per error */
+static __always_inline int rj_rate_ok(struct ebpfw_rejcfg *cfg, __u32 peer)
+{
+    __u64 to = cfg->icmp_ratelimit_ns;
+    if (!to)
+        return 1;
+    __u64 now = bpf_ktime_get_ns();
+    struct ebpfw_icmprl *b = ebpfw_icmprl.lookup(&peer);
+    if (!b) {
+        struct ebpfw_icmprl nb = { .tokens = 5 * to, .last = now };
+        ebpfw_icmprl.update(&peer, &nb);
+        return 1;
+    }
+    __u64 t = b->tokens + (now - b->last);
+    b->last = now;
+    if (t > 6 * to)
+        t = 6 * to;
+    if (t >= to) {
+        b->tokens = t - to;
+        return 1;
+    }
+    b->tokens = t;
+    return 0;
+}
+
+/* Decide whether the kernel would answer packet p rejected at `hook`, and gather what the
+ * answer needs into ri. Returns 1 to answer, 0 to drop quietly. */
+static __always_inline int reject_prepare(void *ctx, struct pkt *p, void *data, void *data_end,
+                                          struct walkstate *ws, struct rejinfo *ri)
+{
+    __u32 zero = 0;
+    struct ebpfw_rejcfg *cfg = ebpfw_rejcfg.lookup(&zero);
+    if (!cfg)
+        return 0;
+    __u32 hook = ws->hook, l2host = ws->l2host, local = ws->local, ifindex = ws->iif, at_egress = ws->egress;
+    __u32 arg = ws->arg;
+    ri->arg = arg;
+    ri->ttl = cfg->ttl ? cfg->ttl : 64;
+    if (p->frag == 1 || !l2host)
+        return 0;
+    __u32 d = ntohl(p->daddr);
+    if (d == 0xffffffff || (d >> 28) == 0xe || rj_bad_source(p->saddr))
+        return 0;
+    if (hook == EBPFW_CHAIN_INPUT && !local)
+        return 0;   /* a subnet broadcast: RTCF_BROADCAST */
+    struct ethhdr *eth = data;
+    if ((void *)(eth + 1) > data_end)
+        return 0;
+    ri->dst = p->saddr;
+    __u64 off = p->l4off;
+    asm volatile("" : "+r"(off));
+    if (off > 74)
+        return 0;
+    if (arg == EBPFW_REJ_TCP_RESET) {
+        if (p->proto != IPPROTO_TCP || p->l4 != L4_OK || (p->tcpflags & RJ_RST))
+            return 0;
+        struct tcphdr *th = data + off;
+        if ((void *)(th + 1) > data_end)
+            return 0;
+        __u8 f = p->tcpflags;
+        ri->sport = th->dest;
+        ri->dport = th->source;
+        if (f & RJ_ACK) {
+            ri->seq = th->ack_seq;
+            ri->ack = 0;
+            ri->tflags = RJ_RST;
+        } else {
+            __u32 doff = ((__u8 *)th)[12] >> 4;
+            __u32 n = ntohl(th->seq) + ((f & RJ_SYN) ? 1 : 0) + ((f & RJ_FIN) ? 1 : 0) + p->l4len - doff * 4;
+            ri->seq = 0;
+            ri->ack = htonl(n);
+            ri->tflags = RJ_RST | RJ_ACK;
+        }
+        ri->src = p->daddr;
+        ri->tos = 0;
+        ri->q = 0;
+    } else {
+        if (p->proto == IPPROTO_ICMP) {
+            __u8 *t = data + off;
+            if (p->l4len < 1 || (void *)(t + 1) > data_end)
+                return 0;
+            if (rj_icmp_is_error(*t))
+                return 0;
+        }
+        ri->q = p->len < RJ_ROOM ? p->len : RJ_ROOM;
+        ri->tos = (p->tos & 0x1e) | 0xc0;
+        if (hook == EBPFW_CHAIN_INPUT) {
+            ri->src = p->daddr;
+        } else if (hook == EBPFW_CHAIN_OUTPUT) {
+            /* the kernel answers from the local address itself, but its answer keeps the route
+             * it was sent with; ours enters through lo without one, and a packet from a local
+             * address that needs an input route is a martian: answer from the destination */
+            ri->src = p->daddr;
+        } else {
+            struct bpf_fib_lookup fib = {};
+            fib.family = 2;
+            fib.ifindex = ifindex;
+            fib.ipv4_dst = p->saddr;
+            int rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SRC);
+            if ((rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH) || !fib.ipv4_src)
+                return 0;
+            ri->src = fib.ipv4_src;
+        }
+        if (hook != EBPFW_CHAIN_OUTPUT && !rj_rate_ok(cfg, p->saddr)) {
+            stat_inc(EBPFW_STAT_REJECT_RATE);
+            return 0;
+        }
+    }
+    if (at_egress && hook == EBPFW_CHAIN_OUTPUT) {
+        __builtin_memset(ri->mac_dst, 0, 6);
+        __builtin_memset(ri->mac_src, 0, 6);
+        ri->ifindex = RJ_LO_IFINDEX;
+        ri->rflags = BPF_F_INGRESS;
+    } else if (at_egress) {
+        /* FORWARD judged at egress: back along the route to the source */
+        struct bpf_fib_lookup fib = {};
+        fib.family = 2;
+        fib.ifindex = ifindex;
+        fib.ipv4_dst = p->saddr;
+        if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+            return 0;
+        __builtin_memcpy(ri->mac_dst, fib.dmac, 6);
+        __builtin_memcpy(ri->mac_src, fib.smac, 6);
+        ri->ifindex = fib.ifindex;
+        ri->rflags = 0;
+    } else {
+        __builtin_memcpy(ri->mac_dst, eth->h_source, 6);
+        __builtin_memcpy(ri->mac_src, eth->h_dest, 6);
+        ri->ifindex = ifindex;
+        ri->rflags = 0;
+    }
+    return 1;
+}
+
+static __always_inline __u16 rj_fold(__u64 s)
+{
+    s = (s & 0xffffffff) + (s >> 32);
+    s = (s & 0xffffffff) + (s >> 32);
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return (__u16)s;
+}
+
+static __always_inline int rj_write_eth_ip(void *data, void *data_end, struct rejinfo *ri, __u8 proto,
+                                           __u16 tot, __u16 id, __u16 frag)
+{
+    struct ethhdr *eth = data;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    if ((void *)(ip + 1) > data_end)
+        return -1;
+    __builtin_memcpy(eth->h_dest, ri->mac_dst, 6);
+    __builtin_memcpy(eth->h_source, ri->mac_src, 6);
+    eth->h_proto = htons(ETH_P_IP);
+    ((__u8 *)ip)[0] = 0x45;
+    ip->tos = ri->tos;
+    ip->tot_len = htons(tot);
+    ip->id = id;
+    ip->frag_off = frag;
+    ip->ttl = ri->ttl;
+    ip->protocol = proto;
+    ip->check = 0;
+    ip->saddr = ri->src;
+    ip->daddr = ri->dst;
+    __u16 *w = (__u16 *)ip;
+    __u64 s = 0;
+#pragma unroll
+    for (int i = 0; i < 10; i++)
+        s += w[i];
+    ip->check = ~rj_fold(s);
+    return 0;
+}
+
+/* Write the ICMP error into a frame already laid out as MAC + 20 + 8 + ri->q bytes, the
+ * original IP packet at offset 42. */
+static __always_inline int rj_write_icmp(void *data, void *data_end, struct rejinfo *ri)
+{
+    __u32 q = ri->q;
+    if (q > RJ_ROOM)
+        return -1;
+    if (rj_write_eth_ip(data, data_end, ri, IPPROTO_ICMP, 28 + q, (__u16)bpf_get_prandom_u32(), 0) < 0)
+        return -1;
+    __u8 *ic = data + 34;
+    if ((void *)(ic + 8) > data_end)
+        return -1;
+    ic[0] = 3;
+    ic[1] = ri->arg;
+    *(__u16 *)(ic + 2) = 0;
+    *(__u32 *)(ic + 4) = 0;
+    /* the checksum covers the ICMP header and the quote: 8 + q bytes from offset 34 */
+    __u32 len = 8 + q;
+    __u64 s = 0;
+    for (__u32 i = 0; i < (8 + RJ_ROOM) / 4; i++) {
+        __u32 o = i * 4;
+        if (o + 4 > len)
+            break;
+        __u8 *w = ic + o;
+        if ((void *)(w + 4) > data_end)
+            return -1;
+        s += *(__u32 *)w;
+    }
+    __u32 o = len & ~3U;
+    if (o > 8 + RJ_ROOM)
+        return -1;
+    __u8 *t = ic + o;
+    if (len & 2) {
+        if ((void *)(t + 2) > data_end)
+            return -1;
+        s += *(__u16 *)t;
+        t += 2;
+    }
+    if (len & 1) {
+        if ((void *)(t + 1) > data_end)
+            return -1;
+        s += *t;   /* the last byte, padded with a zero byte: its native 16-bit value */
+    }
+    *(__u16 *)(ic + 2) = ~rj_fold(s);
+    return 0;
+}
+
+/* Write the RST into a frame of exactly MAC + 20 + 20 bytes. */
+static __always_inline int rj_write_rst(void *data, void *data_end, struct rejinfo *ri)
+{
+    if (rj_write_eth_ip(data, data_end, ri, IPPROTO_TCP, 40, 0, htons(0x4000)) < 0)
+        return -1;
+    __u8 *th = data + 34;
+    if ((void *)(th + 20) > data_end)
+        return -1;
+    *(__u16 *)(th + 0) = ri->sport;
+    *(__u16 *)(th + 2) = ri->dport;
+    *(__u32 *)(th + 4) = ri->seq;
+    *(__u32 *)(th + 8) = ri->ack;
+    th[12] = 5 << 4;
+    th[13] = ri->tflags;
+    *(__u16 *)(th + 14) = 0;   /* window */
+    *(__u16 *)(th + 16) = 0;   /* checksum */
+    *(__u16 *)(th + 18) = 0;   /* urgent pointer */
+    __u64 s = (__u64)ri->src + ri->dst + htons(IPPROTO_TCP) + htons(20);
+#pragma unroll
+    for (int i = 0; i < 5; i++)
+        s += *(__u32 *)(th + i * 4);
+    *(__u16 *)(th + 16) = ~rj_fold(s);
+    return 0;
+}
+
+/* XDP: rewrite the frame into the answer and XDP_TX it. */
+static __always_inline int xdp_reject(struct xdp_md *ctx, struct rejinfo *ri)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    int flen = data_end - data;
+    if (ri->arg == EBPFW_REJ_TCP_RESET) {
+        if (flen > 54 && bpf_xdp_adjust_tail(ctx, 54 - flen))
+            goto fail;
+        data = (void *)(long)ctx->data;
+        data_end = (void *)(long)ctx->data_end;
+        if (rj_write_rst(data, data_end, ri) < 0)
+            goto fail;
+    } else {
+        int want = 42 + (int)ri->q;
+        if (bpf_xdp_adjust_head(ctx, -28))
+            goto fail;
+        if (flen + 28 != want && bpf_xdp_adjust_tail(ctx, want - (flen + 28)))
+            goto fail;
+        data = (void *)(long)ctx->data;
+        data_end = (void *)(long)ctx->data_end;
+        if (rj_write_icmp(data, data_end, ri) < 0)
+            goto fail;
+    }
+    stat_inc(EBPFW_STAT_REJECT_SENT);
+    return XDP_TX;
+fail:
+    stat_inc(EBPFW_STAT_REJECT_FAIL);
+    return XDP_DROP;
+}
+
+/* TC: rewrite the skb into the answer and redirect it. */
+static __always_inline int tc_reject(struct __sk_buff *skb, struct rejinfo *ri)
+{
+    void *data, *data_end;
+    if (ri->arg == EBPFW_REJ_TCP_RESET) {
+        if (bpf_skb_change_tail(skb, 54, 0))
+            goto fail;
+        if (bpf_skb_pull_data(skb, 54))
+            goto fail;
+        data = (void *)(long)skb->data;
+        data_end = (void *)(long)skb->data_end;
+        if (rj_write_rst(data, data_end, ri) < 0)
+            goto fail;
+    } else {
+        __u32 q = ri->q;
+        if (skb->len > 14 + q && bpf_skb_change_tail(skb, 14 + q, 0))
+            goto fail;
+        if (bpf_skb_adjust_room(skb, 28, BPF_ADJ_ROOM_MAC, 0))
+            goto fail;
+        if (bpf_skb_pull_data(skb, 42 + q))
+            goto fail;
+        data = (void *)(long)skb->data;
+        data_end = (void *)(long)skb->data_end;
+        if (rj_write_icmp(data, data_end, ri) < 0)
+            goto fail;
+    }
+    stat_inc(EBPFW_STAT_REJECT_SENT);
+    return bpf_redirect(ri->ifindex, ri->rflags);
+fail:
+    stat_inc(EBPFW_STAT_REJECT_FAIL);
+    return TC_ACT_SHOT;
+}
+#endif /* EBPFW_F_REJECT */
+
+/* Before the walk: what the post programs need to know about the hook. */
+static __always_inline void post_note(__u32 hook, __u32 iif, __u32 oif, __u32 l2host, __u32 local, __u32 egress)
+{
+#ifdef EBPFW_POST
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws)
+        return;
+    ws->hook = hook;
+    ws->iif = iif;
+    ws->oif = oif;
+    ws->l2host = l2host;
+    ws->local = local;
+    ws->egress = egress;
+#endif
+}
+
+/* After the verdict: 1 when a post program must run (a REJECT answer, LOG events). */
+static __always_inline int post_due(int v)
+{
+#ifdef EBPFW_POST
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws)
+        return 0;
+    if (v != V_REJECT && ws->nlog == 0)
+        return 0;
+    ws->verdict = v;
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Ingress: INPUT for local destinations, FORWARD for routed ones, as the kernel decides. */
 static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, __u32 wire_len, __u32 ifindex)
 {
@@ -1735,7 +2282,8 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
     /* one call site of classify(): the walk is inlined once, which keeps verification cheap */
     __u32 chain = EBPFW_CHAIN_INPUT, oif = 0;
     __u32 d = ntohl(p->daddr);
-    if (!(ebpfw_local.lookup(&p->daddr) || d == 0xffffffff || (d >> 28) == 0xe)) {
+    int local = ebpfw_local.lookup(&p->daddr) != 0;
+    if (!(local || d == 0xffffffff || (d >> 28) == 0xe)) {
         struct bpf_fib_lookup fib = {};
         fib.family = 2; /* AF_INET */
         fib.l4_protocol = p->proto;
@@ -1760,6 +2308,7 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
             return V_PASS;
         }
     }
+    post_note(chain, ifindex, oif, l2host, local, 0);
 #ifdef EBPFW_F_CT
     p->ctstate = ct_label(p, data, data_end);
     if (p->ctstate == EBPFW_CT_INVALID)
@@ -1782,7 +2331,11 @@ int ebpfw_xdp_ingress(struct xdp_md *ctx)
         walk_abandon();
         return XDP_DROP;
     }
-    return v == V_DROP ? XDP_DROP : XDP_PASS;
+#ifdef EBPFW_POST
+    if (post_due(v))
+        ebpfw_post_xdp.call(ctx, 0);   /* does not return unless the program is missing */
+#endif
+    return (v == V_DROP || v == V_REJECT) ? XDP_DROP : XDP_PASS;
 }
 
 int ebpfw_xdp_cont(struct xdp_md *ctx)
@@ -1796,7 +2349,11 @@ int ebpfw_xdp_cont(struct xdp_md *ctx)
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif
-    return v == V_DROP ? XDP_DROP : XDP_PASS;
+#ifdef EBPFW_POST
+    if (post_due(v))
+        ebpfw_post_xdp.call(ctx, 0);
+#endif
+    return (v == V_DROP || v == V_REJECT) ? XDP_DROP : XDP_PASS;
 }
 
 /* make the headers parse() and the matches read direct-access (TC: the skb may be non-linear) */
@@ -1826,7 +2383,11 @@ int ebpfw_tc_ingress(struct __sk_buff *skb)
         walk_abandon();
         return TC_ACT_SHOT;
     }
-    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+#ifdef EBPFW_POST
+    if (post_due(v))
+        ebpfw_post_tc.call(skb, 0);
+#endif
+    return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* one continuation serves TC ingress and egress: both end the same way */
@@ -1841,7 +2402,11 @@ int ebpfw_tc_cont(struct __sk_buff *skb)
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif
-    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+#ifdef EBPFW_POST
+    if (post_due(v))
+        ebpfw_post_tc.call(skb, 0);
+#endif
+    return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 
 /* Egress: OUTPUT for locally generated packets; FORWARD for packets that came in through an
@@ -1878,6 +2443,7 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     if (p->ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
 #endif
+    post_note(chain, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 1, 1, 1);
     int v = classify(chain, p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 0);
     if (v == V_CONT) {
         ebpfw_jmpt.call(skb, 0);
@@ -1887,5 +2453,61 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif
-    return v == V_DROP ? TC_ACT_SHOT : TC_ACT_OK;
+#ifdef EBPFW_POST
+    if (post_due(v))
+        ebpfw_post_tc.call(skb, 0);
+#endif
+    return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
 }
+
+#ifdef EBPFW_POST
+/* ---- post programs: tail-called after the verdict (see EBPFW_MAXLOG) ---------------------- */
+int ebpfw_xdp_post(struct xdp_md *ctx)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    struct pkt *p = ebpfw_pkt.lookup(&zero);   /* the packet judge_ingress parsed */
+    if (!ws || !p)
+        return XDP_DROP;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+#ifdef EBPFW_F_LOG
+    log_events(ws, data, data_end);
+#endif
+    __u32 v = ws->verdict;
+#ifdef EBPFW_F_REJECT
+    if (v == V_REJECT) {
+        struct rejinfo ri = {};
+        if (reject_prepare(ctx, p, data, data_end, ws, &ri))
+            return xdp_reject(ctx, &ri);
+        stat_inc(EBPFW_STAT_REJECT_QUIET);
+    }
+#endif
+    return (v == V_DROP || v == V_REJECT) ? XDP_DROP : XDP_PASS;
+}
+
+/* one post program serves TC ingress and egress (walkstate.egress tells them apart) */
+int ebpfw_tc_post(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    if (!ws || !p)
+        return TC_ACT_SHOT;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+#ifdef EBPFW_F_LOG
+    log_events(ws, data, data_end);
+#endif
+    __u32 v = ws->verdict;
+#ifdef EBPFW_F_REJECT
+    if (v == V_REJECT) {
+        struct rejinfo ri = {};
+        if (reject_prepare(skb, p, data, data_end, ws, &ri))
+            return tc_reject(skb, &ri);
+        stat_inc(EBPFW_STAT_REJECT_QUIET);
+    }
+#endif
+    return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
+}
+#endif /* EBPFW_POST */

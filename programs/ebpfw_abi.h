@@ -17,6 +17,10 @@
 #define EBPFW_ACT_RETURN 3
 #define EBPFW_ACT_JUMP   4
 #define EBPFW_ACT_GOTO   5
+#define EBPFW_ACT_REJECT 6   /* arg: ICMP destination-unreachable code, or EBPFW_REJ_TCP_RESET */
+#define EBPFW_ACT_LOG    7   /* non-terminal: an event to the ring buffer, the walk goes on */
+
+#define EBPFW_REJ_TCP_RESET 256
 
 /* rule flags */
 #define EBPFW_RF_NEEDS_L4 1   /* has a tcp/udp/icmp/multiport match: truncated L4 header hotdrops */
@@ -134,7 +138,70 @@ struct ebpfw_ifinfo {
 #define EBPFW_STAT_WALK_LIMIT  6   /* walk exceeded its step budget: dropped (fail closed) */
 #define EBPFW_STAT_JUDGED_FWD  7   /* forwarded packets already judged at ingress */
 #define EBPFW_STAT_MAC_UNKNOWN 8   /* a -m mac rule reached where the source MAC is gone: dropped */
+#define EBPFW_STAT_REJECT_SENT 9   /* REJECT: answer built and sent */
+#define EBPFW_STAT_REJECT_QUIET 10 /* REJECT: dropped without an answer, as the kernel would (reject_prepare) */
+#define EBPFW_STAT_REJECT_FAIL 11  /* REJECT: the answer could not be built (a helper failed): dropped */
+#define EBPFW_STAT_REJECT_RATE 12  /* REJECT: ICMP error held back by the per-peer rate limit (icmp_ratelimit) */
+#define EBPFW_STAT_LOG         13  /* LOG: events written to the ring buffer */
+#define EBPFW_STAT_LOG_SUPPR   14  /* LOG: events suppressed by the per-CPU rate limit */
+#define EBPFW_STAT_LOG_LOST    15  /* LOG: events lost (ring buffer full, or more than EBPFW_MAXLOG per packet) */
 #define EBPFW_NSTATS           16
+
+/* ---- REJECT (compiled in with EBPFW_F_REJECT) ----------------------------------------------- */
+/* written by userspace at every apply from the namespace's sysctls */
+struct ebpfw_rejcfg {
+    __u64 icmp_ratelimit_ns;  /* net.ipv4.icmp_ratelimit (ms) in ns; 0 = no limit */
+    __u32 ttl;                /* net.ipv4.ip_default_ttl */
+    __u32 pad;
+};
+
+/* per-peer token bucket of ICMP errors (inet_peer_xrlim_allow), keyed by the peer address */
+struct ebpfw_icmprl {
+    __u64 tokens;             /* ns of credit */
+    __u64 last;               /* bpf_ktime_get_ns() of the last update */
+};
+
+/* ---- LOG (compiled in with EBPFW_F_LOG) ------------------------------------------------------ */
+#define EBPFW_LOG_PREFIX 32    /* --log-prefix is at most 29 bytes */
+#define EBPFW_LOG_CAP    128   /* bytes of the frame (MAC, IP and L4 headers) copied into an event */
+#define EBPFW_LOGF_TCPSEQ 1    /* --log-tcp-sequence */
+#define EBPFW_LOGF_TCPOPT 2    /* --log-tcp-options */
+#define EBPFW_LOGF_IPOPT  4    /* --log-ip-options */
+#define EBPFW_LOGF_MACDEC 8    /* --log-macdecode */
+
+/* per rule (slot * EBPFW_RCAP + rule), written with the ruleset */
+struct ebpfw_logcfg {
+    char  prefix[EBPFW_LOG_PREFIX];
+    __u8  level;
+    __u8  flags;              /* EBPFW_LOGF_* */
+    __u16 pad;
+    __u32 pad2;
+};
+
+/* one ring buffer record */
+struct ebpfw_logev {
+    __u64 ts;                 /* bpf_ktime_get_ns() */
+    __u32 rule;               /* rule number in the slot's ruleset */
+    __u8  hook;               /* EBPFW_CHAIN_INPUT / FORWARD / OUTPUT */
+    __u8  slot;
+    __u16 caplen;             /* bytes of data[] that are valid */
+    __u32 iif;                /* 0: none */
+    __u32 oif;
+    __u32 wire_len;           /* frame length */
+    __u32 pad;
+    struct ebpfw_logcfg cfg;
+    __u8  data[EBPFW_LOG_CAP];  /* the frame from its MAC header */
+};
+
+/* the LOG rate limit: one token bucket per CPU (ns of credit), configured by userspace */
+struct ebpfw_logrl_cfg {
+    __u64 ns_per_event;       /* 0: unlimited */
+    __u64 burst_ns;
+};
+struct ebpfw_logrl {
+    __u64 tokens;
+    __u64 last;
+};
 
 
 /* ---- connection tracking (compiled in with EBPFW_F_CT, see programs/ebpfw.c) ---------- */

@@ -59,7 +59,20 @@ CT_TABLE = "ct"          # pin names under <pin_dir>, outside the generation dir
 CT_STAT = "ct_stat"
 
 STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "walk_limit", "judged_forward",
-         "mac_unknown")
+         "mac_unknown",
+         "reject_sent", "reject_quiet", "reject_failed", "reject_ratelimited", "log_events", "log_suppressed",
+         "log_lost")
+NSTATS = 16
+
+# REJECT and LOG (programs/ebpfw_abi.h)
+REJ_CFG = struct.Struct("<QII")            # icmp_ratelimit_ns, ttl, pad
+LOG_PREFIX = 32
+LOG_CAP = 128
+LOG_CFG = struct.Struct(f"<{LOG_PREFIX}sBBHI")   # prefix, level, flags, pad, pad2
+LOG_EV = struct.Struct(f"<QIBBHIIII{LOG_CFG.size}s{LOG_CAP}s")  # ts, rule, hook, slot, caplen, iif, oif, wire_len, pad, cfg, data
+LOGF_TCPSEQ, LOGF_TCPOPT, LOGF_IPOPT, LOGF_MACDEC = 1, 2, 4, 8
+LOG_RL_CFG = struct.Struct("<QQ")          # ns_per_event, burst_ns
+LOG_RING = "ebpfw_logring"
 
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
@@ -77,12 +90,18 @@ FIELD_MAPS = {
     "tcpmss": ("ebpfw_tcpmss", "ebpfw_mssw"), "pkttype": ("ebpfw_pkttype",), "mac": ("ebpfw_mac",),
     # ebpfw_atype (the host's routes) is written with the host view, like ebpfw_local
     "atsrc": ("ebpfw_atype", "ebpfw_atsrc"), "atdst": ("ebpfw_atype", "ebpfw_atdst"),
+    # actions (Plan.actions)
+    "reject": ("ebpfw_post_xdp", "ebpfw_post_tc", "ebpfw_rejcfg", "ebpfw_icmprl"),
+    "log": ("ebpfw_post_xdp", "ebpfw_post_tc", LOG_RING, "ebpfw_logcfg", "ebpfw_logrlc", "ebpfw_logrl"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
 # continuation programs for walks longer than one program's step budget: program -> its array
 CONT_PROGRAMS = {"ebpfw_xdp_cont": "ebpfw_jmpx", "ebpfw_tc_cont": "ebpfw_jmpt"}
+# tail-called after the verdict when the shape has REJECT or LOG: program -> its array
+POST_PROGRAMS = {"ebpfw_xdp_post": "ebpfw_post_xdp", "ebpfw_tc_post": "ebpfw_post_tc"}
+POST_ACTIONS = ("reject", "log")
 
 
 def _pow2(n: int, minimum: int) -> int:
@@ -194,6 +213,7 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
     for f in OPTIONAL_FIELDS:
         if getattr(plan, f, None) is not None:
             fields.append(f)
+    fields += list(getattr(plan, "actions", []))
     words = (plan.nrules + 1 + 63) // 64
     nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
     nprefix = max(len(plan.src or []), len(plan.dst or []))

@@ -23,7 +23,40 @@ from .abi import (
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
+    LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
+
+def _sysctl(name: str, default: int) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4", name).read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def log_rate_from_env() -> tuple[int, int]:
+    """EBPFW_LOG_RATE: LOG events per second and per CPU the datapath writes (default 1000; 0 =
+    unlimited), burst = one second's worth. Returns (ns per event, burst in ns)."""
+    from ..errors import EbpfwError
+    raw = os.environ.get("EBPFW_LOG_RATE", "").strip()
+    try:
+        rate = int(raw) if raw else 1000
+    except ValueError:
+        rate = -1
+    if rate < 0 or rate > 10_000_000:
+        raise EbpfwError(f"EBPFW_LOG_RATE={raw!r} is not usable, expected LOG events per second and CPU "
+                         "from 0 (unlimited) to 10000000, e.g. 1000")
+    if rate == 0:
+        return 0, 0
+    per = 1_000_000_000 // rate
+    return per, max(per, 1_000_000_000)
+
+
+def log_cfg_bytes(t) -> bytes:
+    """struct ebpfw_logcfg of a LogTarget."""
+    flags = ((LOGF_TCPSEQ if t.tcp_sequence else 0) | (LOGF_TCPOPT if t.tcp_options else 0)
+             | (LOGF_IPOPT if t.ip_options else 0) | (LOGF_MACDEC if t.macdecode else 0))
+    return LOG_CFG.pack(t.prefix.encode()[:31], t.level, flags, 0, 0)
+
 
 # how long to wait after a flip before the old slot may be rewritten: BPF programs run in
 # RCU read-side sections of at most microseconds; this is many orders of magnitude more
@@ -98,7 +131,9 @@ class Datapath:
                                   hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
         maps = {name: bpf.get_table(name).get_fd() for name in shape.maps()}
         # the continuation programs live in program arrays (pinned with the maps, which keeps them)
-        for fn, array_name in CONT_PROGRAMS.items():
+        # and so do the programs the verdict tail-calls for REJECT and LOG
+        post = POST_PROGRAMS if set(POST_ACTIONS) & set(shape.fields) else {}
+        for fn, array_name in {**CONT_PROGRAMS, **post}.items():
             try:
                 fd = bpf.load_func(fn.encode(), BPF.XDP if "xdp" in fn else BPF.SCHED_CLS).fd
             except Exception as exc:
@@ -233,6 +268,15 @@ class Datapath:
                 self._fill_array(f"ebpfw_{name}", slot, per_slot, getattr(plan, name, None))
         if "mac" in f:
             self._write_mac(slot, getattr(plan, "mac", None))
+        if "reject" in f:
+            self.write_reject_config()
+        if "log" in f:
+            logs = getattr(plan, "log", {}) or {}
+            if logs:
+                self._batch("ebpfw_logcfg", [slot * sh.rcap + r for r in logs],
+                            [log_cfg_bytes(t) for t in logs.values()])
+            bpfsys.update(self.maps["ebpfw_logrlc"], U32.pack(0), LOG_RL_CFG.pack(*log_rate_from_env()),
+                          "ebpfw_logrlc")
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -308,6 +352,13 @@ class Datapath:
         for mac, cls in classes.items():
             key = MAC_KEY.pack(slot, mac if mac else b"\0" * 6, 0 if mac else 1, 0)
             bpfsys.update(fd, key, U32.pack(cls), "ebpfw_mac")
+
+    def write_reject_config(self) -> None:
+        """REJECT follows this namespace's net.ipv4.icmp_ratelimit and ip_default_ttl."""
+        rl_ms = _sysctl("icmp_ratelimit", 1000)
+        ttl = _sysctl("ip_default_ttl", 64)
+        bpfsys.update(self.maps["ebpfw_rejcfg"], U32.pack(0), REJ_CFG.pack(rl_ms * 1_000_000, ttl, 0),
+                      "ebpfw_rejcfg")
 
     def write_ct_config(self, timeouts: dict[str, int] | None = None, tcp_loose: bool | None = None) -> None:
         """Timeouts (EBPFW_CT_TIMEOUTS over netfilter's defaults) and the TCP transition table."""

@@ -6,7 +6,8 @@ Requests:
   {"op": "load", "rules": TEXT}                      -> {"ok": true} or {"error": TEXT}
   {"op": "run", "prog": "xdp"|"tc_ingress"|"tc_egress", "frame": HEX,
    "ifindex": N, "ingress_ifindex": N}               -> {"ret": R, "rules": [[idx, p, b]...],
-                                                         "chains": [[cid, p, b]...]}
+                                                         "chains": [[cid, p, b]...], "stats": {...},
+                                                         "out": HEX (the frame after the program)}
 With EBPFW_TEST_CT=1 in the environment the programs have connection tracking compiled in
 (a private, unpinned table) and these requests work too:
   {"op": "ct_list"}                                  -> {"entries": [Entry as dict...]}
@@ -36,7 +37,7 @@ from ebpfw.netlink import host
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups",
-                      "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst"),
+                      "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log"),
               ngroups=16, gcap=4096, mac_cap=64)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
@@ -82,11 +83,11 @@ def main() -> None:
                     ctx = xdp_ctx(req["ifindex"], len(frame))
                 else:
                     ctx = skb_ctx(req["ifindex"], req.get("ingress_ifindex", 0))
-                ret, _, _ = bpfsys.test_run(dp.progs[req["prog"]], frame, 1, ctx)
+                ret, _, out_frame = bpfsys.test_run(dp.progs[req["prog"]], frame, 1, ctx)
                 after = dp.read_counters(slot, plan.nrules, len(plan.chain_names))
                 rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
                 chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
-                out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats()}
+                out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats(), "out": out_frame.hex()}
             elif req["op"] == "ct_list":
                 fd = dp.ct_maps["ebpfw_ct"]
                 entries = []
