@@ -261,7 +261,7 @@ def test_tc_egress_output_answers_to_the_local_stack(loaded):
     frame = build_frame(p, b"\x02\0\0\0\x01\x02", mac)
     got = w.call(op="run", prog="tc_egress", frame=frame.hex(), ifindex=idx, ingress_ifindex=0)
     assert got["ret"] == TC_REDIRECT, got
-    check_icmp_answer(bytes.fromhex(got["out"]), frame, 3, "10.9.1.1", "10.9.1.1", b"\0" * 6, b"\0" * 6)
+    check_icmp_answer(bytes.fromhex(got["out"]), frame, 3, "10.9.1.2", "10.9.1.1", b"\0" * 6, b"\0" * 6)
     assert got["rules"] == [[r["rule_chain"].index(["OUTPUT", 0]), 1, p.ip_len]]
     f = tcp_frame(links, 0x02, 41, 0, iif="vb", src="10.9.1.1", dst="10.9.1.2")
     got = w.call(op="run", prog="tc_egress", frame=f.hex(), ifindex=idx, ingress_ifindex=0)
