@@ -1,5 +1,5 @@
 """Rulesets the property-based test found ebpfw mishandling, kept as fixed cases (inline).
-Each carries `known_difference` while the bug is open; once fixed, the test fails and asks
+A case carries `known_difference` while its bug is open; once fixed, the test fails and asks
 for the mark to be removed, and the case stays as a regression test."""
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -7,9 +7,9 @@ from scapy.packet import Raw
 
 from .common import Case, Send
 
-# found by test_random_rulesets_match: `ebpfw apply` fails, the kernel refuses
-# ebpfw_xdp_cont with E2BIG ("Program too large (625 insns), at most 4096 insns").
-# Removing any one of the OUTPUT rules 1 or U0 rules keeps it failing only together.
+# found by test_random_rulesets_match: `ebpfw apply` failed, the kernel refused
+# ebpfw_xdp_cont with E2BIG ("Program too large (625 insns), at most 4096 insns");
+# fixed by the tail-call datapath, kept as a regression test.
 E2BIG_RULES = """*filter
 :INPUT ACCEPT [0:0]
 :FORWARD DROP [0:0]
@@ -37,5 +37,4 @@ def build_e2big() -> Case:
                Send("dut", [IP(dst="10.91.2.2") / ICMP(type=0, code=1) / Raw(b"\x00" * 28)]),
                Send("cli", [IP(src="203.0.113.150", dst="198.51.100.200")
                             / TCP(sport=0, dport=80, flags="P", seq=1000, window=1024)]),
-               Send("dut", [IP(dst="203.0.113.7") / UDP(sport=443, dport=443) / Raw(b"x")])],
-        known_difference="ebpfw bug: apply fails, the kernel refuses ebpfw_xdp_cont with E2BIG")
+               Send("dut", [IP(dst="203.0.113.7") / UDP(sport=443, dport=443) / Raw(b"x")])])
