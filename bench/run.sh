@@ -2,8 +2,10 @@
 # bench/run.sh — the ebpfw benchmark suite (`make bench`). Prints a markdown report and writes
 # it, with the raw JSON/CSV, under bench-results/<timestamp>/ (BENCH_OUT=DIR to choose).
 #
-#   sudo bench/run.sh            full run, ~12-15 min on the 2-vCPU VM
-#   sudo QUICK=1 bench/run.sh    ~2-3 min: fewer sizes and repetitions, no 100k, short kit run
+#   sudo bench/run.sh            full run, ~10-11 min on the 2-vCPU VM (hard budget: 15 min)
+#   sudo QUICK=1 bench/run.sh    ~2.5 min: fewer sizes and repetitions, no 100k (budget: 5 min)
+#   DEADLINE=SECONDS overrides the budget; a step that would start past it is skipped and
+#   reported, a running step is stopped at it (its partial results are kept).
 #   SECTIONS="testrun update kit" (default: all three) selects parts.
 #
 # Sections (see bench/README.md and docs/PERFORMANCE.md):
@@ -63,10 +65,17 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# run one step in the background (so the trap can stop it), bounded by a time limit
+# run one step in the background (so the trap can stop it), bounded by its own time limit and
+# by what is left of the run's overall budget (DEADLINE seconds from the start)
 step() { # seconds cmd...
 	local limit=$1
 	shift
+	local left=$((DEADLINE - ($(date +%s) - T0)))
+	if [ $left -lt 30 ]; then
+		log "run budget of ${DEADLINE}s used up, skipping: $*"
+		return 124
+	fi
+	[ $limit -gt $left ] && limit=$left
 	"$@" &
 	CHILD=$!
 	local waited=0
@@ -91,14 +100,16 @@ if [ "$QUICK" = 1 ]; then
 	TR_SIZES=1,10,1000,10000 TR_RUNS=3 TR_TIMEOUT=120 TR_FIELDS=
 	UPD_REPS=2 UPD_CHECK=10000
 	KIT_ENV=(SECTIONS=A PATHS=input NS_A="1 10000" REPS=1 DUR=1 FILTERS_INPUT="ipt-nft ebpfw")
-	KIT_LIMIT=300
+	KIT_LIMIT=150
 	KITM_ENV=()
+	DEADLINE=${DEADLINE:-300}
 else
 	TR_SIZES=1,10,100,1000,10000,100000 TR_RUNS=7 TR_TIMEOUT=240 TR_FIELDS=--fields
 	UPD_REPS=5 UPD_CHECK=10000,100000
 	KIT_ENV=(SECTIONS=AC PATHS=input NS_A="1 1000 10000" REPS=3 NS_C=10000 REPS_C=3
 		FILTERS_INPUT="ipt-nft nft-set ebpfw ebpfw-tc")
-	KIT_LIMIT=720
+	KIT_LIMIT=420
+	DEADLINE=${DEADLINE:-900}
 	# second kit run: the same packets against ebpfw's mixed ruleset (kit/lib/filters.sh KIT_RULES)
 	KITM_ENV=(SECTIONS=A PATHS=input NS_A="10000" REPS=3 KIT_RULES=mixed FILTERS_INPUT="ipt-nft ipt-legacy nft-linear ebpfw")
 fi
@@ -120,13 +131,13 @@ log "results -> $OUT (QUICK=$QUICK, sections: $SECTIONS)"
 
 if [[ " $SECTIONS " == *" testrun "* ]]; then
 	log "section 1: BPF_PROG_TEST_RUN per-packet cost, memory, verifier (sizes $TR_SIZES)"
-	step 1200 "$PY" bench/testrun.py --sizes "$TR_SIZES" --runs "$TR_RUNS" --timeout "$TR_TIMEOUT" $TR_FIELDS --out "$OUT" ||
+	step 480 "$PY" bench/testrun.py --sizes "$TR_SIZES" --runs "$TR_RUNS" --timeout "$TR_TIMEOUT" $TR_FIELDS --out "$OUT" ||
 		log "testrun step failed (rc $?)"
 fi
 
 if [[ " $SECTIONS " == *" update "* ]]; then
 	log "section 3: update latency (ebpfw library and CLI, iptables-nft/legacy, nft), compile time"
-	step 900 "$PY" bench/update.py --n 10000 --reps "$UPD_REPS" --check-sizes "$UPD_CHECK" --out "$OUT" ||
+	step 300 "$PY" bench/update.py --n 10000 --reps "$UPD_REPS" --check-sizes "$UPD_CHECK" --out "$OUT" ||
 		log "update step failed (rc $?)"
 fi
 
@@ -158,7 +169,7 @@ if [[ " $SECTIONS " == *" kit "* ]]; then
 			fi
 		}
 		kit_run kit "$KIT_LIMIT" "${KIT_ENV[@]}"
-		[ ${#KITM_ENV[@]} -gt 0 ] && kit_run kit-mixed 300 "${KITM_ENV[@]}"
+		[ ${#KITM_ENV[@]} -gt 0 ] && kit_run kit-mixed 180 "${KITM_ENV[@]}"
 		umount -l "$TMPD/bpffs"
 	fi
 fi

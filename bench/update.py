@@ -193,6 +193,7 @@ def main() -> int:
                                      timeout=300)
         except TimeoutError as exc:
             res["ebpfw"] = {"error": str(exc)}
+        B.write_json(out / "update.json", res)  # partial results survive a stopped step
         B.log("update: ebpfw CLI")
         cli = []
         if "error" not in res["ebpfw"]:
@@ -216,6 +217,7 @@ def main() -> int:
                 checks[f"{shape}/{cn}"] = _timed(sb, sb.dut, [EBPFW, "check", str(f)], timeout=300)
                 f.unlink()
         res["check"] = checks
+        B.write_json(out / "update.json", res)
         if not a.no_peers:
             res["peers"] = peers(base, changed, n, k, a.reps)
     B.write_json(out / "update.json", res)
