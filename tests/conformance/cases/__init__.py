@@ -27,6 +27,7 @@ EXTRA_CASES = [
     "regressions:build_e2big",
     "malformed:build_ip_options",
     "malformed:build_truncated",
+    "reject",
 ]
 
 

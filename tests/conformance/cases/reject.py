@@ -1,0 +1,58 @@
+"""REJECT (inline ruleset): every IPv4 --reject-with, in INPUT, FORWARD and OUTPUT. The answers
+(ICMP errors, TCP resets) are packets too: their delivery and their pass through OUTPUT are
+compared like everything else. Several rejections in a row check the ICMP rate limit (this
+topology sets icmp_ratemask=0, so the kernel does not limit)."""
+
+from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.packet import Raw
+
+from .common import CLI, DUT_WAN, SRV, Case, Connect, Send, Udp, icmp, tcp, udp
+
+NET = "203.0.113.7"
+
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 23 -j REJECT --reject-with tcp-reset
+-A INPUT -p udp -m udp --dport 69 -j REJECT --reject-with icmp-port-unreachable
+-A INPUT -p tcp -m tcp --dport 25 -j REJECT --reject-with icmp-host-prohibited
+-A INPUT -p icmp -m icmp --icmp-type 13 -j REJECT --reject-with icmp-admin-prohibited
+-A INPUT -p udp -m udp --dport 70 -j REJECT --reject-with icmp-net-prohibited
+-A FORWARD -p tcp -m tcp --dport 23 -j REJECT --reject-with tcp-reset
+-A FORWARD -p udp -m udp --dport 69 -j REJECT --reject-with icmp-net-unreachable
+-A FORWARD -p udp -m udp --dport 70 -j REJECT --reject-with icmp-host-unreachable
+-A FORWARD -p 47 -j REJECT --reject-with icmp-proto-unreachable
+-A OUTPUT -p udp -m udp --dport 514 -j REJECT --reject-with icmp-port-unreachable
+-A OUTPUT -p tcp -m tcp --dport 25 -j REJECT --reject-with tcp-reset
+COMMIT
+"""
+
+
+def build() -> Case:
+    gre = IP(src=NET, dst=SRV, proto=47) / Raw(b"\x00\x00\x08\x00" + b"\x00" * 20)
+    steps = [
+        Send("cli", [tcp(NET, DUT_WAN, 23)], "telnet to the host: tcp-reset"),
+        Send("cli", [tcp(NET, DUT_WAN, 23, flags="A", seq=5, ack=7)], "ACK to telnet: reset"),
+        Send("cli", [tcp(NET, DUT_WAN, 23, flags="R")], "RST to telnet: never answered"),
+        Send("cli", [udp(NET, DUT_WAN, 69)] * 3, "tftp three times: port unreachable each"),
+        Send("cli", [tcp(NET, DUT_WAN, 25)], "smtp: host prohibited"),
+        Send("cli", [icmp(NET, DUT_WAN, 13)], "timestamp: admin prohibited"),
+        Send("cli", [icmp(NET, DUT_WAN, 3, 3)], "an icmp error is never answered"),
+        Send("cli", [udp(NET, DUT_WAN, 70)], "net prohibited"),
+        Send("cli", [tcp(NET, SRV, 23)], "forwarded telnet: tcp-reset"),
+        Send("cli", [udp(NET, SRV, 69), udp(NET, SRV, 70)], "forwarded udp: net / host unreachable"),
+        Send("cli", [gre], "forwarded gre: protocol unreachable"),
+        Send("srv", [udp(SRV, CLI, 69)], "from the LAN side"),
+        Connect("cli", SRV, 23, label="real telnet through the router: refused"),
+        Udp("dut", SRV, 514, label="host syslog: rejected in OUTPUT"),
+        Connect("dut", SRV, 25, label="host smtp: reset in OUTPUT"),
+    ]
+    return Case(name="reject", ruleset=RULES, source="(inline)", steps=steps,
+                known_difference=KNOWN)
+
+
+KNOWN = ("ebpfw's REJECT answers are not counted in OUTPUT (iptables sends them through "
+         "LOCAL_OUT, where OUTPUT rules see them and may drop them); answers to OUTPUT come "
+         "from the destination and skip INPUT (iptables: from the host, through INPUT); and in "
+         "native XDP mode on veth the XDP_TX answers are lost (REJECT acts as DROP)")
