@@ -47,11 +47,20 @@ struct ebpfw_vec {
     __u64 w[EBPFW_NWORDS];
 };
 
+/* Vector bits number only the *residual* rules (those not in an exact-match group), densely:
+ * bit k is rule ebpfw_unrank[k]; ebpfw_rank[p] is the bit of the first residual rule >= p.
+ * Rules, chains and counters keep the global numbering (iptables order). */
+#define EBPFW_GSUM ((EBPFW_GWORDS + 63) / 64)
+#define NO_RULE 0xffffffff
+
 /* ---- maps ------------------------------------------------------------------------------- */
 BPF_ARRAY(ebpfw_ctl, struct ebpfw_ctl, 1);
 BPF_ARRAY(ebpfw_meta, struct ebpfw_meta, NSLOTS);
 BPF_ARRAY(ebpfw_vec, struct ebpfw_vec, NSLOTS * EBPFW_VCAP);
 BPF_ARRAY(ebpfw_rule, struct ebpfw_rule, NSLOTS * EBPFW_RCAP);
+BPF_ARRAY(ebpfw_rank, __u32, NSLOTS * (EBPFW_RCAP + 1));
+BPF_ARRAY(ebpfw_unrank, __u32, NSLOTS * EBPFW_RCAP);
+BPF_ARRAY(ebpfw_resn, __u32, NSLOTS);
 BPF_ARRAY(ebpfw_chain, struct ebpfw_chain, NSLOTS * EBPFW_CCAP);
 BPF_PERCPU_ARRAY(ebpfw_cnt, struct ebpfw_counter, NSLOTS * EBPFW_RCAP);
 BPF_PERCPU_ARRAY(ebpfw_pcnt, struct ebpfw_counter, NSLOTS * EBPFW_CCAP);
@@ -963,6 +972,16 @@ static __always_inline __u32 lowest_bit(__u64 x)
     return __builtin_popcountll(y);
 }
 
+#ifdef EBPFW_F_GROUPS
+/* grouped rules found for this packet, in the global numbering, three levels deep so the next
+ * one after any position is found in constant time (top: summary words that are not zero) */
+struct hitvec {
+    __u64 top;
+    __u64 s[EBPFW_GSUM];
+    __u64 w[EBPFW_GWORDS];
+};
+#endif
+
 struct vecs {
 #ifdef EBPFW_F_SRC
     struct ebpfw_vec *src;
@@ -999,8 +1018,7 @@ struct vecs {
     struct ebpfw_vec *ct;
 #endif
 #ifdef EBPFW_F_GROUPS
-    struct ebpfw_vec *resid;   /* rules decided by the vectors (grouped rules are 0 here) */
-    struct ebpfw_vec *hits;    /* grouped rules whose key the packet has (per-CPU scratch) */
+    struct hitvec *hits;       /* grouped rules whose key the packet has (per-CPU scratch) */
 #endif
 #ifdef EBPFW_F_LENGTH
     struct ebpfw_vec *length;
@@ -1188,11 +1206,7 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
 /* AND of all fields' word w; w is already known to be < EBPFW_NWORDS */
 static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 {
-#ifdef EBPFW_F_GROUPS
-    __u64 m = v->resid->w[w];
-#else
     __u64 m = ~0ULL;
-#endif
 #ifdef EBPFW_F_SRC
     m &= v->src->w[w];
 #endif
@@ -1259,11 +1273,7 @@ static __always_inline __u64 word_and(struct vecs *v, __u64 w)
 /* AND of all fields' summary word w; w is already known to be < EBPFW_NSUM */
 static __always_inline __u64 sum_and(struct vecs *v, __u64 w)
 {
-#ifdef EBPFW_F_GROUPS
-    __u64 m = v->resid->s[w];
-#else
     __u64 m = ~0ULL;
-#endif
 #ifdef EBPFW_F_SRC
     m &= v->src->s[w];
 #endif
@@ -1336,6 +1346,59 @@ static __always_inline void count(void *map_value, __u32 bytes)
     }
 }
 
+static __always_inline __u32 rank_of(__u32 slot, __u32 pos)
+{
+    __u32 k = slot * (EBPFW_RCAP + 1) + pos;
+    __u32 *c = ebpfw_rank.lookup(&k);
+    return c ? *c : NO_RULE;
+}
+
+/* the rule of residual bit k, or NO_RULE past the last residual rule */
+static __always_inline __u32 unrank_of(__u32 slot, __u32 k, __u32 nres)
+{
+    if (k >= nres)
+        return NO_RULE;
+    __u32 i = slot * EBPFW_RCAP + k;
+    __u32 *r = ebpfw_unrank.lookup(&i);
+    return r ? *r : NO_RULE;
+}
+
+#ifdef EBPFW_F_GROUPS
+/* the first grouped hit at or after pos, or NO_RULE: constant time through the three levels */
+static __always_inline __u32 next_hit(struct hitvec *h, __u32 pos)
+{
+    __u64 w = pos >> 6;
+    asm volatile("" : "+r"(w));
+    if (w >= EBPFW_GWORDS)
+        return NO_RULE;
+    __u64 m = h->w[w] & (~0ULL << (pos & 63));
+    if (m)
+        return ((__u32)w << 6) + lowest_bit(m);
+    __u64 sw = w >> 6;
+    asm volatile("" : "+r"(sw));
+    if (sw >= EBPFW_GSUM)
+        return NO_RULE;
+    __u64 b = (w & 63) + 1;
+    __u64 sm = b >= 64 ? 0 : (h->s[sw] & (~0ULL << b));
+    if (!sm) {
+        __u64 tb = sw + 1;
+        __u64 t = tb >= 64 ? 0 : (h->top & (~0ULL << tb));
+        if (!t)
+            return NO_RULE;
+        sw = lowest_bit(t);
+        asm volatile("" : "+r"(sw));
+        if (sw >= EBPFW_GSUM)
+            return NO_RULE;
+        sm = h->s[sw];
+    }
+    w = (sw << 6) + lowest_bit(sm);
+    asm volatile("" : "+r"(w));
+    if (w >= EBPFW_GWORDS)
+        return NO_RULE;
+    return ((__u32)w << 6) + lowest_bit(h->w[w]);
+}
+#endif
+
 /* The walk's state lives in a per-CPU scratch record rather than in registers: the verifier
  * then sees the same abstract state at every iteration and prunes, so the cost of verifying
  * the loop does not grow with its bound. */
@@ -1400,6 +1463,10 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->nlog = 0;
         ws->slot = slot;
     }
+    __u32 *nresp = ebpfw_resn.lookup(&slot);
+    if (!nresp)
+        return V_DROP;
+    __u32 nres = *nresp;
 
     for (__u32 step = 0; step < EBPFW_MAXSTEPS; step++) {
         __u32 pos = ws->pos, end = ws->end;
@@ -1417,35 +1484,43 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             ws->sp = sp;
             continue;
         }
-        /* summary level: the next 64-rule word at or after pos where every field has a bit */
-        __u64 sw = pos >> 12;
-        asm volatile("" : "+r"(sw));
-        if (sw >= EBPFW_NSUM)
-            return V_DROP;
-        __u64 sm = sum_and(v, sw);
+        /* the next residual candidate: one summary word or one vector word per step */
+        __u32 c = rank_of(slot, pos);
+        __u32 gres = NO_RULE;      /* a residual rule that matches, >= pos */
+        __u32 frontier = NO_RULE;  /* no residual match below this rule (when gres is none) */
+        if (c < nres) {
+            __u64 sw = c >> 12;
+            asm volatile("" : "+r"(sw));
+            if (sw >= EBPFW_NSUM)
+                return V_DROP;
+            __u64 sm = sum_and(v, sw) & (~0ULL << ((c >> 6) & 63));
+            if (sm == 0) {
+                frontier = unrank_of(slot, ((__u32)sw + 1) << 12, nres);
+            } else {
+                __u64 w = (sw << 6) + lowest_bit(sm);
+                asm volatile("" : "+r"(w));
+                if (w >= EBPFW_NWORDS)
+                    return V_DROP;
+                __u64 m = word_and(v, w);
+                if (w == (c >> 6))
+                    m &= ~0ULL << (c & 63);
+                if (m == 0)
+                    frontier = unrank_of(slot, ((__u32)w + 1) << 6, nres);
+                else
+                    gres = unrank_of(slot, ((__u32)w << 6) + lowest_bit(m), nres);
+            }
+        }
+        __u32 r = gres;
 #ifdef EBPFW_F_GROUPS
-        sm |= v->hits->s[sw];
+        __u32 h = next_hit(v->hits, pos);
+        if (h < r && (gres != NO_RULE || h < frontier))
+            r = h;
 #endif
-        sm &= ~0ULL << ((pos >> 6) & 63);
-        if (sm == 0) {
-            ws->pos = (__u32)(sw + 1) << 12;
+        if (r == NO_RULE) {
+            /* nothing matches before the frontier: go on from there (or end the chain) */
+            ws->pos = frontier < end ? frontier : end;
             continue;
         }
-        __u64 w = (sw << 6) + lowest_bit(sm);
-        asm volatile("" : "+r"(w));
-        if (w >= EBPFW_NWORDS)
-            return V_DROP;
-        __u64 m = word_and(v, w);
-#ifdef EBPFW_F_GROUPS
-        m |= v->hits->w[w];
-#endif
-        if (w == (pos >> 6))
-            m &= ~0ULL << (pos & 63);
-        if (m == 0) {
-            ws->pos = (__u32)(w + 1) << 6;
-            continue;
-        }
-        __u32 r = ((__u32)w << 6) + lowest_bit(m);
         if (r >= end) {
             ws->pos = end;
             continue;
@@ -1537,14 +1612,9 @@ struct ebpfw_grp_key {
 struct ebpfw_grp_val {
     __u32 id[EBPFW_GRP_IDS];   /* rule numbers, 0xffffffff = none */
 };
-struct grp_meta {
-    __u32 resid_class;
-    __u32 ngroups;
-};
-BPF_ARRAY(ebpfw_gmeta, struct grp_meta, NSLOTS);
 BPF_ARRAY(ebpfw_grp, struct ebpfw_grp, NSLOTS * EBPFW_NGROUPS);
 BPF_F_TABLE("hash", struct ebpfw_grp_key, struct ebpfw_grp_val, ebpfw_gent, NSLOTS * EBPFW_GCAP, BPF_F_NO_PREALLOC);
-BPF_PERCPU_ARRAY(ebpfw_hits, struct ebpfw_vec, 1);
+BPF_PERCPU_ARRAY(ebpfw_hits, struct hitvec, 1);
 /* the rule numbers set in ebpfw_hits, to clear them after the walk; kept in map memory (not on
  * the stack) so the verifier's states do not multiply with every group found or not found */
 struct hit_list {
@@ -1554,38 +1624,41 @@ struct hit_list {
 };
 BPF_PERCPU_ARRAY(ebpfw_htouch, struct hit_list, 1);
 
-static __always_inline void hit_set(struct ebpfw_vec *h, __u32 id)
+static __always_inline void hit_set(struct hitvec *h, __u32 id)
 {
     __u64 w = id >> 6;
     asm volatile("" : "+r"(w));
-    if (w >= EBPFW_NWORDS)
+    if (w >= EBPFW_GWORDS)
         return;
     h->w[w] |= 1ULL << (id & 63);
     __u64 sw = w >> 6;
     asm volatile("" : "+r"(sw));
-    if (sw >= EBPFW_NSUM)
+    if (sw >= EBPFW_GSUM)
         return;
     h->s[sw] |= 1ULL << (w & 63);
+    h->top |= 1ULL << (sw & 63);
 }
 
-static __always_inline void hit_clear(struct ebpfw_vec *h, __u32 id)
+/* clear the words of id (all bits set in them belong to listed ids, so whole words go) */
+static __always_inline void hit_clear(struct hitvec *h, __u32 id)
 {
     __u64 w = id >> 6;
     asm volatile("" : "+r"(w));
-    if (w >= EBPFW_NWORDS)
+    if (w >= EBPFW_GWORDS)
         return;
     h->w[w] = 0;
     __u64 sw = w >> 6;
     asm volatile("" : "+r"(sw));
-    if (sw >= EBPFW_NSUM)
+    if (sw >= EBPFW_GSUM)
         return;
     h->s[sw] = 0;
+    h->top = 0;
 }
 
 /* One hash lookup per group; the rules found become candidates of the walk. Their numbers are
  * listed so the scratch vector can be cleared after the walk (it is per CPU, and the walk of one
  * packet is not interleaved with another's on the same CPU: XDP and TC run with BHs off). */
-static __always_inline void group_hits(__u32 slot, struct pkt *p, struct ebpfw_vec *h, struct hit_list *hl)
+static __always_inline void group_hits(__u32 slot, struct pkt *p, struct hitvec *h, struct hit_list *hl)
 {
     __u32 sa = ntohl(p->saddr), da = ntohl(p->daddr);
     hl->n = 0;
@@ -1635,7 +1708,7 @@ static __always_inline void group_hits(__u32 slot, struct pkt *p, struct ebpfw_v
     }
 }
 
-static __always_inline void group_clear(struct ebpfw_vec *h, struct hit_list *hl)
+static __always_inline void group_clear(struct hitvec *h, struct hit_list *hl)
 {
 #pragma unroll
     for (int i = 0; i < EBPFW_NGROUPS * EBPFW_GRP_IDS; i++) {
@@ -1671,7 +1744,7 @@ static __always_inline void walk_abandon(void)
 {
 #ifdef EBPFW_F_GROUPS
     __u32 zero = 0;
-    struct ebpfw_vec *h = ebpfw_hits.lookup(&zero);
+    struct hitvec *h = ebpfw_hits.lookup(&zero);
     struct hit_list *hl = ebpfw_htouch.lookup(&zero);
     if (h && hl)
         group_clear(h, hl);
@@ -1700,13 +1773,9 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     if (lookup_vecs(slot, p, iif, oif, &v) < 0)
         return V_DROP;
 #ifdef EBPFW_F_GROUPS
-    struct grp_meta *gm = ebpfw_gmeta.lookup(&slot);
-    if (!gm)
-        return V_DROP;
-    v.resid = vec_of(slot, gm->resid_class);
     v.hits = ebpfw_hits.lookup(&zero);
     struct hit_list *hl = ebpfw_htouch.lookup(&zero);
-    if (!v.resid || !v.hits || !hl)
+    if (!v.hits || !hl)
         return V_DROP;
     if (!resume)
         group_hits(slot, p, v.hits, hl);

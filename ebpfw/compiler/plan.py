@@ -82,11 +82,11 @@ class Plan:
     atdst: Optional[list[int]] = None
     log: dict[int, LogTarget] = field(default_factory=dict)   # rule number -> options of its -j LOG
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
-    # exact-match rule groups (compiler/groups.py): shapes, key -> rule numbers, and the class of
-    # the "residual" vector (the rules the bit vectors decide; grouped rules' bits are 0 there)
+    # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
     group_entries: dict = field(default_factory=dict)
-    resid_class: int = 0
+    # the residual rules (decided by the bit vectors), ascending: vector bit k is rule resid[k]
+    resid: list = field(default_factory=list)
 
     @property
     def fields(self) -> list[str]:
@@ -197,7 +197,6 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
     chain_id = {n: i for i, n in enumerate(names)}
 
     n = len(rules)
-    all_rules = (1 << n) - 1
     kinds, args, flags = [], [], []
     logs: dict[int, LogTarget] = {}
     for rn, r in enumerate(rules):
@@ -241,12 +240,14 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
             if not isinstance(m, ENFORCED_MATCHES):
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
 
-    classes = _Classes(all_rules)
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]
     groups = find_groups(rules, rule_chain_id) if group else find_groups(rules, rule_chain_id, n + 1)
-    # grouped rules have no conditions in the bit vectors (the residual mask zeroes them there)
-    blank = {r: Rule(ip=IpMatch(), matches=(), target=rules[r].target, pos=rules[r].pos) for r in groups.grouped}
-    atoms = F.collect_atoms([blank.get(r, rule) for r, rule in enumerate(rules)], problems)
+    # the bit vectors number only the residual rules (compact index k -> rule resid[k]), so
+    # grouped rules cost neither vector bits nor walk steps
+    resid = [r for r in range(n) if r not in groups.grouped]
+    nres = len(resid)
+    classes = _Classes((1 << nres) - 1)
+    atoms = F.collect_atoms([rules[r] for r in resid], problems)
     if problems:
         raise RulesetError(f"{len(problems)} problem(s) compiling the ruleset", problems=problems)
 
@@ -255,13 +256,10 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs,
     )
-    F.build_fields(plan, atoms, n, classes, set(ifnames) | {""})
+    F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
+    plan.resid = resid
     if groups.grouped:
-        resid = all_rules
-        for r in groups.grouped:
-            resid &= ~(1 << r)
         plan.group_shapes = groups.shapes
         plan.group_entries = groups.entries
-        plan.resid_class = classes.cls(resid)
     plan.vectors = classes.vectors
     return plan

@@ -26,7 +26,7 @@ MSS_SLOTS = 65537                          # 0..65535, then "no MSS option"
 PKTTYPE_SLOTS = 4
 ATYPE_SLOTS = 4096                         # type | type on iif << 4 | type on oif << 8
 ATYPE_CAP = 16384                          # routes in the addrtype trie (host view)
-MAXSTEPS = 256
+MAXSTEPS = 128
 
 CTL = struct.Struct("<II")                 # active, generation
 META = struct.Struct("<IIII")              # nrules, nchains, iif_default, oif_default
@@ -38,7 +38,6 @@ CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
 COUNTER = struct.Struct("<QQ")             # packets, bytes
 IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
 U32 = struct.Struct("<I")
-GMETA = struct.Struct("<II")               # resid_class, ngroups
 GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, pad
 GRP_KEY = struct.Struct("<II4s4sI")        # slot, gid, src (be), dst (be), proto << 24 | port
 GRP_IDS = 4
@@ -77,7 +76,8 @@ LOG_RING = "ebpfw_logring"
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
              "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
-             "ebpfw_jmpx", "ebpfw_jmpt", "ebpfw_pkt")
+             "ebpfw_jmpx", "ebpfw_jmpt", "ebpfw_pkt",
+             "ebpfw_rank", "ebpfw_unrank", "ebpfw_resn")
 FIELD_MAPS = {
     "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
     "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
@@ -85,7 +85,7 @@ FIELD_MAPS = {
     # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
-    "groups": ("ebpfw_gmeta", "ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
+    "groups": ("ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
     "length": ("ebpfw_length",), "ttl": ("ebpfw_ttl",), "tos": ("ebpfw_tos",), "frag": ("ebpfw_frag",),
     "tcpmss": ("ebpfw_tcpmss", "ebpfw_mssw"), "pkttype": ("ebpfw_pkttype",), "mac": ("ebpfw_mac",),
     # ebpfw_atype (the host's routes) is written with the host view, like ebpfw_local
@@ -125,6 +125,7 @@ class Shape:
     ngroups: int = 0          # exact-match rule groups (hash lookups per packet); 0: none
     gcap: int = 0             # group hash entries per slot
     mac_cap: int = 0          # (slot, MAC) entries per slot of -m mac; 0 when no rule uses it
+    gwords: int = 0           # 64-rule words of the global numbering (0: old state, = nwords)
 
     @property
     def nsum(self) -> int:
@@ -136,7 +137,8 @@ class Shape:
 
     def cflags(self) -> list[str]:
         flags = [
-            f"-DEBPFW_NWORDS={self.nwords}", f"-DEBPFW_VCAP={self.vcap}", f"-DEBPFW_RCAP={self.rcap}",
+            f"-DEBPFW_NWORDS={self.nwords}", f"-DEBPFW_GWORDS={self.gwords or self.nwords}",
+            f"-DEBPFW_VCAP={self.vcap}", f"-DEBPFW_RCAP={self.rcap}",
             f"-DEBPFW_CCAP={self.ccap}", f"-DEBPFW_LPM_CAP={self.lpm_cap}", f"-DEBPFW_IFC_CAP={self.ifc_cap}",
             f"-DEBPFW_MAXDEPTH={self.maxdepth}", f"-DEBPFW_MAXSTEPS={MAXSTEPS}", f"-I{PROGRAMS_DIR}",
         ]
@@ -167,7 +169,8 @@ class Shape:
                 and set(need.fields) <= set(self.fields)
                 and ("ct" not in need.fields or need.ct_size == self.ct_size)
                 and need.ngroups <= self.ngroups and need.gcap <= self.gcap
-                and ("mac" not in need.fields or need.mac_cap <= self.mac_cap))
+                and ("mac" not in need.fields or need.mac_cap <= self.mac_cap)
+                and need.gwords <= (self.gwords or self.nwords))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -214,13 +217,17 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         if getattr(plan, f, None) is not None:
             fields.append(f)
     fields += list(getattr(plan, "actions", []))
-    words = (plan.nrules + 1 + 63) // 64
-    nwords = max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
+    def round_words(nbits: int) -> int:
+        words = (nbits + 1 + 63) // 64
+        return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
+
+    nwords = round_words(len(plan.resid))     # vectors: residual rules only
+    gwords = round_words(plan.nrules)         # rule numbers, counters, group hits
     nprefix = max(len(plan.src or []), len(plan.dst or []))
     return Shape(
         nwords=nwords,
         vcap=_pow2(len(plan.vectors) + len(plan.vectors) // 4 + 1, 64),
-        rcap=nwords * 64,
+        rcap=gwords * 64,
         ccap=_pow2(len(plan.chain_names) + 1, 16),
         lpm_cap=_pow2(nprefix + nprefix // 4 + 1, 64),
         ifc_cap=_pow2(nlinks + 16, 64),
@@ -230,4 +237,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         ngroups=_pow2(ngroups, 4) if ngroups else 0,
         gcap=_pow2(len(plan.group_entries) + len(plan.group_entries) // 4 + 1, 1024) if ngroups else 0,
         mac_cap=_pow2(len(plan.mac) + len(plan.mac) // 4 + 1, 64) if getattr(plan, "mac", None) is not None else 0,
+        gwords=gwords,
     )

@@ -22,7 +22,7 @@ from .abi import (
     ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
-    GMETA, GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
+    GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
 
@@ -302,10 +302,31 @@ class Datapath:
                 oc = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
                 bpfsys.update(fd, IFC_KEY.pack(slot, link.ifindex), IFC_VAL.pack(ic, oc), "ebpfw_ifc")
             bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
+        self._write_ranks(slot, plan)
         if "groups" in sh.fields:
             self._write_groups(slot, plan)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
                       META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+
+    def _write_ranks(self, slot: int, plan) -> None:
+        """Residual bit k <-> rule number: unrank[k] = resid[k]; rank[p] = bits of rules < p."""
+        sh = self.shape
+        resid = plan.resid
+        if len(resid) > sh.nwords * 64:
+            raise KernelError("internal: the plan's residual rules do not fit the loaded programs' shape")
+        rank = [0] * (plan.nrules + 1)
+        k = 0
+        for p in range(plan.nrules + 1):
+            rank[p] = k
+            if k < len(resid) and resid[k] == p:
+                k += 1
+        base = slot * (sh.rcap + 1)
+        bpfsys.update_batch(self.maps["ebpfw_rank"], array("I", range(base, base + len(rank))).tobytes(),
+                            array("I", rank).tobytes(), len(rank), "ebpfw_rank")
+        base = slot * sh.rcap
+        bpfsys.update_batch(self.maps["ebpfw_unrank"], array("I", range(base, base + len(resid))).tobytes(),
+                            array("I", resid).tobytes(), len(resid), "ebpfw_unrank")
+        bpfsys.update(self.maps["ebpfw_resn"], U32.pack(slot), U32.pack(len(resid)), "ebpfw_resn")
 
     def _write_groups(self, slot: int, plan) -> None:
         sh = self.shape
@@ -327,9 +348,6 @@ class Datapath:
                       for gid, src, dst, pp in plan.group_entries)
         vb = b"".join(GRP_VAL.pack(*(ids + none)[:GRP_IDS]) for ids in plan.group_entries.values())
         bpfsys.update_batch(self.maps["ebpfw_gent"], kb, vb, len(plan.group_entries), "ebpfw_gent")
-        # without groups the residual vector is class 0: every rule is decided by the vectors
-        bpfsys.update(self.maps["ebpfw_gmeta"], U32.pack(slot),
-                      GMETA.pack(plan.resid_class if shapes else 0, len(shapes)), "ebpfw_gmeta")
 
     def clear_groups(self, slot: int) -> int:
         """Delete `slot`'s group keys (after a flip the old slot's keys only cost memory)."""
