@@ -57,7 +57,7 @@ def import_ruleset(text: str, filename: str) -> str:
 def check(text: str, filename: str) -> dict:
     rs = _parse(text, filename)
     links = host.links()
-    plan = compile_plan(_filter_table(rs, filename), [l.name for l in links])
+    plan = compile_plan(_filter_table(rs, filename), {l.name: l.ifindex for l in links})
     out = plan.summary()
     out["shape"] = shape_for(plan, len(links)).to_json()
     return out
@@ -179,7 +179,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                          hint="`ip link` lists the interfaces; ebpfw applies to the namespace it runs in")
     if len(set(ifaces)) != len(ifaces):
         raise EbpfwError("an interface is given twice with --iface")
-    plan = compile_plan(table, [l.name for l in links])
+    plan = compile_plan(table, {l.name: l.ifindex for l in links})
     need = shape_for(plan, len(links))
     init = _initial_counters(plan, table) if counters else None
     canonical = save_ruleset(rs)

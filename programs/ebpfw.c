@@ -1595,7 +1595,7 @@ struct ebpfw_grp {
     __u8  use_proto;
     __u8  port;          /* EBPFW_GRP_PORT_* */
     __u8  active;
-    __u8  pad;
+    __u8  use_iif;       /* the key includes the input interface */
 };
 #define EBPFW_GRP_PORT_NONE  0
 #define EBPFW_GRP_PORT_SPORT 1
@@ -1608,6 +1608,7 @@ struct ebpfw_grp_key {
     __u32 src;           /* network order, masked */
     __u32 dst;
     __u32 pp;            /* proto << 24 | port (or ICMP type) */
+    __u32 iif;           /* input ifindex, 0 when the group has no interface */
 };
 struct ebpfw_grp_val {
     __u32 id[EBPFW_GRP_IDS];   /* rule numbers, 0xffffffff = none */
@@ -1658,7 +1659,8 @@ static __always_inline void hit_clear(struct hitvec *h, __u32 id)
 /* One hash lookup per group; the rules found become candidates of the walk. Their numbers are
  * listed so the scratch vector can be cleared after the walk (it is per CPU, and the walk of one
  * packet is not interleaved with another's on the same CPU: XDP and TC run with BHs off). */
-static __always_inline void group_hits(__u32 slot, struct pkt *p, struct hitvec *h, struct hit_list *hl)
+static __always_inline void group_hits(__u32 slot, struct pkt *p, __u32 iif, struct hitvec *h,
+                                       struct hit_list *hl)
 {
     __u32 sa = ntohl(p->saddr), da = ntohl(p->daddr);
     hl->n = 0;
@@ -1689,6 +1691,7 @@ static __always_inline void group_hits(__u32 slot, struct pkt *p, struct hitvec 
             }
         }
         k.pp = (gd->use_proto ? ((__u32)p->proto << 24) : 0) | port;
+        k.iif = gd->use_iif ? iif : 0;
         struct ebpfw_grp_val *val = ebpfw_gent.lookup(&k);
         if (!val)
             continue;
@@ -1778,7 +1781,7 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     if (!v.hits || !hl)
         return V_DROP;
     if (!resume)
-        group_hits(slot, p, v.hits, hl);
+        group_hits(slot, p, iif, v.hits, hl);
 #endif
     int verdict = walk(slot, chain_id, p, &v, resume);
     if (verdict == V_CONT) {

@@ -36,6 +36,7 @@ class GroupShape:
     dst_plen: int
     proto: bool            # the key includes the protocol
     port: int              # PORT_*
+    iif: bool = False      # the key includes the input interface (ifindex)
 
     @property
     def src_mask(self) -> int:
@@ -46,11 +47,20 @@ class GroupShape:
         return 0 if self.dst_plen < 0 else (0xFFFFFFFF << (32 - self.dst_plen)) & 0xFFFFFFFF
 
 
-def _keys(rule: Rule) -> tuple[GroupShape, list[tuple[int, int, int]]] | None:
-    """The shape and the (src, dst, proto<<24|port) keys of a groupable rule, else None."""
+NO_IFINDEX = 0xFFFFFFFE    # an interface the host does not have (yet): its key never matches
+
+
+def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[int, int, int, int]]] | None:
+    """The shape and the (src, dst, proto<<24|port, iif) keys of a groupable rule, else None."""
     ip = rule.ip
-    if ip.iface_in or ip.iface_out or ip.fragment is not None:
+    if ip.iface_out or ip.fragment is not None:
         return None
+    iif = 0
+    if ip.iface_in is not None:
+        # an exact input interface name joins the key (wildcards and negations do not)
+        if ifindex_of is None or ip.iface_in.invert or ip.iface_in.wildcard:
+            return None
+        iif = ifindex_of.get(ip.iface_in.name, NO_IFINDEX)
     if ip.src_invert or ip.dst_invert or ip.proto_invert:
         return None
     src_plen = dst_plen = -1
@@ -101,45 +111,47 @@ def _keys(rule: Rule) -> tuple[GroupShape, list[tuple[int, int, int]]] | None:
             return None
     if port_kind != PORT_NONE and not proto:
         return None
-    shape = GroupShape(src_plen, dst_plen, bool(proto), port_kind)
-    return shape, [(src, dst, (proto << 24) | p) for p in ports]
+    shape = GroupShape(src_plen, dst_plen, bool(proto), port_kind, ip.iface_in is not None)
+    return shape, [(src, dst, (proto << 24) | p, iif) for p in ports]
 
 
 @dataclass
 class Groups:
     shapes: list[GroupShape]
-    # (gid, src, dst, pp) -> rule numbers in order
-    entries: dict[tuple[int, int, int, int], list[int]]
+    # (gid, src, dst, pp, iif) -> rule numbers in order
+    entries: dict[tuple[int, int, int, int, int], list[int]]
     grouped: set[int]
 
 
-def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None) -> Groups:
+def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None,
+                ifindex_of: dict | None = None) -> Groups:
+    """`ifindex_of` (interface name -> ifindex) lets rules with an exact `-i NAME` join groups."""
     min_size = MIN_GROUP if min_size is None else min_size
     by_shape: dict[GroupShape, list[tuple[int, list]]] = defaultdict(list)
     for r, rule in enumerate(rules):
-        k = _keys(rule)
+        k = _keys(rule, ifindex_of)
         if k is not None:
             by_shape[k[0]].append((r, k[1]))
     chosen = sorted((s for s, members in by_shape.items() if len(members) >= min_size),
                     key=lambda s: -len(by_shape[s]))[:MAX_GROUPS]
-    entries: dict[tuple[int, int, int, int], list[int]] = {}
+    entries: dict[tuple[int, int, int, int, int], list[int]] = {}
     grouped: set[int] = set()
-    closed: set[tuple[int, int, int, int, int]] = set()    # (key..., chain) already ends at a final rule
+    closed: set[tuple] = set()    # (key..., chain) already ends at a final rule
     for gid, shape in enumerate(chosen):
         for r, keys in by_shape[shape]:
             cid = rule_chain_id[r]
             final = rules[r].target.kind in FINAL
             fits = True
-            for src, dst, pp in keys:
-                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp)
+            for src, dst, pp, iif in keys:
+                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp, iif)
                 if (key + (cid,)) in closed:
                     continue         # shadowed in this chain: the walk never gets here with this key
                 if len(entries.get(key, ())) >= MAX_IDS:
                     fits = False
             if not fits:
                 continue             # stays in the bit vectors
-            for src, dst, pp in keys:
-                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp)
+            for src, dst, pp, iif in keys:
+                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp, iif)
                 if (key + (cid,)) in closed:
                     continue
                 entries.setdefault(key, []).append(r)

@@ -101,6 +101,7 @@ class Plan:
             "prefixes": {"src": len(self.src or []), "dst": len(self.dst or [])},
             "max_jump_depth": self.max_depth,
             "groups": [{"src_plen": g.src_plen, "dst_plen": g.dst_plen, "proto": g.proto, "port": g.port,
+                        "iif": g.iif,
                         "keys": sum(1 for k in self.group_entries if k[0] == i)}
                        for i, g in enumerate(self.group_shapes)],
             "grouped_rules": len({r for ids in self.group_entries.values() for r in ids}),
@@ -162,8 +163,9 @@ def _max_depth(chains, by_name) -> int:
     return max([depth(c.name, frozenset()) for c in chains] or [0])
 
 
-def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) -> Plan:
-    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o.
+def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True) -> Plan:
+    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o; given as
+    a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
     `group=False` keeps every rule in the bit vectors (no hash groups)."""
     chains, missing = _order_chains(table)
     problems: list[str] = []
@@ -241,7 +243,8 @@ def compile_plan(table: Table, ifnames: Iterable[str] = (), group: bool = True) 
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
 
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]
-    groups = find_groups(rules, rule_chain_id) if group else find_groups(rules, rule_chain_id, n + 1)
+    ifindex_of = dict(ifnames) if isinstance(ifnames, dict) else None
+    groups = find_groups(rules, rule_chain_id, None if group else n + 1, ifindex_of)
     # the bit vectors number only the residual rules (compact index k -> rule resid[k]), so
     # grouped rules cost neither vector bits nor walk steps
     resid = [r for r in range(n) if r not in groups.grouped]

@@ -38,8 +38,8 @@ CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
 COUNTER = struct.Struct("<QQ")             # packets, bytes
 IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
 U32 = struct.Struct("<I")
-GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, pad
-GRP_KEY = struct.Struct("<II4s4sI")        # slot, gid, src (be), dst (be), proto << 24 | port
+GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, use_iif
+GRP_KEY = struct.Struct("<II4s4sII")       # slot, gid, src (be), dst (be), proto << 24 | port, iif
 GRP_IDS = 4
 GRP_VAL = struct.Struct(f"<{GRP_IDS}I")    # rule numbers, 0xffffffff = none
 MAC_KEY = struct.Struct("<I6sBB")          # slot, mac, is_default, pad

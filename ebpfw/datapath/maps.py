@@ -339,13 +339,13 @@ class Datapath:
             keys.append(slot * sh.ngroups + g)
             if g < len(shapes):
                 gs = shapes[g]
-                vals.append(GRP.pack(gs.src_mask, gs.dst_mask, 1 if gs.proto else 0, gs.port, 1, 0))
+                vals.append(GRP.pack(gs.src_mask, gs.dst_mask, 1 if gs.proto else 0, gs.port, 1, 1 if gs.iif else 0))
             else:
                 vals.append(GRP.pack(0, 0, 0, 0, 0, 0))
         self._batch("ebpfw_grp", keys, vals)
         none = [0xFFFFFFFF] * GRP_IDS
-        kb = b"".join(GRP_KEY.pack(slot, gid, struct.pack(">I", src), struct.pack(">I", dst), pp)
-                      for gid, src, dst, pp in plan.group_entries)
+        kb = b"".join(GRP_KEY.pack(slot, gid, struct.pack(">I", src), struct.pack(">I", dst), pp, iif)
+                      for gid, src, dst, pp, iif in plan.group_entries)
         vb = b"".join(GRP_VAL.pack(*(ids + none)[:GRP_IDS]) for ids in plan.group_entries.values())
         bpfsys.update_batch(self.maps["ebpfw_gent"], kb, vb, len(plan.group_entries), "ebpfw_gent")
 

@@ -67,7 +67,7 @@ def main() -> None:
             if req["op"] == "load":
                 links = host.links()
                 rs = parse_ruleset(req["rules"], "test.rules")
-                plan = compile_plan(rs.table("filter"), [l.name for l in links], group=req.get("group", True))
+                plan = compile_plan(rs.table("filter"), {l.name: l.ifindex for l in links}, group=req.get("group", True))
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links)
                 judged = {l.ifindex for l in links if l.name in req.get("judged", [])}

@@ -195,6 +195,10 @@ def test_exact_match_groups_keep_order_jumps_and_counters(dut):
 -A INPUT -p tcp -m tcp --dport 80 -j DROP
 -A INPUT -p icmp -m icmp --icmp-type 8 -j ACCEPT
 -A INPUT -p icmp -m icmp --icmp-type 0 -j ACCEPT
+-A INPUT -i vb -s 10.9.0.5/32 -j ACCEPT
+-A INPUT -i va -s 10.9.0.9/32 -p udp -j DROP
+-A INPUT -i va -s 10.9.0.2/32 -p udp -j ACCEPT
+-A INPUT -i nosuch -s 10.9.0.130/32 -p udp -j ACCEPT
 -A INPUT -s 10.9.0.0/24 -p tcp -m tcp ! --dport 22 -j DROP
 -A SVC -s 10.9.0.2/32 -p tcp -m tcp --dport 22 -j RETURN
 -A SVC -s 10.9.0.7/32 -p tcp -m tcp --dport 22 -j ACCEPT
