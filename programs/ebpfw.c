@@ -1870,7 +1870,7 @@ static __always_inline void log_event(struct walkstate *ws, __u32 r, void *data,
     ev->slot = slot;
     ev->iif = ws->iif;
     ev->oif = ws->oif;
-    ev->pad = 0;
+    ev->pad = ws->egress;   /* 1: the frame was seen at TC egress (FORWARD: TTL already decremented) */
     __builtin_memcpy(&ev->cfg, cfg, sizeof(struct ebpfw_logcfg));
     __u64 n = (__u64)(data_end - data);
     ev->wire_len = n;
