@@ -452,6 +452,23 @@ def doctor(
     con.print(Text("all checks passed", style="green"))
 
 
+@app.command("log")
+@_edge
+def log_cmd(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new LOG events until "
+                                         "interrupted.")] = False,
+) -> None:
+    """Print the packets -j LOG rules saw, as the kernel's LOG target writes them
+    (`<prefix>IN=.. OUT=.. MAC=.. SRC=.. DST=.. ...`). The events are consumed."""
+    _need_root("log")
+    from . import log as ebpfw_log
+    try:
+        for line in ebpfw_log.read_events(follow=follow):
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        pass
+
+
 from .hostcli import register as _register_host_commands  # noqa: E402  (agent, confirm, diff)
 
 _register_host_commands(app)
