@@ -3,7 +3,7 @@
 compared like everything else. Several rejections in a row check the ICMP rate limit (this
 topology sets icmp_ratemask=0, so the kernel does not limit)."""
 
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import IP
 from scapy.packet import Raw
 
 from .common import CLI, DUT_WAN, SRV, Case, Connect, Send, Udp, icmp, tcp, udp
