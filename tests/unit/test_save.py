@@ -240,7 +240,10 @@ EXT_MATCHES = [
     limit_matches(), hashlimit_matches(), recent_matches(),
     st.builds(SetMatch, st.sampled_from(ORACLE_SET_NAMES),
               st.lists(st.sampled_from(["src", "dst"]), min_size=1, max_size=6).map(tuple), st.booleans()),
-    st.builds(AddrtypeMatch, st.integers(1, 4095), st.booleans(), st.integers(0, 4095), st.booleans()),
+    # an inversion flag exists only on a direction that is tested (--dst-type absent: no `!`)
+    st.integers(0, 4095).flatmap(lambda dst: st.builds(
+        AddrtypeMatch, st.integers(1, 4095), st.booleans(), st.just(dst),
+        st.booleans() if dst else st.just(False))),
     st.builds(PkttypeMatch, st.sampled_from(PKTTYPE_NAMES), st.booleans()),
     st.builds(MacMatch, st.binary(min_size=6, max_size=6), st.booleans()),
     st.tuples(st.integers(0, 65535), st.integers(0, 65535)).map(sorted).map(
