@@ -191,7 +191,7 @@ class _Checker:
                 self.add(pos, f"{t.kind} value or mask out of range", "32-bit values", text)
         if t.kind not in _DATAPATH_ACTIONS:
             self.add(pos, f"target '{t.kind}' is not supported by the datapath yet",
-                     "ACCEPT, DROP, RETURN or a user-defined chain", f"-j {t.kind}")
+                     "ACCEPT, DROP, REJECT, LOG, RETURN or a user-defined chain", f"-j {t.kind}")
 
     def kernel_match(self, pos: Pos, hooks: frozenset[str], m: object, text: str) -> None:
         """What the kernel's checkentry refuses for a match: value limits and the hooks
