@@ -87,6 +87,21 @@ def _rule_text(chain: str, rule: Rule) -> str:
         return f"-A {chain} ..."
 
 
+class _LazyRuleText:
+    """The rule's canonical text, formatted only when a problem message needs it (formatting
+    every rule of a 10,000-rule file cost a tenth of an apply)."""
+    __slots__ = ("chain", "rule")
+
+    def __init__(self, chain: str, rule: Rule):
+        self.chain, self.rule = chain, rule
+
+    def __str__(self) -> str:
+        return _rule_text(self.chain, self.rule)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 class _Checker:
     def __init__(self, allow_conntrack: bool, sets: Optional[Mapping[str, IpSet]] = None):
         self.allow_conntrack = allow_conntrack
@@ -134,7 +149,7 @@ class _Checker:
 
     def rule(self, table: Table, chain: Chain, rule: Rule, chains: dict[str, Chain],
              builtins: tuple[str, ...]) -> None:
-        pos, text = rule.pos, _rule_text(chain.name, rule)
+        pos, text = rule.pos, _LazyRuleText(chain.name, rule)
         t = rule.target
         if t.kind in ("JUMP", "GOTO"):
             opt = "-j" if t.kind == "JUMP" else "-g"

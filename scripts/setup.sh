@@ -87,7 +87,10 @@ if [ $venv_ok -eq 0 ]; then
     say "creating $VENV"
     "$PY" -m venv --system-site-packages "$VENV"
 fi
-if [ ! -e "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# the editable install must point at THIS checkout (a venv shared with another checkout or a
+# worktree would otherwise import that tree's ebpfw)
+installed=$(cd / && "$VENV/bin/python" -c 'import ebpfw, os; print(os.path.dirname(os.path.dirname(os.path.realpath(ebpfw.__file__))))' 2>/dev/null || true)
+if [ ! -e "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ] || [ "$installed" != "$(pwd -P)" ]; then
     say "pip install -e '.[test]'"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
     touch "$STAMP"

@@ -20,7 +20,7 @@ features) are in ebpfw.check.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 from ..errors import RulesetError
@@ -205,12 +205,7 @@ class _Parser:
                 return
             counters = Counters(int(m.group(1)), int(m.group(2)))
             s = s[m.end():]
-        try:
-            tokens = tokenize(s)
-        except TokenizeError as exc:
-            self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
-            return
-        sec.rules.append((lineno, tokens, counters))
+        sec.rules.append((lineno, s, counters))
 
     def commit(self, sec: _Section) -> None:
         builtins = BUILTIN_CHAINS.get(sec.name, ())
@@ -218,18 +213,34 @@ class _Parser:
             if b not in sec.chains:       # iptables-restore: built-in chains always exist
                 sec.chains[b] = ("ACCEPT", Counters(), sec.pos)
         rules: dict[str, list[Rule]] = {name: [] for name in sec.chains}
-        for lineno, tokens, counters in sec.rules:
-            rp = _RuleParser(self.filename, lineno, sec, tokens)
-            try:
-                chain, rule = rp.parse()
-            except _LineProblem as exc:
-                self.raw_problem(lineno, str(exc))
-                continue
+        # a rule's meaning depends only on its text, its table and the chains that exist
+        # (jump targets): re-applying an edited ruleset in one process parses only new lines
+        cache_key = (sec.name, frozenset(sec.chains))
+        cache = _RULE_CACHE.setdefault(cache_key, {}) if len(_RULE_CACHE) < 64 else {}
+        for lineno, s, counters in sec.rules:
+            hit = cache.get(s)
+            if hit is None:
+                try:
+                    tokens = tokenize(s)
+                except TokenizeError as exc:
+                    self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
+                    continue
+                rp = _RuleParser(self.filename, lineno, sec, tokens)
+                try:
+                    chain, rule = rp.parse()
+                except _LineProblem as exc:
+                    self.raw_problem(lineno, str(exc))
+                    continue
+                hit = (chain, rule, rp.counters_given)
+                if len(cache) < _RULE_CACHE_MAX:
+                    cache[s] = hit
+            chain, rule, counters_given = hit
+            rule = replace(rule, pos=Pos(self.filename, lineno))
             if counters is not None:
-                if rp.counters_given:
+                if counters_given:
                     self.problem(lineno, "counters given twice", "either [p:b] or -c", "-c")
                     continue
-                rule = Rule(rule.ip, rule.matches, rule.target, rule.pos, counters)
+                rule = replace(rule, counters=counters)
             rules[chain].append(rule)
         order = [b for b in builtins] + sorted(n for n in sec.chains if n not in builtins)
         chains = []
@@ -238,6 +249,11 @@ class _Parser:
             chains.append(Chain(name=name, policy=pol, rules=tuple(rules[name]),  # type: ignore[arg-type]
                                 pos=pos, counters=ctrs))
         self.tables.append(Table(name=sec.name, chains=tuple(chains), pos=sec.pos))
+
+
+# parsed rules by (table, declared chains) then line text; bounded, per process
+_RULE_CACHE: dict[tuple, dict[str, tuple]] = {}
+_RULE_CACHE_MAX = 200_000
 
 
 def _short(s: str, n: int = 60) -> str:

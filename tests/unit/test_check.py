@@ -309,7 +309,7 @@ def test_extension_targets_refused_until_the_datapath_has_them(kind):
     rs = ir(builtin("INPUT", r(Target(kind, ext=ext), 3, IpMatch(proto=6))))  # type: ignore[arg-type]
     problems = problems_ir(rs)
     assert problems == [f"ir:3: target '{kind}' is not supported by the datapath yet, expected ACCEPT, DROP, "
-                        f"RETURN or a user-defined chain, found '-j {kind}'"]
+                        f"REJECT, LOG, RETURN or a user-defined chain, found '-j {kind}'"]
 
 
 def test_extension_target_ir_consistency():
