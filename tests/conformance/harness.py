@@ -41,7 +41,8 @@ CONNECT_TIMEOUT = 0.25
 
 
 class ImportRefused(Exception):
-    """`ebpfw import` refused the ruleset; str() is its error output."""
+    """`ebpfw import` refused the ruleset cleanly (FILE:LINE problems); str() is its output.
+    A crash (a Python traceback) raises SideError instead."""
 
 
 class SideError(RuntimeError):
@@ -145,7 +146,11 @@ class EbpfwSide:
         src.write_text(ruleset)
         proc = self._cli(["import", str(src), "-o", str(out)], in_dut=False, check=False)
         if proc.returncode != 0:
-            raise ImportRefused((proc.stderr or proc.stdout).strip())
+            text = (proc.stderr or proc.stdout).strip()
+            if "Traceback (most recent call last)" in text:
+                # a crash is a bug, never an "unsupported yet" refusal to xfail on
+                raise SideError(f"`ebpfw import` crashed instead of refusing:\n{text}")
+            raise ImportRefused(text)
         return out
 
     def load(self, ruleset: str) -> None:
