@@ -1430,6 +1430,50 @@ BPF_PROG_ARRAY(ebpfw_post_xdp, 1);
 BPF_PROG_ARRAY(ebpfw_post_tc, 1);
 #endif
 
+#ifdef EBPFW_F_LIMIT
+/* ---- -m limit: xt_limit's token bucket, one per rule and slot, shared by every CPU ----------
+ * Userspace (ebpfw/datapath/abi.py: limit_entry) writes the kernel's numbers: credit_cap =
+ * credits of avg*burst, cost = credits of avg, cpj = CREDITS_PER_JIFFY for the host's HZ, and
+ * the bucket full. "jiffies" here are CLOCK_MONOTONIC nanoseconds divided by nsj = 10^9 / HZ
+ * (the same clock userspace reads for `prev`); the arithmetic is limit_mt()'s, including the
+ * u32 wrap of credit. A rule whose bucket is empty does not match: the walk goes on uncounted. */
+struct ebpfw_limit {
+    struct bpf_spin_lock lock;
+    __u32 credit;
+    __u64 prev;           /* "jiffies" of the last packet */
+    __u32 credit_cap;
+    __u32 cost;
+    __u32 cpj;
+    __u32 pad;
+    __u64 nsj;            /* nanoseconds per jiffy (10^9 / HZ) */
+};
+BPF_ARRAY(ebpfw_limit, struct ebpfw_limit, NSLOTS * EBPFW_RCAP);
+
+static __always_inline int limit_pass(__u32 rk)
+{
+    struct ebpfw_limit *e = ebpfw_limit.lookup(&rk);
+    if (!e)
+        return 0;
+    __u64 nsj = e->nsj;
+    if (nsj == 0)
+        return 0;            /* never written: fail closed (the rule does not match) */
+    __u64 now = bpf_ktime_get_ns() / nsj;
+    int ok = 0;
+    bpf_spin_lock(&e->lock);
+    __u32 credit = e->credit + (__u32)((now - e->prev) * e->cpj);
+    e->prev = now;
+    if (credit > e->credit_cap)
+        credit = e->credit_cap;
+    if (credit >= e->cost) {
+        credit -= e->cost;
+        ok = 1;
+    }
+    e->credit = credit;
+    bpf_spin_unlock(&e->lock);
+    return ok;
+}
+#endif
+
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
  * then picks the walk up from the scratch record). */
@@ -1536,6 +1580,13 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
             return V_DROP;
         }
+#ifdef EBPFW_F_LIMIT
+        /* the rule's other conditions hold; its limit match (always its last) may still fail */
+        if ((rule->flags & EBPFW_RF_LIMIT) && !limit_pass(rk)) {
+            ws->pos = r + 1;
+            continue;
+        }
+#endif
         count(ebpfw_cnt.lookup(&rk), p->len);
         __u32 kind = rule->kind;
         if (kind == EBPFW_ACT_ACCEPT)

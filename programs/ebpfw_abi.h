@@ -26,6 +26,7 @@
 #define EBPFW_RF_NEEDS_L4 1   /* has a tcp/udp/icmp/multiport match: truncated L4 header hotdrops */
 #define EBPFW_RF_MSS      2   /* has a tcpmss match: a malformed TCP header or option area hotdrops */
 #define EBPFW_RF_MAC      4   /* has a mac match: dropped where the source MAC is unknown (see ebpfw.c) */
+#define EBPFW_RF_LIMIT    8   /* has a -m limit match (its last one): the rule's token bucket decides */
 
 /* chain ids of the built-in chains (user chains follow) */
 #define EBPFW_CHAIN_INPUT   0

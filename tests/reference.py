@@ -295,3 +295,38 @@ def build_frame(p: Pkt, dst_mac: bytes, src_mac: Optional[bytes] = None) -> byte
     hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
     frame = dst_mac + src_mac + b"\x08\x00" + hdr + body
     return frame + b"\0" * max(0, 60 - len(frame))
+
+
+class LimitBucket:
+    """xt_limit's token bucket (net/netfilter/xt_limit.c) with a clock the test drives in
+    jiffies, written from the kernel source independently of ebpfw: limit_mt_check fills it,
+    limit_mt takes `cost` credits per packet; credit is a u32 and wraps as the kernel's does."""
+
+    SCALE = 10000                                   # XT_LIMIT_SCALE
+
+    def __init__(self, avg: int, burst: int, hz: int, jiffies: int = 0):
+        max_cpj = 0xFFFFFFFF // (hz * 60 * 60 * 24)
+        cpj = 1
+        while cpj * 2 <= max_cpj:                   # POW2_BELOW32(MAX_CPJ)
+            cpj *= 2
+        self.hz, self.cpj = hz, cpj
+        self.prev = jiffies
+        self.credit = self.credits(avg * burst)
+        self.credit_cap = self.credit
+        self.cost = self.credits(avg)
+
+    def credits(self, user: int) -> int:           # user2credits, u32
+        user &= 0xFFFFFFFF
+        if user > 0xFFFFFFFF // (self.hz * self.cpj):
+            return (user // self.SCALE) * self.hz * self.cpj & 0xFFFFFFFF
+        return (user * self.hz * self.cpj) // self.SCALE
+
+    def match(self, now: int) -> bool:
+        self.credit = (self.credit + (now - self.prev) * self.cpj) & 0xFFFFFFFF
+        self.prev = now
+        if self.credit > self.credit_cap:
+            self.credit = self.credit_cap
+        if self.credit >= self.cost:
+            self.credit -= self.cost
+            return True
+        return False

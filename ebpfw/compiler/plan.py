@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 from ..errors import RulesetError
 from ..ruleset import (
     AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IcmpMatch, IpMatch, IprangeMatch, LengthMatch,
-    LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, Table, TcpMatch, TcpmssMatch, TosMatch,
+    LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, Table, TcpMatch, TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
 )
 from . import fields as F
@@ -35,6 +35,7 @@ ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "RE
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
+RF_LIMIT = 8        # a limit match (the rule's last): its token bucket decides after the other conditions
 # the matches the datapath enforces (each one a field, see fields.py)
 ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
                     LengthMatch, TtlMatch, TosMatch, DscpMatch, TcpmssMatch, PkttypeMatch, MacMatch,
@@ -81,6 +82,7 @@ class Plan:
     atsrc: Optional[list[int]] = None                   # 4096 classes by route types (fields.py)
     atdst: Optional[list[int]] = None
     log: dict[int, LogTarget] = field(default_factory=dict)   # rule number -> options of its -j LOG
+    limits: dict[int, LimitMatch] = field(default_factory=dict)  # rule number -> its -m limit
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
@@ -163,6 +165,27 @@ def _max_depth(chains, by_name) -> int:
     return max([depth(c.name, frozenset()) for c in chains] or [0])
 
 
+def _limit_of(r: Rule, problems: list[str]) -> Optional[LimitMatch]:
+    """The rule's -m limit, when the datapath can reproduce it exactly: iptables evaluates a
+    rule's matches in order and xt_limit takes a token whenever it is reached, so the bucket
+    is only exact when every other condition is judged before it (limit is the last match,
+    comments aside) and there is one bucket per rule."""
+    lims = [i for i, m in enumerate(r.matches) if isinstance(m, LimitMatch)]
+    if not lims:
+        return None
+    if len(lims) > 1:
+        problems.append(f"{r.pos}: more than one -m limit in a rule is not supported by the datapath, "
+                        f"expected at most one, found {len(lims)}")
+        return None
+    later = [type(m).__name__ for m in r.matches[lims[0] + 1:] if not isinstance(m, CommentMatch)]
+    if later:
+        problems.append(f"{r.pos}: -m limit before other matches is not supported by the datapath (xt_limit "
+                        "would take a token from packets the later matches refuse), expected -m limit as the "
+                        f"rule's last match, found it before {', '.join(later)}")
+        return None
+    return r.matches[lims[0]]
+
+
 def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True) -> Plan:
     """Compile the filter table. `ifnames` are the host's interface names, for -i/-o; given as
     a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
@@ -201,6 +224,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     n = len(rules)
     kinds, args, flags = [], [], []
     logs: dict[int, LogTarget] = {}
+    limits: dict[int, LimitMatch] = {}
     for rn, r in enumerate(rules):
         t = r.target
         if t.kind not in ACT:
@@ -237,8 +261,14 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
             f |= RF_MSS
         if any(isinstance(m, MacMatch) for m in r.matches):
             f |= RF_MAC
+        lim = _limit_of(r, problems)
+        if lim is not None:
+            f |= RF_LIMIT
+            limits[rn] = lim
         flags.append(f)
         for m in r.matches:
+            if isinstance(m, LimitMatch):
+                continue
             if not isinstance(m, ENFORCED_MATCHES):
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
 
@@ -257,7 +287,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     plan = Plan(
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
-        max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs,
+        max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
     )
     F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
     plan.resid = resid

@@ -73,6 +73,57 @@ LOGF_TCPSEQ, LOGF_TCPOPT, LOGF_IPOPT, LOGF_MACDEC = 1, 2, 4, 8
 LOG_RL_CFG = struct.Struct("<QQ")          # ns_per_event, burst_ns
 LOG_RING = "ebpfw_logring"
 
+# -m limit (programs/ebpfw.c: struct ebpfw_limit): lock, credit, prev, credit_cap, cost, cpj, pad, nsj
+LIMIT = struct.Struct("<IIQIIIIQ")
+XT_LIMIT_SCALE = 10000
+
+
+def host_hz(config_text: str | None = None) -> int:
+    """The kernel's HZ (CONFIG_HZ), which xt_limit's arithmetic depends on: from /proc/config.gz,
+    else /boot/config-$(uname -r). Refused when neither says, rather than guessed."""
+    import gzip
+    import os
+    from ..errors import KernelError
+    texts = [config_text] if config_text is not None else []
+    if config_text is None:
+        try:
+            texts.append(gzip.open("/proc/config.gz", "rt").read())
+        except OSError:
+            pass
+        try:
+            texts.append(Path(f"/boot/config-{os.uname().release}").read_text())
+        except OSError:
+            pass
+    for t in texts:
+        for line in t.splitlines():
+            if line.startswith("CONFIG_HZ="):
+                return int(line.split("=", 1)[1])
+    raise KernelError("the kernel's HZ is unknown (no CONFIG_HZ in /proc/config.gz or /boot/config-*); "
+                      "-m limit needs it to count like xt_limit")
+
+
+def credits_per_jiffy(hz: int) -> int:
+    """xt_limit's CREDITS_PER_JIFFY: the largest power of two <= 0xFFFFFFFF / (HZ*60*60*24)."""
+    max_cpj = 0xFFFFFFFF // (hz * 60 * 60 * 24)
+    return 1 << (max_cpj.bit_length() - 1)
+
+
+def limit_credits(user: int, hz: int) -> int:
+    """xt_limit's user2credits (u32 arithmetic)."""
+    cpj = credits_per_jiffy(hz)
+    user &= 0xFFFFFFFF
+    if user > 0xFFFFFFFF // (hz * cpj):
+        return ((user // XT_LIMIT_SCALE) * hz * cpj) & 0xFFFFFFFF
+    return (user * hz * cpj) // XT_LIMIT_SCALE
+
+
+def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
+    """struct ebpfw_limit for a rule, as limit_mt_check leaves it: the bucket full."""
+    nsj = 1_000_000_000 // hz
+    cap = limit_credits(avg * burst, hz)
+    return LIMIT.pack(0, cap, now_ns // nsj, cap, limit_credits(avg, hz), credits_per_jiffy(hz), 0, nsj)
+
+
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
              "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
@@ -93,6 +144,8 @@ FIELD_MAPS = {
     # actions (Plan.actions)
     "reject": ("ebpfw_post_xdp", "ebpfw_post_tc", "ebpfw_rejcfg", "ebpfw_icmprl"),
     "log": ("ebpfw_post_xdp", "ebpfw_post_tc", LOG_RING, "ebpfw_logcfg", "ebpfw_logrlc", "ebpfw_logrl"),
+    # per-rule checks after the other conditions hold
+    "limit": ("ebpfw_limit",),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -217,6 +270,8 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         if getattr(plan, f, None) is not None:
             fields.append(f)
     fields += list(getattr(plan, "actions", []))
+    if getattr(plan, "limits", None):
+        fields.append("limit")
     def round_words(nbits: int) -> int:
         words = (nbits + 1 + 63) // 64
         return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64

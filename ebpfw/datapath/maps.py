@@ -22,7 +22,7 @@ from .abi import (
     ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
-    GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS,
+    GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
 
@@ -277,6 +277,8 @@ class Datapath:
                             [log_cfg_bytes(t) for t in logs.values()])
             bpfsys.update(self.maps["ebpfw_logrlc"], U32.pack(0), LOG_RL_CFG.pack(*log_rate_from_env()),
                           "ebpfw_logrlc")
+        if "limit" in f:
+            self._write_limits(slot, getattr(plan, "limits", {}) or {})
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -307,6 +309,18 @@ class Datapath:
             self._write_groups(slot, plan)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
                       META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+
+    def _write_limits(self, slot: int, limits: dict) -> None:
+        """Every rule's bucket of this slot: full for a limit rule (a fresh rule in iptables
+        starts full too), zero (never matches) for the others, which never read it."""
+        hz = host_hz()
+        now = time.monotonic_ns()      # CLOCK_MONOTONIC: bpf_ktime_get_ns's clock
+        sh = self.shape
+        empty = LIMIT.pack(0, 0, 0, 0, 0, 0, 0, 0)
+        keys = [slot * sh.rcap + r for r in range(sh.rcap)]
+        vals = [limit_entry(limits[r].avg, limits[r].burst, hz, now) if r in limits else empty
+                for r in range(sh.rcap)]
+        self._batch("ebpfw_limit", keys, vals)
 
     def _write_ranks(self, slot: int, plan) -> None:
         """Residual bit k <-> rule number: unrank[k] = resid[k]; rank[p] = bits of rules < p."""

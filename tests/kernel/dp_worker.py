@@ -37,7 +37,8 @@ from ebpfw.netlink import host
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups",
-                      "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log"),
+                      "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
+                      "limit"),
               ngroups=16, gcap=4096, mac_cap=64, gwords=32)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
