@@ -811,7 +811,10 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->mss = parse_mss(data, data_end, p);
 #endif
     if (frag & 0x1fff) {
-        p->l4 = L4_NONE;
+        /* xt_tcp drops a TCP fragment at offset 1 (8 bytes: it could rewrite the first
+         * fragment's flags) when a rule with a tcp match reaches it: the same hotdrop as a
+         * cut-short header. Other fragments have no L4 header to match. */
+        p->l4 = ((frag & 0x1fff) == 1 && p->proto == IPPROTO_TCP) ? L4_TRUNC : L4_NONE;
         return 0;
     }
     p->l4 = L4_NONE;
