@@ -45,7 +45,7 @@ app = typer.Typer(
     help="Enforce iptables-save rulesets with BPF programs at XDP and TC, with per-rule counters.",
     epilog=ENV_HELP,
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,      # --install-completion / --show-completion for bash, zsh, fish
     pretty_exceptions_enable=False,
     pretty_exceptions_show_locals=False,
     rich_markup_mode=None,
@@ -187,6 +187,15 @@ def _api():
     return api
 
 
+def _busy(what: str):
+    """A rich spinner on stderr while a long step runs, only when stderr is a terminal."""
+    import contextlib
+    if not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+    return Console(stderr=True).status(what)
+
+
 # ---- commands -------------------------------------------------------------------------------------
 
 def _version(value: bool) -> None:
@@ -261,7 +270,8 @@ def apply(
     if confirm is not None:
         from .hostcli import confirmed_apply
         return confirmed_apply(text, name, list(iface), mode.value, counters, confirm)
-    res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters)
+    with _busy("compiling and loading the ruleset (bcc builds programs when the shape changes)"):
+        res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters)
     where = ", ".join(f"{i['name']} ({i.get('ingress', '?')})" for i in res.get("ifaces", []))
     how = "new programs" if res.get("recompiled") else "maps updated, programs kept"
     print(f"applied {name}: {res.get('rules', 0)} rules on {where or 'no interface'}; "
@@ -273,9 +283,15 @@ def apply(
 def save(
     counters: Annotated[bool, typer.Option("--counters", "-c", help="Include [packets:bytes] "
                                            "counters (iptables-save -c format).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the enforced chains, rules (canonical "
+                                          "text) and their counters as JSON.")] = False,
 ) -> None:
     """Print the enforced ruleset as iptables-save text."""
     _need_root("save")
+    if as_json:
+        data = _api().show()
+        _print_json({"table": "filter", "chains": data["chains"]})
+        return
     text = _api().save(counters=counters)
     sys.stdout.write(text)
     sys.stdout.flush()

@@ -406,3 +406,12 @@ def test_has_privileges_reads_capabilities(monkeypatch):
     assert cli.has_privileges()
     monkeypatch.setattr(cli, "_effective_caps", lambda: 1 << cli.CAP_BPF)
     assert not cli.has_privileges()
+
+
+def test_save_json_lists_chains_rules_and_counters(run, api):
+    r = run("save", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["table"] == "filter"
+    assert [c["name"] for c in data["chains"]] == ["INPUT", "mychain"]
+    assert data["chains"][0]["rules"][0]["packets"] == 123456
