@@ -506,3 +506,7 @@ def main() -> None:
         except OSError:
             pass
         sys.exit(141)
+
+
+if __name__ == "__main__":
+    main()
