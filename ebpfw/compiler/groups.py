@@ -47,7 +47,15 @@ class GroupShape:
         return 0 if self.dst_plen < 0 else (0xFFFFFFFF << (32 - self.dst_plen)) & 0xFFFFFFFF
 
 
-NO_IFINDEX = 0xFFFFFFFE    # an interface the host does not have (yet): its key never matches
+NO_IFINDEX = 0xFFFFFFFE
+
+
+def _prefix(net) -> tuple[int | None, int]:
+    """(prefix length, address) of an address condition for a key: -1 when there is none (or it
+    is /0), None when the mask is not a prefix (not groupable)."""
+    if net is None or net.prefixlen == 0:
+        return -1, 0
+    return net.prefixlen, net.addr    # an interface the host does not have (yet): its key never matches
 
 
 def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[int, int, int, int]]] | None:
@@ -63,22 +71,10 @@ def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[i
         iif = ifindex_of.get(ip.iface_in.name, NO_IFINDEX)
     if ip.src_invert or ip.dst_invert or ip.proto_invert:
         return None
-    src_plen = dst_plen = -1
-    src = dst = 0
-    if ip.src is not None:
-        src_plen = ip.src.prefixlen
-        if src_plen is None:
-            return None
-        src = ip.src.addr
-        if src_plen == 0:
-            src_plen = -1
-    if ip.dst is not None:
-        dst_plen = ip.dst.prefixlen
-        if dst_plen is None:
-            return None
-        dst = ip.dst.addr
-        if dst_plen == 0:
-            dst_plen = -1
+    src_plen, src = _prefix(ip.src)
+    dst_plen, dst = _prefix(ip.dst)
+    if src_plen is None or dst_plen is None:
+        return None
     proto = ip.proto or 0
     port_kind = PORT_NONE
     ports: list[int] = [0]
