@@ -47,17 +47,32 @@ def _filter_table(rs: Ruleset, filename: str) -> Table:
     return t
 
 
-def import_ruleset(text: str, filename: str) -> str:
+def _sets_for(rs: Ruleset, sets_text: Optional[str], sets_filename: Optional[str]) -> tuple[dict, Optional[dict]]:
+    """(the set definitions -m set rules may name, the sets to load or None): from the --sets
+    file when given, else the sets already loaded in this namespace (ebpfw.sets)."""
+    if sets_text is not None:
+        from .ipset import parse_ipsets
+        new = parse_ipsets(sets_text, sets_filename or "<sets>")
+        check_ruleset(rs, allow_conntrack=True, sets=new)
+        return new, new
+    from . import sets as live
+    return live.loaded_definitions(), None
+
+
+def import_ruleset(text: str, filename: str, sets_text: Optional[str] = None,
+                   sets_filename: Optional[str] = None) -> str:
     rs = _parse(text, filename)
     t = _filter_table(rs, filename)
-    compile_plan(t)  # refuse here what the datapath cannot enforce, not at apply time
+    defs, _ = _sets_for(rs, sets_text, sets_filename)
+    compile_plan(t, sets=defs)  # refuse here what the datapath cannot enforce, not at apply time
     return save_ruleset(rs, header=f"ebpfw ruleset imported from {filename}")
 
 
-def check(text: str, filename: str) -> dict:
+def check(text: str, filename: str, sets_text: Optional[str] = None, sets_filename: Optional[str] = None) -> dict:
     rs = _parse(text, filename)
     links = host.links()
-    plan = compile_plan(_filter_table(rs, filename), {l.name: l.ifindex for l in links})
+    defs, _ = _sets_for(rs, sets_text, sets_filename)
+    plan = compile_plan(_filter_table(rs, filename), {l.name: l.ifindex for l in links}, sets=defs)
     out = plan.summary()
     out["shape"] = shape_for(plan, len(links)).to_json()
     return out
@@ -157,11 +172,14 @@ def _initial_counters(plan, table: Table) -> dict:
 
 
 def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False,
-          modes: Optional[dict[str, str]] = None, expect_applied_at: Optional[float] = None) -> dict:
+          modes: Optional[dict[str, str]] = None, expect_applied_at: Optional[float] = None,
+          sets_text: Optional[str] = None, sets_filename: Optional[str] = None) -> dict:
     """`modes` optionally gives some interfaces another ingress mode than `mode`.
     `expect_applied_at` (compare-and-swap for callers that re-apply what they read, like the
     agent): raise ChangedMeanwhile, changing nothing, unless the enforced state is still the one
-    applied at that time (0.0: nothing applied)."""
+    applied at that time (0.0: nothing applied). `sets_text` (ipset save format) gives the sets
+    -m set rules name; each set in it is loaded with exactly its elements (ebpfw.sets), before the
+    new rules take effect; without it the rules name sets already loaded."""
     t0 = time.monotonic()
     modes = dict(modes or {})
     for m in [mode, *modes.values()]:
@@ -179,7 +197,8 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                          hint="`ip link` lists the interfaces; ebpfw applies to the namespace it runs in")
     if len(set(ifaces)) != len(ifaces):
         raise EbpfwError("an interface is given twice with --iface")
-    plan = compile_plan(table, {l.name: l.ifindex for l in links})
+    set_defs, set_load = _sets_for(rs, sets_text, sets_filename)
+    plan = compile_plan(table, {l.name: l.ifindex for l in links}, sets=set_defs)
     need = shape_for(plan, len(links))
     init = _initial_counters(plan, table) if counters else None
     canonical = save_ruleset(rs)
@@ -200,6 +219,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
         if reuse:
             dp = Datapath.open_pinned(Path(cur["gen_dir"]), cur_shape, with_progs=True)
             try:
+                _load_sets(plan, pins, set_defs, set_load)
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links, init)
                 # the union while interfaces change, so no forwarded packet escapes judgement
@@ -223,6 +243,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             shape = need
             dp = conntrack.build_datapath(shape, pins)   # shares the pinned conntrack table
             try:
+                _load_sets(plan, pins, set_defs, set_load)
                 dp.write_slot(0, plan, links, init)
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
                 dp.flip(0)
@@ -255,6 +276,21 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
     return {"generation": gen, "recompiled": not reuse,
             "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in records],
             "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _load_sets(plan, pins: Path, set_defs: dict, set_load: Optional[dict]) -> None:
+    """Load the --sets file's sets (when given) and give the plan their ids. The set maps exist
+    once programs with -m set are built (pinned at pins/sets, pins/set_defs)."""
+    if not plan.setm and not set_load:
+        return
+    from . import sets as live
+    if not (pins / "sets").exists():
+        if plan.setm:
+            raise KernelError("internal: the programs have -m set but the set maps are not pinned")
+        return   # a --sets file but no rule names a set: nothing to load into
+    with live.SetStore(pins) as store:
+        ids = store.load(set_load) if set_load else {n: d[0] for n, d in store.definitions().items()}
+    plan.set_ids = ids
 
 
 # ---- reading back --------------------------------------------------------------------------------

@@ -217,7 +217,7 @@ def stats() -> dict:
 def build_datapath(shape: Shape, pins: Path) -> Datapath:
     """Datapath.build for apply: share, resize or create-and-seed the pinned table."""
     if "ct" not in shape.fields:
-        return Datapath.build(shape)
+        return Datapath.build(shape, ct_dir=pins)   # pins also holds the live sets (ebpfw.sets)
     path = pins / CT_TABLE
     old_fd = None
     if path.exists():

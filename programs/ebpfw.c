@@ -153,6 +153,9 @@ struct pkt {
     __u8  macok;      /* smac is the frame's Ethernet source (-m mac can be judged) */
     __u8  smac[6];
     __u32 mss;        /* EBPFW_F_TCPMSS: the MSS option, EBPFW_MSS_NONE, or MSS_BAD */
+    __u16 setsport;   /* EBPFW_F_SET: the ports ipset reads (ip_set_get_ip4_port), host order */
+    __u16 setdport;
+    __u32 setok;      /* EBPFW_F_SET: ip_set_get_ip4_port would succeed */
     __u32 pad;        /* per-CPU map values are multiples of 8 bytes */
 };
 
@@ -810,6 +813,13 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     /* xt_tcpmss reads the header at the IP payload even in a non-first fragment */
     p->mss = parse_mss(data, data_end, p);
 #endif
+    void *l4 = (void *)ip + ihl;
+    __u32 l4len = tot - ihl;
+#ifdef EBPFW_F_SET
+    p->setsport = 0;
+    p->setdport = 0;
+    p->setok = 0;
+#endif
     if (frag & 0x1fff) {
         /* xt_tcp drops a TCP fragment at offset 1 (8 bytes: it could rewrite the first
          * fragment's flags) when a rule with a tcp match reaches it: the same hotdrop as a
@@ -818,8 +828,6 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
         return 0;
     }
     p->l4 = L4_NONE;
-    void *l4 = (void *)ip + ihl;
-    __u32 l4len = tot - ihl;
     if (p->proto == IPPROTO_TCP) {
         struct tcphdr *th = l4;
         if (l4len < sizeof(*th) || (void *)(th + 1) > data_end) {
@@ -848,6 +856,17 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
         p->sport = ((__u16)ic->type << 8) | ic->code;
         p->l4 = L4_OK;
     }
+#ifdef EBPFW_F_SET
+    /* ip_set_get_ip4_port reads SCTP (12-byte header) and UDP-Lite (8) ports too */
+    else if (p->proto == IPPROTO_SCTP || p->proto == IPPROTO_UDPLITE) {
+        __u8 *h = l4;
+        if (l4len >= (p->proto == IPPROTO_SCTP ? 12 : 8) && (void *)(h + 4) <= data_end) {
+            p->setsport = ((__u16)h[0] << 8) | h[1];
+            p->setdport = ((__u16)h[2] << 8) | h[3];
+            p->setok = 1;
+        }
+    }
+#endif
     return 0;
 }
 
@@ -1477,6 +1496,124 @@ static __always_inline int limit_pass(__u32 rk)
 }
 #endif
 
+#ifdef EBPFW_F_SET
+/* ---- -m set: ipset membership (ebpfw/sets.py) -----------------------------------------------
+ * Every set lives in one LPM trie pinned outside the generation directories (so live `ebpfw set
+ * add|del` and re-applies keep it): key = (set id, proto << 16 | port, address), all big
+ * endian, an element is a prefix of 64 bits (id and port part exact) plus its address prefix
+ * (0 for bitmap:port). The per-rule table says which set and which packet sides to read. */
+struct ebpfw_set_key {
+    __u32 prefixlen;
+    __u32 id;             /* network order */
+    __u32 pp;             /* proto << 16 | port, network order; 0 for hash:ip / hash:net */
+    __u32 addr;           /* network order */
+};
+struct ebpfw_setm {
+    __u32 id;
+    __u8  kind;           /* EBPFW_SETK_* */
+    __u8  src0;           /* dimension 1 reads the source (else the destination) */
+    __u8  src1;           /* dimension 2 reads the source port (else the destination port) */
+    __u8  inv;            /* ! --match-set */
+};
+#define EBPFW_SETK_ADDR     1   /* hash:ip, hash:net */
+#define EBPFW_SETK_ADDRPORT 2   /* hash:ip,port, hash:net,port */
+#define EBPFW_SETK_PORT     3   /* bitmap:port */
+#ifndef EBPFW_SETS_CAP
+#define EBPFW_SETS_CAP 1048576
+#endif
+/* the sets' definitions (name, type, element count), for userspace only: id -> definition */
+struct ebpfw_setdef {
+    char  name[32];
+    __u32 type;           /* ebpfw/sets.py TYPES; 0 = a free id */
+    __u32 count;
+    __u32 maxelem;
+    __u32 first;          /* bitmap:port range */
+    __u32 last;
+    __u32 hashsize;
+};
+#define EBPFW_NSETS 256
+#ifdef EBPFW_SET_PATH
+BPF_TABLE_PINNED("lpm_trie", struct ebpfw_set_key, __u32, ebpfw_sets, EBPFW_SETS_CAP, EBPFW_SET_PATH, BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("array", __u32, struct ebpfw_setdef, ebpfw_setdef, EBPFW_NSETS, EBPFW_SETDEF_PATH);
+#else
+BPF_F_TABLE("lpm_trie", struct ebpfw_set_key, __u32, ebpfw_sets, EBPFW_SETS_CAP, BPF_F_NO_PREALLOC);
+BPF_ARRAY(ebpfw_setdef, struct ebpfw_setdef, EBPFW_NSETS);
+#endif
+BPF_ARRAY(ebpfw_setm, struct ebpfw_setm, NSLOTS * EBPFW_RCAP);
+/* the lookup key is built in map memory: the stack of the inlined walk is full */
+BPF_PERCPU_ARRAY(ebpfw_setk, struct ebpfw_set_key, 1);
+
+/* ip_set_get_ip4_port: the ports of TCP, UDP, SCTP, UDP-Lite and ICMP (type << 8 | code for
+ * both) in a first fragment whose header is whole; any other protocol (fragments too) has
+ * port 0; protocol 0 never matches */
+static __always_inline int ports_ok(struct pkt *p)
+{
+    __u8 pr = p->proto;
+    if (pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_ICMP)
+        return p->l4 == L4_OK;
+    if (pr == IPPROTO_SCTP || pr == IPPROTO_UDPLITE)
+        return p->setok;
+    return pr != 0;
+}
+
+static __always_inline __u32 set_sport(struct pkt *p)
+{
+    __u8 pr = p->proto;
+    if (pr == IPPROTO_TCP || pr == IPPROTO_UDP || pr == IPPROTO_ICMP)
+        return p->sport;
+    return p->setsport;
+}
+
+static __always_inline __u32 set_dport(struct pkt *p)
+{
+    __u8 pr = p->proto;
+    if (pr == IPPROTO_TCP || pr == IPPROTO_UDP)
+        return p->dport;
+    if (pr == IPPROTO_ICMP)
+        return p->sport;
+    return p->setdport;
+}
+
+static __always_inline int set_pass(__u32 rk)
+{
+    struct ebpfw_setm *m = ebpfw_setm.lookup(&rk);
+    if (!m)
+        return 0;
+    __u32 zero = 0;
+    struct ebpfw_set_key *k = ebpfw_setk.lookup(&zero);
+    if (!k)
+        return 0;
+    /* the packet is read back from its per-CPU record: fewer live registers in the walk */
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    if (!p)
+        return 0;
+    __u32 kind = m->kind;
+    int member = 0;
+    k->prefixlen = 96;
+    k->id = bpf_htonl(m->id);
+    k->pp = 0;
+    k->addr = 0;
+    if (kind == EBPFW_SETK_ADDR) {
+        k->addr = m->src0 ? p->saddr : p->daddr;
+        member = ebpfw_sets.lookup(k) != 0;
+    } else if (kind == EBPFW_SETK_ADDRPORT) {
+        if (ports_ok(p)) {
+            __u32 port = m->src1 ? set_sport(p) : set_dport(p);
+            k->pp = bpf_htonl(((__u32)p->proto << 16) | port);
+            k->addr = m->src0 ? p->saddr : p->daddr;
+            member = ebpfw_sets.lookup(k) != 0;
+        }
+    } else if (kind == EBPFW_SETK_PORT) {
+        /* ip_set_get_ip_port: TCP and UDP only */
+        if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) && p->l4 == L4_OK) {
+            k->pp = bpf_htonl(m->src0 ? p->sport : p->dport);
+            member = ebpfw_sets.lookup(k) != 0;
+        }
+    }
+    return member ^ (m->inv ? 1 : 0);
+}
+#endif
+
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
  * then picks the walk up from the scratch record). */
@@ -1583,6 +1720,12 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
             return V_DROP;
         }
+#ifdef EBPFW_F_SET
+        if ((rule->flags & EBPFW_RF_SET) && !set_pass(rk)) {
+            ws->pos = r + 1;
+            continue;
+        }
+#endif
 #ifdef EBPFW_F_LIMIT
         /* the rule's other conditions hold; its limit match (always its last) may still fail */
         if ((rule->flags & EBPFW_RF_LIMIT) && !limit_pass(rk)) {

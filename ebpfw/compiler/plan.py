@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable, Mapping, Optional
 
 from ..errors import RulesetError
 from ..ruleset import (
     AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IcmpMatch, IpMatch, IprangeMatch, LengthMatch,
-    LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, Table, TcpMatch, TcpmssMatch, TosMatch,
+    LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
+    TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
 )
 from . import fields as F
@@ -36,6 +37,8 @@ RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
 RF_LIMIT = 8        # a limit match (the rule's last): its token bucket decides after the other conditions
+RF_SET = 16         # a set match: the set decides after the other conditions
+SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 # the matches the datapath enforces (each one a field, see fields.py)
 ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
                     LengthMatch, TtlMatch, TosMatch, DscpMatch, TcpmssMatch, PkttypeMatch, MacMatch,
@@ -83,6 +86,9 @@ class Plan:
     atdst: Optional[list[int]] = None
     log: dict[int, LogTarget] = field(default_factory=dict)   # rule number -> options of its -j LOG
     limits: dict[int, LimitMatch] = field(default_factory=dict)  # rule number -> its -m limit
+    # rule number -> (set name, kind, dimension 1 from src, dimension 2 from src, inverted)
+    setm: dict[int, tuple] = field(default_factory=dict)
+    set_ids: dict[str, int] = field(default_factory=dict)   # set name -> id (ebpfw.sets, at apply)
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
@@ -186,8 +192,41 @@ def _limit_of(r: Rule, problems: list[str]) -> Optional[LimitMatch]:
     return r.matches[lims[0]]
 
 
-def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True) -> Plan:
-    """Compile the filter table. `ifnames` are the host's interface names, for -i/-o; given as
+def _set_of(r: Rule, sets: Optional[Mapping], problems: list[str]) -> Optional[tuple]:
+    """The rule's -m set as (name, kind, src0, src1, inv); `sets` are the definitions by name
+    (ebpfw.ipset.IpSet) the rule can refer to."""
+    found = [m for m in r.matches if isinstance(m, SetMatch)]
+    if not found:
+        return None
+    if len(found) > 1:
+        problems.append(f"{r.pos}: more than one -m set in a rule is not supported by the datapath, "
+                        f"expected at most one, found {len(found)}")
+        return None
+    m = found[0]
+    st = (sets or {}).get(m.name)
+    if st is None:
+        known = ", ".join(sets) if sets else "none loaded"
+        problems.append(f"{r.pos}: set '{m.name}' is not known, expected a set from the --sets file or one "
+                        f"already loaded ({known}), found '--match-set {m.name}'")
+        return None
+    dim = SET_KINDS.get(st.type)
+    if dim is None:
+        problems.append(f"{r.pos}: set '{m.name}' of type {st.type} is not supported by the datapath, expected "
+                        + ", ".join(SET_KINDS))
+        return None
+    need = 2 if st.type.endswith(",port") else 1
+    if len(m.flags) < need:
+        problems.append(f"{r.pos}: set '{m.name}' is {st.type} ({need} dimensions), expected {need} directions "
+                        f"after its name, found '{','.join(m.flags)}'")
+        return None
+    src1 = len(m.flags) > 1 and m.flags[1] == "src"
+    return (m.name, dim, int(m.flags[0] == "src"), int(src1), int(m.invert))
+
+
+def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
+                 sets: Optional[Mapping] = None) -> Plan:
+    """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
+    may name (ebpfw.ipset.IpSet; entries are not read). `ifnames` are the host's interface names, for -i/-o; given as
     a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
     `group=False` keeps every rule in the bit vectors (no hash groups)."""
     chains, missing = _order_chains(table)
@@ -225,6 +264,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     kinds, args, flags = [], [], []
     logs: dict[int, LogTarget] = {}
     limits: dict[int, LimitMatch] = {}
+    setm: dict[int, tuple] = {}
     for rn, r in enumerate(rules):
         t = r.target
         if t.kind not in ACT:
@@ -261,13 +301,17 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
             f |= RF_MSS
         if any(isinstance(m, MacMatch) for m in r.matches):
             f |= RF_MAC
+        sm = _set_of(r, sets, problems)
+        if sm is not None:
+            f |= RF_SET
+            setm[rn] = sm
         lim = _limit_of(r, problems)
         if lim is not None:
             f |= RF_LIMIT
             limits[rn] = lim
         flags.append(f)
         for m in r.matches:
-            if isinstance(m, LimitMatch):
+            if isinstance(m, (LimitMatch, SetMatch)):
                 continue
             if not isinstance(m, ENFORCED_MATCHES):
                 problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
@@ -288,6 +332,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
+        setm=setm,
     )
     F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
     plan.resid = resid

@@ -124,6 +124,16 @@ def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
     return LIMIT.pack(0, cap, now_ns // nsj, cap, limit_credits(avg, hz), credits_per_jiffy(hz), 0, nsj)
 
 
+# -m set (programs/ebpfw.c, ebpfw/sets.py)
+SET_KEY = struct.Struct("<I")              # prefixlen; then id, proto << 16 | port, addr big endian
+SETM = struct.Struct("<IBBBB")             # set id, kind, src0, src1, inv
+SETDEF = struct.Struct("<32sIIIIII")       # name, type, count, maxelem, first, last, hashsize
+SETK = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
+SETS_PIN = "sets"                          # pin names under <pin_dir>, outside the generations
+SETDEF_PIN = "set_defs"
+NSETS = 256
+
+
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
              "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
@@ -146,6 +156,8 @@ FIELD_MAPS = {
     "log": ("ebpfw_post_xdp", "ebpfw_post_tc", LOG_RING, "ebpfw_logcfg", "ebpfw_logrlc", "ebpfw_logrl"),
     # per-rule checks after the other conditions hold
     "limit": ("ebpfw_limit",),
+    # the sets themselves (ebpfw_sets, ebpfw_setdef) are pinned outside the generation directory
+    "set": ("ebpfw_setm", "ebpfw_setk"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -272,6 +284,8 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
     fields += list(getattr(plan, "actions", []))
     if getattr(plan, "limits", None):
         fields.append("limit")
+    if getattr(plan, "setm", None):
+        fields.append("set")
     def round_words(nbits: int) -> int:
         words = (nbits + 1 + 63) // 64
         return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64

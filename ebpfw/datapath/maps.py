@@ -23,6 +23,7 @@ from .abi import (
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
+    SETDEF_PIN, SETM, SETS_PIN,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
 
@@ -113,6 +114,9 @@ class Datapath:
             raise KernelError("bcc is not importable from this Python",
                               hint="run ebpfw from the venv made by `make setup` (it sees Debian's python3-bpfcc)") from exc
         cflags = shape.cflags()
+        if "set" in shape.fields and ct_dir is not None:
+            ct_dir.mkdir(parents=True, exist_ok=True)
+            cflags += [f'-DEBPFW_SET_PATH="{ct_dir / SETS_PIN}"', f'-DEBPFW_SETDEF_PATH="{ct_dir / SETDEF_PIN}"']
         if "ct" in shape.fields and ct_dir is not None:
             ct_dir.mkdir(parents=True, exist_ok=True)
             cflags += [f'-DEBPFW_CT_PATH="{ct_dir / CT_TABLE}"', f'-DEBPFW_CTSTAT_PATH="{ct_dir / CT_STAT}"']
@@ -143,6 +147,8 @@ class Datapath:
         ct_maps = {}
         if "ct" in shape.fields:
             ct_maps = {name: bpf.get_table(name).get_fd() for name in ("ebpfw_ct", "ebpfw_ctstat")}
+        if "set" in shape.fields:
+            ct_maps.update({name: bpf.get_table(name).get_fd() for name in ("ebpfw_sets", "ebpfw_setdef")})
         return cls(shape, maps, progs, bpf, ct_maps)
 
     def pin_all(self, directory: Path) -> None:
@@ -279,6 +285,8 @@ class Datapath:
                           "ebpfw_logrlc")
         if "limit" in f:
             self._write_limits(slot, getattr(plan, "limits", {}) or {})
+        if "set" in f:
+            self._write_setm(slot, plan)
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -321,6 +329,19 @@ class Datapath:
         vals = [limit_entry(limits[r].avg, limits[r].burst, hz, now) if r in limits else empty
                 for r in range(sh.rcap)]
         self._batch("ebpfw_limit", keys, vals)
+
+    def _write_setm(self, slot: int, plan) -> None:
+        """Which set each -m set rule of this slot reads (ids from ebpfw.sets, in plan.set_ids)."""
+        setm = getattr(plan, "setm", {}) or {}
+        ids = getattr(plan, "set_ids", None) or {}
+        missing = sorted({m[0] for m in setm.values()} - set(ids))
+        if missing:
+            raise KernelError(f"internal: no set id for {', '.join(missing)}")
+        sh = self.shape
+        empty = SETM.pack(0, 0, 0, 0, 0)
+        keys = [slot * sh.rcap + r for r in range(sh.rcap)]
+        vals = [SETM.pack(ids[setm[r][0]], *setm[r][1:]) if r in setm else empty for r in range(sh.rcap)]
+        self._batch("ebpfw_setm", keys, vals)
 
     def _write_ranks(self, slot: int, plan) -> None:
         """Residual bit k <-> rule number: unrank[k] = resid[k]; rank[p] = bits of rules < p."""

@@ -15,6 +15,9 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
   {"op": "ct_stats"}                                 -> ebpfw.conntrack.Table.stats()
   {"op": "ct_config", "timeouts": {NAME: SECONDS}, "tcp_loose": BOOL} -> {"ok": true}
   {"op": "bench", "prog": ..., "frame": HEX, "ifindex": N, "repeat": N} -> {"ns": per-packet ns}
+Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to load first, and
+  {"op": "set_add"|"set_del", "name": NAME, "element": TEXT} -> {"n": entries, "seconds": time}
+  {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ebpfw.netlink import host
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
-                      "limit"),
+                      "limit", "set"),
               ngroups=16, gcap=4096, mac_cap=64, gwords=32)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
@@ -60,6 +63,9 @@ def xdp_ctx(ifindex: int, size: int) -> bytes:
 
 def main() -> None:
     dp = Datapath.build(SHAPE)
+    from ebpfw.sets import SetStore
+    from ebpfw.ipset import parse_ipsets
+    store = SetStore(fds=(dp.ct_maps["ebpfw_sets"], dp.ct_maps["ebpfw_setdef"]))
     plan = None
     judged = set()
     for line in sys.stdin:
@@ -68,7 +74,12 @@ def main() -> None:
             if req["op"] == "load":
                 links = host.links()
                 rs = parse_ruleset(req["rules"], "test.rules")
-                plan = compile_plan(rs.table("filter"), {l.name: l.ifindex for l in links}, group=req.get("group", True))
+                if "sets" in req:
+                    store.load(parse_ipsets(req["sets"], "test.sets"))
+                defs = {n: d[1] for n, d in store.definitions().items()}
+                plan = compile_plan(rs.table("filter"), {l.name: l.ifindex for l in links}, group=req.get("group", True),
+                                    sets=defs)
+                plan.set_ids = {n: d[0] for n, d in store.definitions().items()}
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links)
                 judged = {l.ifindex for l in links if l.name in req.get("judged", [])}
@@ -89,6 +100,15 @@ def main() -> None:
                 rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
                 chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
                 out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats(), "out": out_frame.hex()}
+            elif req["op"] in ("set_add", "set_del"):
+                import time
+                t0 = time.perf_counter()
+                fn = store.add if req["op"] == "set_add" else store.delete
+                n = fn(req["name"], req["element"])
+                out = {"n": n, "seconds": time.perf_counter() - t0}
+            elif req["op"] == "set_list":
+                from ebpfw.ipset import save_ipsets
+                out = {"text": save_ipsets([store.get(req["name"])])}
             elif req["op"] == "ct_list":
                 fd = dp.ct_maps["ebpfw_ct"]
                 entries = []
