@@ -218,11 +218,14 @@ def import_cmd(
     file: Annotated[str, typer.Argument(metavar="FILE", help="iptables-save output; '-' reads stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="OUT",
                                                   help="Write the ruleset here (default: stdout).")] = None,
+    sets: Annotated[Optional[str], typer.Option("--sets", metavar="SETFILE",
+                                                help="`ipset save` output with the sets -m set rules name.")] = None,
 ) -> None:
     """Check an iptables-save file and write it as an ebpfw ruleset (canonical iptables-restore
     text). Every problem is reported as FILE:LINE on stderr and nothing is written."""
     text, name = _read_input(file)
-    out = _api().import_ruleset(text, name)
+    stext, sname = _read_input(sets) if sets is not None else (None, None)
+    out = _api().import_ruleset(text, name, stext, sname)
     if output is None or output == "-":
         sys.stdout.write(out)
         sys.stdout.flush()
@@ -262,16 +265,24 @@ def apply(
     confirm: Annotated[Optional[str], typer.Option("--confirm", metavar="DURATION", help="Put the previous "
                                                    "ruleset back after DURATION (30s, 2m) unless `ebpfw "
                                                    "confirm` runs first.")] = None,
+    sets: Annotated[Optional[str], typer.Option("--sets", metavar="SETFILE", help="`ipset save` output: "
+                                                "load these sets (exactly their elements) for -m set "
+                                                "rules; without it the loaded sets stay as they are.")] = None,
 ) -> None:
     """Enforce RULESET on the given interfaces of this network namespace (atomic replace of
     whatever ebpfw enforced before). Interfaces not named are detached."""
     _need_root("apply")
     text, name = _read_input(ruleset)
+    stext, sname = _read_input(sets) if sets is not None else (None, None)
+    if confirm is not None and sets is not None:
+        raise EbpfwError("--sets together with --confirm is not supported yet",
+                         hint="load the sets with `ebpfw apply --sets` first, then apply with --confirm")
     if confirm is not None:
         from .hostcli import confirmed_apply
         return confirmed_apply(text, name, list(iface), mode.value, counters, confirm)
+    extra = {"sets_text": stext, "sets_filename": sname} if sets is not None else {}
     with _busy("compiling and loading the ruleset (bcc builds programs when the shape changes)"):
-        res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters)
+        res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters, **extra)
     where = ", ".join(f"{i['name']} ({i.get('ingress', '?')})" for i in res.get("ifaces", []))
     how = "new programs" if res.get("recompiled") else "maps updated, programs kept"
     print(f"applied {name}: {res.get('rules', 0)} rules on {where or 'no interface'}; "
@@ -493,6 +504,11 @@ _register_host_commands(app)
 from .ctcli import conntrack_app  # noqa: E402  (no bcc at import time)
 
 app.add_typer(conntrack_app, name="conntrack")
+
+
+from .setcli import set_app  # noqa: E402  (no bcc at import time)
+
+app.add_typer(set_app, name="set")
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""`ebpfw set ...`: live membership of the sets -m set rules name (ebpfw/sets.py).
+
+  ebpfw set add NAME ELEMENT [--exist]    add an element (ipset syntax: 10.0.0.1, 10.0.0.0/24,
+                                          10.0.0.1,tcp:22, a port for bitmap:port; ranges expand)
+  ebpfw set del NAME ELEMENT [--exist]    delete it
+  ebpfw set list [NAME]                   the loaded sets in `ipset save` format
+  ebpfw set flush NAME                    remove every element
+
+Each change is one map update the next packet sees; the sets outlive re-applies. Registered in
+ebpfw/cli.py with `app.add_typer(set_app, name="set")`.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+
+from .errors import EbpfwError
+
+set_app = typer.Typer(
+    name="set",
+    help="Add, delete, list and flush elements of the sets that -m set rules name (live).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+)
+
+
+def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EbpfwError as exc:
+            for line in exc.render().splitlines():
+                print(line if line.startswith("hint: ") else f"error: {line}", file=sys.stderr)
+            raise typer.Exit(1) from None
+    return wrapper
+
+
+@set_app.command("add")
+@_edge
+def add_cmd(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    element: Annotated[str, typer.Argument(metavar="ELEMENT")],
+    exist: Annotated[bool, typer.Option("--exist", help="No error when the element is already there.")] = False,
+) -> None:
+    """Add ELEMENT to set NAME."""
+    from . import sets
+    sets.add(name, element, exist)
+
+
+@set_app.command("del")
+@_edge
+def del_cmd(
+    name: Annotated[str, typer.Argument(metavar="NAME")],
+    element: Annotated[str, typer.Argument(metavar="ELEMENT")],
+    exist: Annotated[bool, typer.Option("--exist", help="No error when the element is not there.")] = False,
+) -> None:
+    """Delete ELEMENT from set NAME."""
+    from . import sets
+    sets.delete(name, element, exist)
+
+
+@set_app.command("list")
+@_edge
+def list_cmd(name: Annotated[Optional[str], typer.Argument(metavar="[NAME]")] = None) -> None:
+    """Print the loaded sets (or set NAME) in `ipset save` format."""
+    from . import sets
+    sys.stdout.write(sets.list_sets(name))
+
+
+@set_app.command("flush")
+@_edge
+def flush_cmd(name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
+    """Remove every element of set NAME."""
+    from . import sets
+    n = sets.flush(name)
+    print(f"flushed {n} entries from {name}")
