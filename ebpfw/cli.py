@@ -224,8 +224,11 @@ def import_cmd(
     """Check an iptables-save file and write it as an ebpfw ruleset (canonical iptables-restore
     text). Every problem is reported as FILE:LINE on stderr and nothing is written."""
     text, name = _read_input(file)
-    stext, sname = _read_input(sets) if sets is not None else (None, None)
-    out = _api().import_ruleset(text, name, stext, sname)
+    if sets is None:
+        out = _api().import_ruleset(text, name)
+    else:
+        stext, sname = _read_input(sets)
+        out = _api().import_ruleset(text, name, stext, sname)
     if output is None or output == "-":
         sys.stdout.write(out)
         sys.stdout.flush()
