@@ -314,7 +314,9 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
             if isinstance(m, (LimitMatch, SetMatch)):
                 continue
             if not isinstance(m, ENFORCED_MATCHES):
-                problems.append(f"{r.pos}: match {type(m).__name__} is not supported by the datapath")
+                name = type(m).__name__.removesuffix("Match").lower()
+                problems.append(f"{r.pos}: match '{name}' is not supported by the datapath yet, expected the "
+                                f"matches ebpfw-rules(5) lists, found '-m {name}'")
 
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]
     ifindex_of = dict(ifnames) if isinstance(ifnames, dict) else None
