@@ -1716,16 +1716,18 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             return V_DROP;
         /* xt_tcp / xt_tcpmss hotdrop; -m mac without a source MAC fails closed */
         __u32 hit = rule->flags & ws->hot;
-        if (hit) {
-            stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
-            return V_DROP;
-        }
 #ifdef EBPFW_F_SET
-        if ((rule->flags & EBPFW_RF_SET) && !set_pass(rk)) {
+        /* iptables runs a rule's matches in order: a set match before the matches that can
+         * hotdrop refuses the packet first; after them, their hotdrop comes first */
+        if ((rule->flags & EBPFW_RF_SET) && (!hit || (rule->flags & EBPFW_RF_SETFIRST)) && !set_pass(rk)) {
             ws->pos = r + 1;
             continue;
         }
 #endif
+        if (hit) {
+            stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
+            return V_DROP;
+        }
 #ifdef EBPFW_F_LIMIT
         /* the rule's other conditions hold; its limit match (always its last) may still fail */
         if ((rule->flags & EBPFW_RF_LIMIT) && !limit_pass(rk)) {

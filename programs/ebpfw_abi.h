@@ -28,6 +28,7 @@
 #define EBPFW_RF_MAC      4   /* has a mac match: dropped where the source MAC is unknown (see ebpfw.c) */
 #define EBPFW_RF_LIMIT    8   /* has a -m limit match (its last one): the rule's token bucket decides */
 #define EBPFW_RF_SET      16  /* has a -m set match: the set (ebpfw_sets) decides after the vectors */
+#define EBPFW_RF_SETFIRST 32  /* its -m set comes before every match that can hotdrop: judged first */
 
 /* chain ids of the built-in chains (user chains follow) */
 #define EBPFW_CHAIN_INPUT   0

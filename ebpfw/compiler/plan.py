@@ -38,6 +38,8 @@ RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it canno
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
 RF_LIMIT = 8        # a limit match (the rule's last): its token bucket decides after the other conditions
 RF_SET = 16         # a set match: the set decides after the other conditions
+RF_SETFIRST = 32    # ... and it comes before every match that can hotdrop (judged before their hotdrop)
+HOTDROP_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, TcpmssMatch, MacMatch)
 SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 # the matches the datapath enforces (each one a field, see fields.py)
 ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
@@ -305,6 +307,9 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         if sm is not None:
             f |= RF_SET
             setm[rn] = sm
+            si = next(i for i, m in enumerate(r.matches) if isinstance(m, SetMatch))
+            if not any(isinstance(m, HOTDROP_MATCHES) for m in r.matches[:si]):
+                f |= RF_SETFIRST
         lim = _limit_of(r, problems)
         if lim is not None:
             f |= RF_LIMIT

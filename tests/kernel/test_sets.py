@@ -93,3 +93,31 @@ def test_unknown_set_is_refused(dut):
     w, _ = dut
     r = w.call(op="load", rules=RULES.replace("--match-set blk src -j DROP", "--match-set nope src -j DROP"))
     assert "test.rules:5:" in r.get("error", "") and "'nope' is not known" in r["error"], r
+
+
+def test_set_and_hotdrop_keep_the_rule_order(dut):
+    """A TCP header cut short: xt_tcp hotdrops it, but only when iptables reaches the tcp match,
+    i.e. when a set match before it holds (and whatever the set says when the set comes after)."""
+    from reference import build_frame
+    w, links = dut
+    text = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m set --match-set blk src -m tcp --dport 80 -j ACCEPT
+-A INPUT -s 10.9.0.9/32 -p tcp -m tcp --dport 81 -m set --match-set blk src -j ACCEPT
+COMMIT
+"""
+    r = w.call(op="load", rules=text, sets=SETS)
+    assert r.get("ok"), r
+    idx, mac = links["va"]
+    for src, dport, want_drop in (("10.9.0.66", 80, True), ("10.9.0.8", 80, False), ("10.9.0.9", 81, True)):
+        frame = bytearray(build_frame(Pkt(ip(src), ip("10.9.0.1"), TCP, dport=dport, iif="va"), mac))
+        frame[16:18] = (30).to_bytes(2, "big")          # IP total length 30: a 10-byte TCP header
+        frame[24:26] = b"\0\0"
+        s = sum(int.from_bytes(frame[14 + i:16 + i], "big") for i in range(0, 20, 2))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        frame[24:26] = (~s & 0xFFFF).to_bytes(2, "big")
+        got = w.call(op="run", prog="xdp", frame=bytes(frame).hex(), ifindex=idx)
+        assert (got["ret"] == XDP_DROP) == want_drop, (src, dport, got)

@@ -59,3 +59,10 @@ def test_key_layout_round_trips():
     e = SETS["n"].entries[0]
     k = element_key(1, "hash:net,port", e)
     assert int.from_bytes(k[:4], "little") == 64 + 16 and k[8:12] == ((17 << 16) | 53).to_bytes(4, "big")
+
+
+def test_set_before_hotdropping_matches_is_judged_first():
+    from ebpfw.compiler.plan import RF_SETFIRST
+    first = plan("-A INPUT -p tcp -m set --match-set a src -m tcp --dport 1")
+    after = plan("-A INPUT -p tcp -m tcp --dport 1 -m set --match-set a src")
+    assert first.rule_flags[0] & RF_SETFIRST and not after.rule_flags[0] & RF_SETFIRST
