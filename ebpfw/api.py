@@ -19,7 +19,7 @@ from . import conntrack, state
 from .check import check_ruleset
 from .compiler import compile_plan
 from .datapath import Datapath, Shape, shape_for
-from .errors import EbpfwError, KernelError, StateError
+from .errors import EbpfwError, KernelError, RulesetError, StateError
 from .iptables import parse_ruleset, save_ruleset
 from .netlink import attach as nl
 from .netlink import host
@@ -52,7 +52,16 @@ def _sets_for(rs: Ruleset, sets_text: Optional[str], sets_filename: Optional[str
     file when given, else the sets already loaded in this namespace (ebpfw.sets)."""
     if sets_text is not None:
         from .ipset import parse_ipsets
+        from .sets import refuse_unsupported
         new = parse_ipsets(sets_text, sets_filename or "<sets>")
+        problems = []
+        for st in new.values():      # before anything is built or touched
+            try:
+                refuse_unsupported(st)
+            except RulesetError as exc:
+                problems += exc.problems
+        if problems:
+            raise RulesetError(f"{len(problems)} problem(s) in {sets_filename or '<sets>'}", problems=problems)
         check_ruleset(rs, allow_conntrack=True, sets=new)
         return new, new
     from . import sets as live

@@ -53,7 +53,8 @@ def _entry_of(st_type: str, key: bytes) -> IpSetEntry:
     return IpSetEntry(addr=addr, prefixlen=plen - 64)
 
 
-def _refuse_unsupported(st: IpSet) -> None:
+def refuse_unsupported(st: IpSet) -> None:
+    """RulesetError (FILE:LINE) for what the datapath does not reproduce: timeouts, IPv6."""
     if st.timeout is not None or any(e.timeout is not None for e in st.entries):
         raise RulesetError(f"set '{st.name}' has timeouts", problems=[
             f"{st.pos}: set '{st.name}' with timeout is not supported by the datapath yet, expected a set "
@@ -135,7 +136,7 @@ class SetStore:
         """Make each set in `sets` hold exactly its elements (created when new, its type replaced
         when it changed); returns name -> id of every loaded set."""
         for st in sets.values():
-            _refuse_unsupported(st)
+            refuse_unsupported(st)
         defs = self.definitions()
         used = {i for i, _, _ in defs.values()}
         for st in sets.values():
