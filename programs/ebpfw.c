@@ -1634,7 +1634,11 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->sp = 0;
         /* read back from map memory inside the loop: one verifier state for every packet kind
          * (a continuation keeps the value: same CPU, same packet) */
-        __u32 hot = p->l4 == L4_TRUNC ? EBPFW_RF_NEEDS_L4 : 0;
+        /* a cut-short L4 header hotdrops at any L4 match; a TCP fragment at offset 8 (parsed
+         * as L4_TRUNC too) only at a tcp match, and other L4 matches just do not match it */
+        __u32 hot = 0;
+        if (p->l4 == L4_TRUNC)
+            hot = p->frag == 1 ? (EBPFW_RF_TCP | EBPFW_HOT_FRAG1) : EBPFW_RF_NEEDS_L4;
 #ifdef EBPFW_F_TCPMSS
         if (p->mss == MSS_BAD)
             hot |= EBPFW_RF_MSS;
@@ -1714,6 +1718,10 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         struct ebpfw_rule *rule = ebpfw_rule.lookup(&rk);
         if (!rule)
             return V_DROP;
+        if ((ws->hot & EBPFW_HOT_FRAG1) && (rule->flags & EBPFW_RF_NEEDS_L4) && !(rule->flags & EBPFW_RF_TCP)) {
+            ws->pos = r + 1;   /* xt_udp, xt_multiport, xt_icmp: a non-first fragment never matches */
+            continue;
+        }
         /* xt_tcp / xt_tcpmss hotdrop; -m mac without a source MAC fails closed */
         __u32 hit = rule->flags & ws->hot;
 #ifdef EBPFW_F_SET

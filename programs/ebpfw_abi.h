@@ -29,6 +29,9 @@
 #define EBPFW_RF_LIMIT    8   /* has a -m limit match (its last one): the rule's token bucket decides */
 #define EBPFW_RF_SET      16  /* has a -m set match: the set (ebpfw_sets) decides after the vectors */
 #define EBPFW_RF_SETFIRST 32  /* its -m set comes before every match that can hotdrop: judged first */
+#define EBPFW_RF_TCP      64  /* has a tcp match: hotdrops a TCP fragment at offset 8 (xt_tcp) */
+/* walk-state bit (not a rule flag): the packet is a TCP fragment at offset 8 */
+#define EBPFW_HOT_FRAG1   0x100
 
 /* chain ids of the built-in chains (user chains follow) */
 #define EBPFW_CHAIN_INPUT   0

@@ -157,6 +157,8 @@ def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = No
         return False
     for m in r.matches:
         if isinstance(m, (TcpMatch, UdpMatch)):
+            if isinstance(m, TcpMatch) and p.proto == TCP and p.frag == 1:
+                raise Hotdrop()      # xt_tcp: "Dropping evil TCP offset=1 frag"
             if p.proto not in (TCP, UDP) or nonfirst:
                 return False
             if m.sport is not None and _in([m.sport], p.sport) == m.sport_invert:

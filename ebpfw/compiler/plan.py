@@ -39,6 +39,7 @@ RF_MAC = 4          # a mac match: fail closed where the datapath has no source 
 RF_LIMIT = 8        # a limit match (the rule's last): its token bucket decides after the other conditions
 RF_SET = 16         # a set match: the set decides after the other conditions
 RF_SETFIRST = 32    # ... and it comes before every match that can hotdrop (judged before their hotdrop)
+RF_TCP = 64         # a tcp match: hotdrops a TCP fragment at offset 8 (xt_tcp's "evil" fragment)
 HOTDROP_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, TcpmssMatch, MacMatch)
 SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 # the matches the datapath enforces (each one a field, see fields.py)
@@ -299,6 +300,8 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         else:
             args.append(0)
         f = RF_NEEDS_L4 if any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches) else 0
+        if any(isinstance(m, TcpMatch) for m in r.matches):
+            f |= RF_TCP
         if any(isinstance(m, TcpmssMatch) for m in r.matches):
             f |= RF_MSS
         if any(isinstance(m, MacMatch) for m in r.matches):
