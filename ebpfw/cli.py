@@ -17,7 +17,6 @@ Contract:
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -25,11 +24,12 @@ import tempfile
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from . import __version__
+from .cliedge import edge, print_error
 from .errors import EbpfwError
 
 ENV_HELP = (
@@ -65,29 +65,9 @@ class Mode(str, Enum):
 
 # ---- the edge -------------------------------------------------------------------------------------
 
-def _print_error(exc: EbpfwError) -> None:
-    """The rendered error on stderr: problem lines as they are, the rest prefixed `error: `."""
-    problems = set(exc.problems)
-    for line in exc.render().splitlines():
-        if line in problems or line.startswith("hint: "):
-            print(line, file=sys.stderr)
-        else:
-            print(f"error: {line}", file=sys.stderr)
-    sys.stderr.flush()
-
-
-def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command; an EbpfwError becomes its message on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EbpfwError as exc:
-            _print_error(exc)
-            raise typer.Exit(1) from None
-
-    return wrapper
+# _edge / _print_error: the shared edge (ebpfw/cliedge.py), under the names hostcli imports
+_print_error = print_error
+_edge = edge
 
 
 def _effective_caps() -> int:

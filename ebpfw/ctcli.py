@@ -11,36 +11,19 @@ EbpfwError, rendered like every other ebpfw command (message on stderr, exit sta
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from typing import Annotated, Any, Callable
+from typing import Annotated
 
 import typer
 
+from .cliedge import edge, sub_app
 from .errors import EbpfwError
 
-conntrack_app = typer.Typer(
-    name="conntrack",
-    help="Show, count and flush the connection tracking table of ebpfw's datapath.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
-)
+conntrack_app = sub_app("conntrack", "Show, count and flush the connection tracking table of ebpfw's datapath.")
 
 
-def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EbpfwError as exc:
-            for line in exc.render().splitlines():
-                print(line if line.startswith("hint: ") else f"error: {line}", file=sys.stderr)
-            raise typer.Exit(1) from None
-    return wrapper
+_edge = edge
 
 
 @conntrack_app.command("list")

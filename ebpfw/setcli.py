@@ -12,35 +12,17 @@ ebpfw/cli.py with `app.add_typer(set_app, name="set")`.
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from .errors import EbpfwError
+from .cliedge import edge, sub_app
 
-set_app = typer.Typer(
-    name="set",
-    help="Add, delete, list and flush elements of the sets that -m set rules name (live).",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    pretty_exceptions_show_locals=False,
-    rich_markup_mode=None,
-)
+set_app = sub_app("set", "Add, delete, list and flush elements of the sets that -m set rules name (live).")
 
 
-def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EbpfwError as exc:
-            for line in exc.render().splitlines():
-                print(line if line.startswith("hint: ") else f"error: {line}", file=sys.stderr)
-            raise typer.Exit(1) from None
-    return wrapper
+_edge = edge
 
 
 @set_app.command("add")
