@@ -20,13 +20,12 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 import netns as nsh
+from dpclient import Worker
 
 pytestmark = pytest.mark.kernel
 
 XDP_DROP, XDP_PASS = 1, 2
 TC_OK, TC_SHOT = 0, 2
-WORKER = Path(__file__).with_name("dp_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 DUT, PEER, OTHER = "10.9.0.1", "10.9.0.2", "10.9.0.3"
 LABELS = ("NEW", "ESTABLISHED", "RELATED", "INVALID")
 
@@ -51,27 +50,6 @@ COMMIT
 """
 
 
-class Worker:
-    def __init__(self, ns: str):
-        env = dict(os.environ, PYTHONPATH=str(REPO), EBPFW_TEST_CT="1")
-        self.p = subprocess.Popen(nsh.nsenter_argv(ns) + [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=env)
-
-    def call(self, **req) -> dict:
-        self.p.stdin.write(json.dumps(req) + "\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("datapath worker died")
-        out = json.loads(line)
-        assert "error" not in out, out["error"]
-        return out
-
-    def close(self) -> None:
-        self.p.stdin.close()
-        self.p.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def dut():
     factory = nsh.NetnsFactory()
@@ -80,7 +58,7 @@ def dut():
         nsh.veth(d, "va", peer, "pa", "10.9.0.1/24", "10.9.0.2/24")
         info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
         links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
-        w = Worker(d)
+        w = Worker(d, env={"EBPFW_TEST_CT": "1"}, strict=True)
         w.call(op="load", rules=RULES)
         yield w, links
         w.close()

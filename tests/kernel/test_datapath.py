@@ -25,38 +25,17 @@ from hypothesis import strategies as st
 
 from ebpfw.iptables import parse_ruleset
 import netns as nsh
+from dpclient import Worker
 from reference import ICMP, L2_BROADCAST, L2_MULTICAST, TCP, UDP, Host, Pkt, Route, build_frame, evaluate
 
 pytestmark = pytest.mark.kernel
 
 XDP_DROP, XDP_PASS = 1, 2
 TC_OK, TC_SHOT = 0, 2
-WORKER = Path(__file__).with_name("dp_worker.py")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def ip(s: str) -> int:
     return int(ipaddress.IPv4Address(s))
-
-
-class Worker:
-    def __init__(self, ns: str):
-        # groups from two rules on, so that small test rulesets exercise the hash groups too
-        env = dict(os.environ, PYTHONPATH=str(REPO), EBPFW_GROUP_MIN="2")
-        self.p = subprocess.Popen(nsh.nsenter_argv(ns) + [sys.executable, str(WORKER)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True, env=env)
-
-    def call(self, **req) -> dict:
-        self.p.stdin.write(json.dumps(req) + "\n")
-        self.p.stdin.flush()
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError("datapath worker died")
-        return json.loads(line)
-
-    def close(self) -> None:
-        self.p.stdin.close()
-        self.p.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +53,8 @@ def dut():
         nsh.run_in(d, "ip route add blackhole 10.66.0.0/16")
         info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
         links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
-        w = Worker(d)
+        # groups from two rules on, so that small test rulesets exercise the hash groups too
+        w = Worker(d, env={"EBPFW_GROUP_MIN": "2"})
         yield w, links
         w.close()
     finally:

@@ -19,7 +19,7 @@ import pytest
 
 import netns as nsh
 from reference import ICMP, TCP, UDP, Pkt, build_frame
-from test_datapath import Worker
+from dpclient import Worker
 
 pytestmark = pytest.mark.kernel
 
@@ -54,7 +54,7 @@ def dut():
         nsh.run_in(d, "ip neigh replace 10.9.0.2 lladdr 02:00:00:00:00:02 dev va nud permanent")
         info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
         links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
-        w = Worker(d)
+        w = Worker(d, env={"EBPFW_GROUP_MIN": "2"})  # as in test_datapath
         yield w, links, d
         w.close()
     finally:
