@@ -30,6 +30,11 @@
 #define EBPFW_RF_SET      16  /* has a -m set match: the set (ebpfw_sets) decides after the vectors */
 #define EBPFW_RF_SETFIRST 32  /* its -m set comes before every match that can hotdrop: judged first */
 #define EBPFW_RF_TCP      64  /* has a tcp match: hotdrops a TCP fragment at offset 8 (xt_tcp) */
+/* Stateful matches judged after the vectors, like -m limit (each the rule's last match). */
+#define EBPFW_RF_RECENT    128   /* -m recent: the rule's list table decides (and is updated) */
+#define EBPFW_RF_HASHLIMIT 256   /* -m hashlimit: the per-key token bucket decides */
+#define EBPFW_RF_CONNLIMIT 512   /* -m connlimit: the per-key connection count decides */
+#define EBPFW_RF_MARK      1024  /* -m mark / -m connmark: the packet's or connection's mark decides */
 /* walk-state bit (not a rule flag): the packet is a TCP fragment at offset 8 */
 #define EBPFW_HOT_FRAG1   0x100
 
@@ -110,8 +115,8 @@ struct ebpfw_atype_val {
 
 struct ebpfw_rule {
     __u8  kind;          /* EBPFW_ACT_* */
-    __u8  flags;         /* EBPFW_RF_* */
-    __u16 pad;
+    __u8  pad;
+    __u16 flags;         /* EBPFW_RF_* */
     __u32 arg;           /* target chain id for JUMP / GOTO */
 };
 

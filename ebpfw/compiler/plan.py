@@ -40,6 +40,10 @@ RF_LIMIT = 8        # a limit match (the rule's last): its token bucket decides 
 RF_SET = 16         # a set match: the set decides after the other conditions
 RF_SETFIRST = 32    # ... and it comes before every match that can hotdrop (judged before their hotdrop)
 RF_TCP = 64         # a tcp match: hotdrops a TCP fragment at offset 8 (xt_tcp's "evil" fragment)
+RF_RECENT = 128     # a recent match (the rule's last): its list decides (and is updated) after the others
+RF_HASHLIMIT = 256  # a hashlimit match (the rule's last): its per-key bucket decides after the others
+RF_CONNLIMIT = 512  # a connlimit match (the rule's last): the per-key connection count decides
+RF_MARK = 1024      # a mark/connmark match: the packet's or connection's mark decides after the vectors
 HOTDROP_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, TcpmssMatch, MacMatch)
 SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 # the matches the datapath enforces (each one a field, see fields.py)

@@ -234,7 +234,7 @@ class Datapath:
         self._batch("ebpfw_vec", keys, vals)
         # rules and their counters
         keys = [slot * sh.rcap + r for r in range(plan.nrules)]
-        self._batch("ebpfw_rule", keys, [RULE.pack(k, f, 0, a) for k, f, a in
+        self._batch("ebpfw_rule", keys, [RULE.pack(k, f, a) for k, f, a in
                                          zip(plan.rule_kind, plan.rule_flags, plan.rule_arg)])
         zero_pc = COUNTER.pack(0, 0) * ncpu
 
