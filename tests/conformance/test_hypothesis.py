@@ -118,6 +118,8 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
                           f"{_neg(draw)}--dst-range", f"{lo2}-{hi2}"]
             else:
                 parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
+        if draw(st.integers(0, 3)) == 0:
+            parts += draw(header_matches(proto if proto and not neg else None, chain))
         if ct and draw(st.integers(0, 2)) == 0:
             states = draw(st.sampled_from(CT_SPECS))
             if draw(st.integers(0, 3)) == 0:
@@ -126,15 +128,64 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
                 parts += ["-m", "conntrack", f"{_neg(draw)}--ctstate", states]
         if draw(st.integers(0, 6)) == 0:
             parts += ["-m", "comment", "--comment", f'"rule {len(out) + 1} of {chain}"']
-        targets = ["ACCEPT", "DROP", "RETURN", None]
+        if draw(st.integers(0, 9)) == 0:
+            # xt_limit last (ebpfw's requirement; see ebpfw-rules(5)): a rate so low that no
+            # token comes back during a run, so the burst decides deterministically
+            parts += ["-m", "limit", "--limit", draw(st.sampled_from(["1/hour", "3/hour"])),
+                      "--limit-burst", str(draw(st.integers(1, 4)))]
+        targets = ["ACCEPT", "DROP", "RETURN", None, "LOG"]
         targets += [f"J:{c}" for c in user_chains] + [f"G:{c}" for c in user_chains]
         t = draw(st.sampled_from(targets))
         if t and t.startswith(("J:", "G:")):
             parts += ["-j" if t[0] == "J" else "-g", t[2:]]
+        elif t == "LOG":
+            parts += ["-j", "LOG"] + draw(st.sampled_from(
+                [[], ["--log-prefix", '"hyp: "'], ["--log-level", "6", "--log-tcp-sequence"],
+                 ["--log-prefix", '"x"', "--log-ip-options", "--log-tcp-options"]]))
         elif t:
             parts += ["-j", t]
         out.append(" ".join(parts))
     return out
+
+
+# header matches (the classifier fields after conntrack landed): values sit on the packets'
+# boundaries (see packets(): TTLs, TOS bytes and lengths are drawn from these pools too)
+TTLS = [64, 100, 127, 128, 200]
+TOS_BYTES = [0x00, 0x10, 0x08, 0x28, 0xB8, 0x02]
+ADDRTYPES = ["LOCAL", "UNICAST", "BROADCAST", "MULTICAST", "UNREACHABLE", "BLACKHOLE",
+             "UNSPEC", "LOCAL,UNICAST"]
+
+
+@st.composite
+def header_matches(draw, proto: str | None, chain: str) -> list[str]:
+    kind = draw(st.sampled_from(["length", "ttl", "tos", "dscp", "addrtype", "pkttype", "frag"]
+                                + (["tcpmss"] if proto == "tcp" else [])))
+    if kind == "length":
+        lo = draw(st.sampled_from([0, 20, 40, 48, 60, 68, 100]))
+        hi = draw(st.sampled_from([lo, lo + 8, lo + 20, 1500, 65535]))
+        return ["-m", "length", f"{_neg(draw)}--length", str(lo) if lo == hi else f"{lo}:{hi}"]
+    if kind == "ttl":
+        op = draw(st.sampled_from(["--ttl-eq", "--ttl-gt", "--ttl-lt", "! --ttl-eq"]))
+        return ["-m", "ttl", op, str(draw(st.sampled_from(TTLS)))]
+    if kind == "tos":
+        tos = draw(st.sampled_from(TOS_BYTES))
+        mask = draw(st.sampled_from(["", "/0xff", "/0x1c"]))
+        return ["-m", "tos", f"{_neg(draw)}--tos", f"0x{tos:02x}{mask}"]
+    if kind == "dscp":
+        return ["-m", "dscp", f"{_neg(draw)}--dscp", str(draw(st.sampled_from([0, 2, 4, 10, 46])))]
+    if kind == "addrtype":
+        out = ["-m", "addrtype"]
+        if draw(st.booleans()):
+            out += [f"{_neg(draw)}--src-type", draw(st.sampled_from(ADDRTYPES))]
+        out += [f"{_neg(draw)}--dst-type", draw(st.sampled_from(ADDRTYPES))]
+        return out
+    if kind == "pkttype":
+        return ["-m", "pkttype", f"{_neg(draw)}--pkt-type",
+                draw(st.sampled_from(["unicast", "broadcast", "multicast"]))]
+    if kind == "tcpmss":
+        lo = draw(st.sampled_from([536, 1000, 1460]))
+        return ["-m", "tcpmss", f"{_neg(draw)}--mss", str(lo) if draw(st.booleans()) else f"{lo}:1460"]
+    return [f"{_neg(draw)}-f"]
 
 
 @st.composite
@@ -167,14 +218,22 @@ def packets(draw):
     else:
         src, dst = None, draw(st.sampled_from(DUT_DSTS))
     ip = IP(dst=dst) if src is None else IP(src=src, dst=dst)
+    if draw(st.integers(0, 3)) == 0:
+        # crafted packets must keep TTL > 90 (the endpoints' drop rule, see topology.py)
+        ip.ttl = draw(st.sampled_from([t for t in TTLS if t > 90]))
+    if draw(st.integers(0, 3)) == 0:
+        ip.tos = draw(st.sampled_from(TOS_BYTES))
     proto = draw(st.sampled_from(["tcp", "tcp", "udp", "icmp", "gre"]))
     if proto == "tcp":
         flags = draw(st.integers(0, 63))
+        opts = [("MSS", draw(st.sampled_from([536, 1000, 1460, 9000])))] \
+            if draw(st.integers(0, 3)) == 0 else []
         pkt = ip / TCP(sport=draw(st.sampled_from(PORTS)), dport=draw(st.sampled_from(PORTS)),
-                       flags=flags, seq=1000, ack=1 if flags & 0x10 else 0, window=1024)
+                       flags=flags, seq=1000, ack=1 if flags & 0x10 else 0, window=1024,
+                       options=opts)
     elif proto == "udp":
         pkt = ip / UDP(sport=draw(st.sampled_from(PORTS)), dport=draw(st.sampled_from(PORTS))) \
-            / Raw(b"hypothesis")
+            / Raw(b"hypothesis"[:draw(st.sampled_from([0, 4, 10]))] + b"x" * draw(st.sampled_from([0, 20])))
     elif proto == "icmp":
         t = draw(st.sampled_from([0, 3, 5, 8, 11, 13, 14]))
         pkt = ip / ICMP(type=t, code=draw(st.sampled_from([0, 1, 3]))) / Raw(b"\x00" * 28)
