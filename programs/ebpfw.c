@@ -1808,6 +1808,8 @@ struct ebpfw_grp {
 #define EBPFW_GRP_PORT_SPORT 1
 #define EBPFW_GRP_PORT_DPORT 2
 #define EBPFW_GRP_PORT_ICMP  3
+#define EBPFW_GRP_PORT_SRANGE 4   /* the key holds the interval id of the source port */
+#define EBPFW_GRP_PORT_DRANGE 5   /* ... of the destination port */
 #define EBPFW_GRP_IDS 4
 struct ebpfw_grp_key {
     __u32 slot;
@@ -1823,6 +1825,20 @@ struct ebpfw_grp_val {
 BPF_ARRAY(ebpfw_grp, struct ebpfw_grp, NSLOTS * EBPFW_NGROUPS);
 BPF_F_TABLE("hash", struct ebpfw_grp_key, struct ebpfw_grp_val, ebpfw_gent, NSLOTS * EBPFW_GCAP, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(ebpfw_hits, struct hitvec, 1);
+#ifdef EBPFW_F_GRANGE
+/* Range groups: port -> elementary-interval id (compiler/groups.py), four 16-bit ids per entry;
+ * per slot the source ports, then the destination ports. */
+#define EBPFW_GRNG_SIDE (65536 / 4)
+#define EBPFW_GRNG_NONE 0x10000   /* no interval has this id: the key never matches */
+BPF_ARRAY(ebpfw_grng, __u64, NSLOTS * 2 * EBPFW_GRNG_SIDE);
+
+static __always_inline __u32 grng_id(__u32 slot, __u32 side, __u32 port)
+{
+    __u32 k = (slot * 2 + side) * EBPFW_GRNG_SIDE + ((port & 0xffff) >> 2);
+    __u64 *e = ebpfw_grng.lookup(&k);
+    return e ? (__u32)((*e >> ((port & 3) * 16)) & 0xffff) : EBPFW_GRNG_NONE;
+}
+#endif
 /* the rule numbers set in ebpfw_hits, to clear them after the walk; kept in map memory (not on
  * the stack) so the verifier's states do not multiply with every group found or not found */
 struct hit_list {
@@ -1871,6 +1887,14 @@ static __always_inline void group_hits(__u32 slot, struct pkt *p, __u32 iif, str
 {
     __u32 sa = ntohl(p->saddr), da = ntohl(p->daddr);
     hl->n = 0;
+#ifdef EBPFW_F_GRANGE
+    /* the packet's port intervals, looked up once for every range group */
+    __u32 rs = EBPFW_GRNG_NONE, rd = EBPFW_GRNG_NONE;
+    if (p->l4 == L4_OK && (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP)) {
+        rs = grng_id(slot, 0, p->sport);
+        rd = grng_id(slot, 1, p->dport);
+    }
+#endif
 #pragma unroll
     for (int g = 0; g < EBPFW_NGROUPS; g++) {
         __u32 gk = slot * EBPFW_NGROUPS + g;
@@ -1894,7 +1918,19 @@ static __always_inline void group_hits(__u32 slot, struct pkt *p, __u32 iif, str
             } else {
                 if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
                     continue;
-                port = gd->port == EBPFW_GRP_PORT_SPORT ? p->sport : p->dport;
+                __u32 kind = gd->port;
+                if (kind == EBPFW_GRP_PORT_SPORT)
+                    port = p->sport;
+                else if (kind == EBPFW_GRP_PORT_DPORT)
+                    port = p->dport;
+#ifdef EBPFW_F_GRANGE
+                else if (kind == EBPFW_GRP_PORT_SRANGE)
+                    port = rs;
+                else if (kind == EBPFW_GRP_PORT_DRANGE)
+                    port = rd;
+#endif
+                else
+                    continue;
             }
         }
         k.pp = (gd->use_proto ? ((__u32)p->proto << 24) : 0) | port;

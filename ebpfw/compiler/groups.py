@@ -9,24 +9,37 @@ protocol, port) gives the rule numbers whose condition is exactly that key. Per 
 group costs one lookup, whatever the number of rules in it, and the rules found are OR-ed into
 the walk's candidate vector, so iptables' order, jumps and per-rule counters are unchanged.
 
+Port *ranges* (`--dport 1024:2047`, multiport lists with ranges) join groups too: a shape with
+a range gets the "range" port kind, whose key holds an elementary-interval id instead of the
+port. The bounds of every range rule of a side (source or destination port) split 0..65535
+into intervals on which every such rule's condition is constant; the datapath maps the
+packet's port to its interval id with one array lookup (`Groups.ranges`), and a rule has one
+key per interval it covers. Like exact keys, an interval lists its rules only up to the first
+one that ends the chain, so overlapping ACCEPT/DROP ranges cost one entry per interval.
+
 Rules stay in the bit-vector ("residual") part when they have anything a key cannot express
-(negations, ranges, interfaces, flags, conntrack, ...), when their shape has too few rules to be
-worth a lookup, or when a key already lists MAX_IDS rules that can all be reached.
+(negations, interface wildcards, flags, conntrack, ...), when their shape has too few rules to
+be worth a lookup, when a key already lists MAX_IDS rules that can all be reached, or when a
+range rule would need more than MAX_RANGE_KEYS keys.
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..ruleset import CommentMatch, IcmpMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
 
 MAX_GROUPS = 16           # lookups per packet at most (compile-time bound of the datapath)
 MAX_IDS = 4               # rule numbers per key
+MAX_RANGE_KEYS = 512      # keys (covered intervals) a range rule may add; wider rules stay residual
 MIN_GROUP = int(os.environ.get("EBPFW_GROUP_MIN", "32"))
 NO_ID = 0xFFFFFFFF
-PORT_NONE, PORT_SPORT, PORT_DPORT, PORT_ICMP = 0, 1, 2, 3
+PORT_NONE, PORT_SPORT, PORT_DPORT, PORT_ICMP, PORT_SRANGE, PORT_DRANGE = 0, 1, 2, 3, 4, 5
+RANGE_OF = {PORT_SPORT: PORT_SRANGE, PORT_DPORT: PORT_DRANGE}
+SIDE = {PORT_SRANGE: 0, PORT_DRANGE: 1}   # index of Groups.ranges (0 = source port, 1 = destination)
 FINAL = ("ACCEPT", "DROP", "RETURN", "GOTO")   # the walk never goes past these in a chain
 
 
@@ -55,11 +68,13 @@ def _prefix(net) -> tuple[int | None, int]:
     is /0), None when the mask is not a prefix (not groupable)."""
     if net is None or net.prefixlen == 0:
         return -1, 0
-    return net.prefixlen, net.addr    # an interface the host does not have (yet): its key never matches
+    return net.prefixlen, net.addr
 
 
-def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[int, int, int, int]]] | None:
-    """The shape and the (src, dst, proto<<24|port, iif) keys of a groupable rule, else None."""
+def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, int, int, int, list[tuple[int, int]]] | None:
+    """(shape, src, dst, proto << 24, iif) and the port ranges of a groupable rule, else None.
+    The shape's port kind is PORT_SPORT / PORT_DPORT for any port condition; find_groups turns
+    it into the range kind when some rule of the shape has a range."""
     ip = rule.ip
     if ip.iface_out or ip.fragment is not None:
         return None
@@ -68,6 +83,7 @@ def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[i
         # an exact input interface name joins the key (wildcards and negations do not)
         if ifindex_of is None or ip.iface_in.invert or ip.iface_in.wildcard:
             return None
+        # an interface the host does not have (yet): its key never matches
         iif = ifindex_of.get(ip.iface_in.name, NO_IFINDEX)
     if ip.src_invert or ip.dst_invert or ip.proto_invert:
         return None
@@ -77,7 +93,7 @@ def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[i
         return None
     proto = ip.proto or 0
     port_kind = PORT_NONE
-    ports: list[int] = [0]
+    ports: list[tuple[int, int]] = [(0, 0)]
     for m in rule.matches:
         if isinstance(m, CommentMatch):
             continue
@@ -89,26 +105,26 @@ def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, list[tuple[i
             if (m.sport is None) == (m.dport is None):
                 return None  # both or neither: not a single-port key
             rng, inv = (m.sport, m.sport_invert) if m.sport is not None else (m.dport, m.dport_invert)
-            if inv or rng[0] != rng[1]:
+            if inv:
                 return None
             port_kind = PORT_SPORT if m.sport is not None else PORT_DPORT
-            ports = [rng[0]]
+            ports = [(rng[0], rng[1])]
         elif isinstance(m, MultiportMatch):
-            if m.invert or m.kind == "ports" or any(lo != hi for lo, hi in m.ranges):
+            if m.invert or m.kind == "ports":
                 return None
             port_kind = PORT_SPORT if m.kind == "sports" else PORT_DPORT
-            ports = sorted({lo for lo, _ in m.ranges})
+            ports = sorted({(lo, hi) for lo, hi in m.ranges})
         elif isinstance(m, IcmpMatch):
             if m.invert or m.type == 255 or (m.code_min, m.code_max) != (0, 255):
                 return None
             port_kind = PORT_ICMP
-            ports = [m.type]
+            ports = [(m.type, m.type)]
         else:
             return None
     if port_kind != PORT_NONE and not proto:
         return None
     shape = GroupShape(src_plen, dst_plen, bool(proto), port_kind, ip.iface_in is not None)
-    return shape, [(src, dst, (proto << 24) | p, iif) for p in ports]
+    return shape, src & shape.src_mask, dst & shape.dst_mask, proto << 24, iif, ports
 
 
 @dataclass
@@ -117,45 +133,88 @@ class Groups:
     # (gid, src, dst, pp, iif) -> rule numbers in order
     entries: dict[tuple[int, int, int, int, int], list[int]]
     grouped: set[int]
+    # interval bounds per port side [sport, dport] of the range groups (None: no range group on
+    # that side): interval i is [bounds[i], bounds[i+1]), bounds[0] = 0, bounds[-1] = 65536
+    ranges: list = field(default_factory=lambda: [None, None])
+
+    def interval_ids(self, side: int) -> list[int] | None:
+        """Port 0..65535 -> interval id for the datapath's table (None: no range group)."""
+        b = self.ranges[side]
+        if b is None:
+            return None
+        out = [0] * 65536
+        for i in range(len(b) - 1):
+            out[b[i]:b[i + 1]] = [i] * (b[i + 1] - b[i])
+        return out
 
 
 def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None,
                 ifindex_of: dict | None = None) -> Groups:
     """`ifindex_of` (interface name -> ifindex) lets rules with an exact `-i NAME` join groups."""
     min_size = MIN_GROUP if min_size is None else min_size
-    by_shape: dict[GroupShape, list[tuple[int, list]]] = defaultdict(list)
+    by_shape: dict[GroupShape, list[tuple]] = defaultdict(list)
     for r, rule in enumerate(rules):
         k = _keys(rule, ifindex_of)
         if k is not None:
-            by_shape[k[0]].append((r, k[1]))
+            by_shape[k[0]].append((r,) + k[1:])
     chosen = sorted((s for s, members in by_shape.items() if len(members) >= min_size),
                     key=lambda s: -len(by_shape[s]))[:MAX_GROUPS]
+    # a port shape with a range among its rules keys on interval ids: the bounds of every rule
+    # of such shapes (single ports too) split that side's port space
+    kinds = {}
+    bounds: list[set | None] = [None, None]
+    for s in chosen:
+        kinds[s] = s.port
+        if s.port in RANGE_OF and any(lo != hi for m in by_shape[s] for lo, hi in m[5]):
+            kinds[s] = RANGE_OF[s.port]
+            side = SIDE[kinds[s]]
+            if bounds[side] is None:
+                bounds[side] = {0, 65536}
+            for m in by_shape[s]:
+                for lo, hi in m[5]:
+                    if lo <= hi:
+                        bounds[side].add(lo)
+                        bounds[side].add(hi + 1)
+    ranges = [sorted(b) if b is not None else None for b in bounds]
     entries: dict[tuple[int, int, int, int, int], list[int]] = {}
     grouped: set[int] = set()
     closed: set[tuple] = set()    # (key..., chain) already ends at a final rule
     for gid, shape in enumerate(chosen):
-        for r, keys in by_shape[shape]:
+        kind = kinds[shape]
+        b = ranges[SIDE[kind]] if kind in SIDE else None
+        for r, src, dst, pp, iif, ports in by_shape[shape]:
             cid = rule_chain_id[r]
             final = rules[r].target.kind in FINAL
-            fits = True
-            for src, dst, pp, iif in keys:
-                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp, iif)
-                if (key + (cid,)) in closed:
-                    continue         # shadowed in this chain: the walk never gets here with this key
-                if len(entries.get(key, ())) >= MAX_IDS:
-                    fits = False
-            if not fits:
+            if b is None:
+                values = sorted({lo for lo, _ in ports})
+            else:
+                ids: set[int] = set()
+                for lo, hi in ports:
+                    if lo <= hi:
+                        first, last = bisect.bisect_right(b, lo) - 1, bisect.bisect_right(b, hi) - 1
+                        if last - first >= 4 * MAX_RANGE_KEYS:
+                            ids = None
+                            break
+                        ids.update(range(first, last + 1))
+                if ids is None:
+                    continue         # far too wide: stays in the bit vectors
+                values = sorted(ids)
+            keys = [(gid, src, dst, pp | v, iif) for v in values]
+            open_keys = [k for k in keys if (k + (cid,)) not in closed]
+            if len(open_keys) > (MAX_RANGE_KEYS if b is not None else len(keys)) \
+                    or any(len(entries.get(k, ())) >= MAX_IDS for k in open_keys):
                 continue             # stays in the bit vectors
-            for src, dst, pp, iif in keys:
-                key = (gid, src & shape.src_mask, dst & shape.dst_mask, pp, iif)
-                if (key + (cid,)) in closed:
-                    continue
+            for key in open_keys:
                 entries.setdefault(key, []).append(r)
                 if final:
                     closed.add(key + (cid,))
             grouped.add(r)
     used = sorted({k[0] for k in entries})
     remap = {g: i for i, g in enumerate(used)}
-    return Groups(shapes=[chosen[g] for g in used],
+    shapes = [GroupShape(chosen[g].src_plen, chosen[g].dst_plen, chosen[g].proto, kinds[chosen[g]], chosen[g].iif)
+              for g in used]
+    sides = {SIDE[s.port] for s in shapes if s.port in SIDE}
+    return Groups(shapes=shapes,
                   entries={(remap[k[0]],) + k[1:]: v for k, v in entries.items()},
-                  grouped=grouped)
+                  grouped=grouped,
+                  ranges=[ranges[i] if i in sides else None for i in (0, 1)])

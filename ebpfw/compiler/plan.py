@@ -100,6 +100,8 @@ class Plan:
     # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
     group_entries: dict = field(default_factory=dict)
+    # interval bounds of the range groups per port side [sport, dport] (groups.Groups.ranges)
+    group_ranges: list = field(default_factory=lambda: [None, None])
     # the residual rules (decided by the bit vectors), ascending: vector bit k is rule resid[k]
     resid: list = field(default_factory=list)
 
@@ -353,5 +355,6 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     if groups.grouped:
         plan.group_shapes = groups.shapes
         plan.group_entries = groups.entries
+        plan.group_ranges = groups.ranges
     plan.vectors = classes.vectors
     return plan

@@ -42,6 +42,8 @@ GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, acti
 GRP_KEY = struct.Struct("<II4s4sII")       # slot, gid, src (be), dst (be), proto << 24 | port, iif
 GRP_IDS = 4
 GRP_VAL = struct.Struct(f"<{GRP_IDS}I")    # rule numbers, 0xffffffff = none
+GRNG_PER = 4                               # interval ids (u16) per ebpfw_grng entry
+GRNG_SLOTS = 2 * 65536 // GRNG_PER         # entries per slot: source ports, then destination ports
 MAC_KEY = struct.Struct("<I6sBB")          # slot, mac, is_default, pad
 ATYPE_KEY = struct.Struct("<I4s")          # prefixlen, addr (be)
 ATYPE_VAL = struct.Struct("<II")           # RTN type, ifindex of the first next hop
@@ -147,6 +149,8 @@ FIELD_MAPS = {
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
     "groups": ("ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
+    # port -> elementary-interval id of the range groups (compiler/groups.py)
+    "grange": ("ebpfw_grng",),
     "length": ("ebpfw_length",), "ttl": ("ebpfw_ttl",), "tos": ("ebpfw_tos",), "frag": ("ebpfw_frag",),
     "tcpmss": ("ebpfw_tcpmss", "ebpfw_mssw"), "pkttype": ("ebpfw_pkttype",), "mac": ("ebpfw_mac",),
     # ebpfw_atype (the host's routes) is written with the host view, like ebpfw_local
@@ -278,6 +282,8 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
     ngroups = len(plan.group_shapes)
     if ngroups:
         fields.append("groups")
+        if any(b is not None for b in getattr(plan, "group_ranges", (None, None))):
+            fields.append("grange")
     for f in OPTIONAL_FIELDS:
         if getattr(plan, f, None) is not None:
             fields.append(f)

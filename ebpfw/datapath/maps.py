@@ -22,7 +22,7 @@ from .abi import (
     ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
-    GRP, GRP_IDS, GRP_KEY, GRP_VAL, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
+    GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
@@ -383,6 +383,25 @@ class Datapath:
                       for gid, src, dst, pp, iif in plan.group_entries)
         vb = b"".join(GRP_VAL.pack(*(ids + none)[:GRP_IDS]) for ids in plan.group_entries.values())
         bpfsys.update_batch(self.maps["ebpfw_gent"], kb, vb, len(plan.group_entries), "ebpfw_gent")
+        if "grange" in sh.fields:
+            self._write_ranges(slot, getattr(plan, "group_ranges", None) or [None, None])
+
+    def _write_ranges(self, slot: int, ranges: list) -> None:
+        """Port -> interval id of the range groups, per side (a side without range groups: 0),
+        four 16-bit ids per 64-bit entry."""
+        ids = array("H")
+        for b in ranges:
+            side = array("H", bytes(2 * 65536))
+            if b is not None:
+                if len(b) - 1 > 65536:
+                    raise KernelError("internal: more port intervals than the datapath's 16-bit ids")
+                for i in range(len(b) - 1):
+                    side[b[i]:b[i + 1]] = array("H", [i]) * (b[i + 1] - b[i])
+            ids.extend(side)
+        base = slot * GRNG_SLOTS
+        keys = array("I", range(base, base + GRNG_SLOTS)).tobytes()
+        raw = ids.tobytes()   # little endian: id of port 4k + j in bits 16j..16j+15 of entry k
+        bpfsys.update_batch(self.maps["ebpfw_grng"], keys, raw, GRNG_SLOTS, "ebpfw_grng")
 
     def clear_groups(self, slot: int) -> int:
         """Delete `slot`'s group keys (after a flip the old slot's keys only cost memory)."""

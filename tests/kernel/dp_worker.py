@@ -39,7 +39,7 @@ from ebpfw.netlink import host
 
 # one shape big enough for every test ruleset, with every field compiled in
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
-              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups",
+              fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups", "grange",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
                       "limit", "set"),
               ngroups=16, gcap=4096, mac_cap=64, gwords=32)
@@ -86,7 +86,8 @@ def main() -> None:
                 dp.write_host(links, host.local_addresses(), judged)
                 dp.flip(slot)
                 out = {"ok": True, "chains": plan.chain_names, "rule_chain": plan.rule_chain,
-                       "grouped": plan.summary()["grouped_rules"], "groups": len(plan.group_shapes)}
+                       "grouped": plan.summary()["grouped_rules"], "groups": len(plan.group_shapes),
+                       "group_ports": [g.port for g in plan.group_shapes], "resid": len(plan.resid)}
             elif req["op"] == "run":
                 slot = dp.active()[0]
                 before = dp.read_counters(slot, plan.nrules, len(plan.chain_names))

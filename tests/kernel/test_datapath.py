@@ -200,6 +200,52 @@ COMMIT
     check_against_reference(w, links, text, cases, group=False)
 
 
+def test_port_range_groups_keep_order_jumps_and_counters(dut):
+    """Port ranges join groups through the port -> interval table: overlapping ranges, ranges
+    with single ports and multiport lists in one group, source-port ranges, non-final and jump
+    members, a shadowed range and an -i key."""
+    w, links = dut
+    text = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:SVC - [0:0]
+-A INPUT -p tcp -m tcp --dport 100:200
+-A INPUT -p tcp -m tcp --dport 150:300 -j SVC
+-A INPUT -p tcp -m tcp --dport 180:190 -j DROP
+-A INPUT -p tcp -m tcp --dport 250:400 -j DROP
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j ACCEPT
+-A INPUT -p udp -m multiport --dports 60:70,90,95:99 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 100 -j DROP
+-A INPUT -p udp -m udp --sport 1:20 -j ACCEPT
+-A INPUT -p udp -m udp --sport 15:30 -j DROP
+-A INPUT -p udp -m udp --sport 31 -j ACCEPT
+-A INPUT -i va -p tcp -m tcp --dport 500:600 -j ACCEPT
+-A INPUT -i vb -p tcp -m tcp --dport 550:650 -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 1:65535 -j DROP
+-A SVC -p tcp -m tcp --dport 160:170 -j RETURN
+-A SVC -p tcp -m tcp --dport 150:160 -j ACCEPT
+-A SVC -p tcp -m tcp --dport 1:1000
+COMMIT
+"""
+    r = w.call(op="load", rules=text, group=True)
+    assert r.get("ok"), r
+    assert 4 in r["group_ports"] and 5 in r["group_ports"], r
+    b = ip("10.9.0.1")
+    cases = []
+    for d in (22, 53, 60, 65, 70, 71, 90, 99, 100, 101, 150, 160, 165, 171, 185, 200, 201, 250, 301, 401,
+              499, 500, 560, 600, 640, 651, 65535):
+        for proto in (TCP, UDP):
+            cases.append(("INPUT", Pkt(ip("10.9.0.2"), b, proto, sport=40000, dport=d, iif="va")))
+    for s in (1, 14, 15, 20, 21, 30, 31, 32):
+        cases.append(("INPUT", Pkt(ip("10.9.0.2"), b, UDP, sport=s, dport=9, iif="va")))
+    cases.append(("INPUT", Pkt(ip("10.9.0.2"), b, TCP, dport=150, iif="va", frag=20, mf=False)))
+    cases.append(("INPUT", Pkt(ip("10.9.0.2"), b, ICMP, icmp_type=8, iif="va")))
+    check_against_reference(w, links, text, cases, group=True)
+    check_against_reference(w, links, text, cases, group=False)
+
+
 def test_long_walk_continues_in_tail_calls(dut):
     """700 matching counting rules need more steps than one program verifies (256): the walk
     goes on in tail calls, every rule is counted once, and the verdict is the last rule's."""
