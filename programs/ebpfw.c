@@ -156,6 +156,9 @@ struct pkt {
     __u16 setsport;   /* EBPFW_F_SET: the ports ipset reads (ip_set_get_ip4_port), host order */
     __u16 setdport;
     __u32 setok;      /* EBPFW_F_SET: ip_set_get_ip4_port would succeed */
+    __u16 hlsport;    /* EBPFW_F_HASHLIMIT: the ports hashlimit_init_dst reads, host order */
+    __u16 hldport;
+    __u32 hlok;       /* EBPFW_F_HASHLIMIT: ... and it could read them (else it hotdrops) */
     __u32 pad;        /* per-CPU map values are multiples of 8 bytes */
 };
 
@@ -820,6 +823,32 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->setdport = 0;
     p->setok = 0;
 #endif
+#ifdef EBPFW_F_HASHLIMIT
+    /* hashlimit_init_dst: proto_ports_offset() of TCP, UDP, DCCP, ESP, SCTP, UDP-Lite (0) and
+     * AH (4), read at the IP payload even in a non-first fragment (it does not look at the
+     * fragment offset); a packet too short for them hotdrops; other protocols have ports 0 */
+    p->hlsport = 0;
+    p->hldport = 0;
+    p->hlok = 1;
+    if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP || p->proto == 33 /* DCCP */ ||
+        p->proto == 50 /* ESP */ || p->proto == IPPROTO_SCTP || p->proto == IPPROTO_UDPLITE) {
+        __u8 *h = l4;
+        if (l4len < 4 || (void *)(h + 4) > data_end) {
+            p->hlok = 0;
+        } else {
+            p->hlsport = ((__u16)h[0] << 8) | h[1];
+            p->hldport = ((__u16)h[2] << 8) | h[3];
+        }
+    } else if (p->proto == 51 /* AH: the SPI */) {
+        __u8 *h = (__u8 *)l4 + 4;
+        if (l4len < 8 || (void *)(h + 4) > data_end) {
+            p->hlok = 0;
+        } else {
+            p->hlsport = ((__u16)h[0] << 8) | h[1];
+            p->hldport = ((__u16)h[2] << 8) | h[3];
+        }
+    }
+#endif
     if (frag & 0x1fff) {
         /* xt_tcp drops a TCP fragment at offset 1 (8 bytes: it could rewrite the first
          * fragment's flags) when a rule with a tcp match reaches it: the same hotdrop as a
@@ -1443,6 +1472,12 @@ struct walkstate {
     __u32 l2host;     /* the frame was addressed to us at L2 */
     __u32 local;      /* the IP destination is a local address */
     __u32 egress;     /* judged by the TC egress program */
+    /* -m hashlimit is judged outside the walk's loop (see hashlimit_pass): the walk stops at
+     * the rule (V_CONT), the continuation program judges it and resumes the walk there */
+    __u32 hlrk;       /* rk + 1 of the hashlimit rule waiting for its result, 0: none */
+    __s32 hlres;      /* its result once hldone: 1 match, 0 no match, -1 hotdrop */
+    __u32 hldone;
+    __u32 hlpad;
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 #if defined(EBPFW_F_LOG) || defined(EBPFW_F_REJECT)
@@ -1493,6 +1528,118 @@ static __always_inline int limit_pass(__u32 rk)
     e->credit = credit;
     bpf_spin_unlock(&e->lock);
     return ok;
+}
+#endif
+
+#ifdef EBPFW_F_HASHLIMIT
+/* ---- -m hashlimit: xt_hashlimit (revision 3), one token bucket per key ---------------------
+ * A table per --hashlimit-name (ebpfw_abi.h: struct ebpfw_hlcfg, written by userspace from the
+ * first rule naming it, as the kernel keeps the first rule's config); its buckets live in one
+ * hash map keyed by (table id, masked addresses, ports). The clock is the kernel's own jiffies
+ * (bpf_jiffies64), the arithmetic hashlimit_mt_common's: rateinfo_init for a new bucket,
+ * rateinfo_recalc (u64 credit, capped, prev only moves when a jiffy has passed) for a known
+ * one, then cost credits or no match; the expiry is pushed to now + expire at every packet.
+ *
+ * Every CPU updates a bucket under a bpf_spin_lock (the kernel's dsthash_ent.lock; here the
+ * lock of the bucket's stripe, ebpfw_hllock), so two CPUs never lose or double a token; two CPUs making the same new bucket agree through the
+ * map's BPF_NOEXIST insert (the loser uses the winner's bucket, as the kernel's "race" path).
+ * The kernel's collector (htable_gc, every gcinterval from the table's creation) frees buckets
+ * whose expiry has passed; a bucket found after the collector would have freed it starts
+ * afresh here (rateinfo_init). Buckets nobody sees again are left to the map's LRU eviction,
+ * which is sized (twice the tables' --hashlimit-htable-max, both slots) so that it only
+ * reaches long-dead buckets; the kernel's refusal of new buckets past htable-max is not
+ * reproduced (docs/CONFORMANCE.md).
+ */
+BPF_ARRAY(ebpfw_hlcfg, struct ebpfw_hlcfg, NSLOTS * EBPFW_HL_NT);
+BPF_ARRAY(ebpfw_hlrule, struct ebpfw_hlrule, NSLOTS * EBPFW_RCAP);
+BPF_TABLE("lru_hash", struct ebpfw_hl_key, struct ebpfw_hl_val, ebpfw_hl, EBPFW_HL_CAP);
+/* the key and a new bucket are built in per-CPU scratch memory: the walk's stack is full */
+struct hlscratch {
+    struct ebpfw_hl_key k;
+    struct ebpfw_hl_val v;
+};
+/* an LRU map cannot hold a bpf_spin_lock: a bucket is updated under the lock of its stripe
+ * (same key, same stripe), which serialises every CPU's updates of it all the same */
+#define EBPFW_HL_LOCKS 1024
+struct hllock {
+    struct bpf_spin_lock lock;
+};
+BPF_ARRAY(ebpfw_hllock, struct hllock, EBPFW_HL_LOCKS);
+BPF_PERCPU_ARRAY(ebpfw_hlscr, struct hlscratch, 1);
+
+/* 1: the match holds, 0: it does not, -1: hotdrop. Run by the continuation program before it
+ * resumes the walk at the rule (outside the walk's loop, where the verifier would go through
+ * it once per step). */
+static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
+{
+    struct ebpfw_hlrule *hr = ebpfw_hlrule.lookup(&rk);
+    if (!hr)
+        return 0;
+    __u32 tid = hr->tid;
+    __u32 inv = hr->inv & 1;
+    struct ebpfw_hlcfg *c = ebpfw_hlcfg.lookup(&tid);
+    __u32 zero = 0;
+    struct hlscratch *sc = ebpfw_hlscr.lookup(&zero);
+    if (!c || !sc)
+        return 0;
+    /* userspace wrote masks that are 0 for the parts the mode leaves out */
+    if (c->needports & ~p->hlok & 1)
+        return -1;           /* hashlimit_init_dst could not read the ports */
+    struct ebpfw_hl_key *k = &sc->k;
+    k->tid = tid;
+    k->src = p->saddr & c->srcmask;
+    k->dst = p->daddr & c->dstmask;
+    k->sport = p->hlsport & c->spmask;
+    k->dport = p->hldport & c->dpmask;
+    __u64 now = bpf_jiffies64();
+    struct ebpfw_hl_val *e = ebpfw_hl.lookup(k);
+    if (!e) {
+        struct ebpfw_hl_val *v = &sc->v;
+        /* rateinfo_init, but with prev one jiffy back and credit one jiffy short: the update
+         * below then adds exactly that jiffy back (delta 1) and lands on the init values */
+        v->expires = now + c->expire_j;
+        v->prev = now - 1;
+        v->credit = c->credit - c->cpj;
+        v->credit_cap = c->credit;
+        v->cost = c->cost;
+        ebpfw_hl.insert(k, v);   /* fails when another CPU made it first: use theirs */
+        e = ebpfw_hl.lookup(k);
+        if (!e)
+            return -1;           /* no bucket could be made: dsthash_alloc_init's NULL */
+    }
+    __u32 stripe = (tid * 0x9e3779b1u ^ k->src * 0x85ebca6bu ^ k->dst * 0xc2b2ae35u ^
+                    ((__u32)k->sport << 16 | k->dport)) % EBPFW_HL_LOCKS;
+    struct hllock *lk = ebpfw_hllock.lookup(&stripe);
+    if (!lk)
+        return 0;
+    __u64 j0 = c->j0, gc = c->gc_j | 1, credit0 = c->credit, cpj = c->cpj, expire = c->expire_j;
+    __u64 cost0 = c->cost;
+    int ok = 0;
+    bpf_spin_lock(&lk->lock);
+    /* htable_gc runs at j0 + n * gc (n >= 1) and frees what has expired by then: a bucket seen
+     * after that run is a new one (rateinfo_init) */
+    __u64 ex = e->expires;
+    __u64 n = ((__s64)(ex - j0) > 0) ? (ex - j0 + gc - 1) / gc : 1;
+    __u64 run = j0 + (n | (n == 0)) * gc;
+    if ((__s64)(now - run) >= 0) {
+        e->prev = now;
+        e->credit = credit0;
+        e->credit_cap = credit0;
+        e->cost = cost0;
+    }
+    /* rateinfo_recalc (delta 0 changes nothing) */
+    __u64 credit = e->credit + (now - e->prev) * cpj;
+    e->prev = now;
+    if (credit > e->credit_cap)
+        credit = e->credit_cap;
+    e->expires = now + expire;
+    if (credit >= e->cost) {
+        credit -= e->cost;
+        ok = 1;
+    }
+    e->credit = credit;
+    bpf_spin_unlock(&lk->lock);
+    return ok ^ inv;
 }
 #endif
 
@@ -1649,6 +1796,8 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
 #endif
         ws->hot = hot;
         ws->nlog = 0;
+        ws->hlrk = 0;
+        ws->hldone = 0;
         ws->slot = slot;
     }
     __u32 *nresp = ebpfw_resn.lookup(&slot);
@@ -1741,6 +1890,29 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         if ((rule->flags & EBPFW_RF_LIMIT) && !limit_pass(rk)) {
             ws->pos = r + 1;
             continue;
+        }
+#endif
+#ifdef EBPFW_F_HASHLIMIT
+        /* the same for a hashlimit match; a key it cannot read or a full table hotdrops */
+        if (rule->flags & EBPFW_RF_HASHLIMIT) {
+            if (!(ws->hldone && ws->hlrk == rk + 1)) {
+                /* have the continuation program judge it, then come back to this rule */
+                ws->hlrk = rk + 1;
+                ws->hldone = 0;
+                ws->pos = r;
+                return V_CONT;
+            }
+            int hl = ws->hlres;
+            ws->hlrk = 0;
+            ws->hldone = 0;
+            if (hl < 0) {
+                stat_inc(EBPFW_STAT_HOTDROP);
+                return V_DROP;
+            }
+            if (hl == 0) {
+                ws->pos = r + 1;
+                continue;
+            }
         }
 #endif
         count(ebpfw_cnt.lookup(&rk), p->len);
@@ -2054,6 +2226,15 @@ static __always_inline int classify_resume(void)
     c->calls += 1;
     if (c->calls > EBPFW_MAXCALLS)
         return V_CONT;
+#ifdef EBPFW_F_HASHLIMIT
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws)
+        return V_DROP;
+    if (ws->hlrk && !ws->hldone) {
+        ws->hlres = hashlimit_pass(ws->hlrk - 1, &c->p);
+        ws->hldone = 1;
+    }
+#endif
     return classify(c->chain, &c->p, c->iif, c->oif, 1);
 }
 

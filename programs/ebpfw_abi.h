@@ -215,6 +215,52 @@ struct ebpfw_logrl {
 };
 
 
+/* ---- -m hashlimit (compiled in with EBPFW_F_HASHLIMIT, see programs/ebpfw.c) ----------------
+ * xt_hashlimit revision 3: one table per --hashlimit-name (and slot), one token bucket per key.
+ * Table id = slot * EBPFW_HL_NT + n; the config is the first rule's (iptables' check order). */
+#define EBPFW_HLM_DIP 1       /* key parts: XT_HASHLIMIT_HASH_DIP .. SPT */
+#define EBPFW_HLM_DPT 2
+#define EBPFW_HLM_SIP 4
+#define EBPFW_HLM_SPT 8
+
+/* per table: the numbers rateinfo_init and the collector use, written by userspace */
+struct ebpfw_hlcfg {
+    __u64 credit;        /* user2credits(avg * burst): a new bucket's credit and credit_cap */
+    __u64 cost;          /* user2credits(avg) */
+    __u64 cpj;           /* CREDITS_PER_JIFFY (64-bit, revision 2 and 3) */
+    __u64 expire_j;      /* msecs_to_jiffies(--hashlimit-htable-expire) */
+    __u64 gc_j;          /* msecs_to_jiffies(--hashlimit-htable-gcinterval) */
+    __u64 j0;            /* jiffies when the table was made (the collector runs every gc_j from it) */
+    __u32 srcmask;       /* network order; 0 when the source is not part of the key */
+    __u32 dstmask;
+    __u16 spmask;        /* 0xffff when the source port is part of the key, else 0 */
+    __u16 dpmask;
+    __u32 needports;     /* 1: a port is part of the key (a packet without them hotdrops) */
+};
+
+/* per rule (slot * EBPFW_RCAP + rule) */
+struct ebpfw_hlrule {
+    __u32 tid;           /* table id */
+    __u32 inv;           /* --hashlimit-above (XT_HASHLIMIT_INVERT) */
+};
+
+struct ebpfw_hl_key {
+    __u32 tid;
+    __u32 src;           /* network order, masked; 0 when not a key part */
+    __u32 dst;
+    __u16 sport;         /* host order; 0 when not a key part */
+    __u16 dport;
+};
+
+/* struct dsthash_ent's expires and rateinfo (updated under a stripe lock, see ebpfw.c) */
+struct ebpfw_hl_val {
+    __u64 expires;       /* jiffies */
+    __u64 prev;          /* jiffies of the last recalc */
+    __u64 credit;
+    __u64 credit_cap;
+    __u64 cost;
+};
+
 /* ---- connection tracking (compiled in with EBPFW_F_CT, see programs/ebpfw.c) ---------- */
 
 /* ctstate bit numbers: the `ct` field's class array is indexed by these, and a rule's

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ebpfw.ruleset import (
-    ADDRTYPE_NAMES, AddrtypeMatch, CommentMatch, DscpMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
+    ADDRTYPE_NAMES, AddrtypeMatch, CommentMatch, DscpMatch, HashlimitMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
     MultiportMatch, PkttypeMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 
@@ -140,7 +140,8 @@ def pkt_type(p: Pkt, hook: str) -> str:
     return {"host": "unicast", "broadcast": "broadcast", "multicast": "multicast"}[p.l2]
 
 
-def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = None) -> bool:
+def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = None,
+                 hl: Optional["Hashlimits"] = None) -> bool:
     ip = r.ip
     nonfirst = p.frag != 0
     if ip.src is not None and (((p.src & ip.src.mask) == ip.src.addr) == ip.src_invert):
@@ -224,13 +225,17 @@ def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = No
                 return False
             if m.dst and bool((m.dst >> host.addr_type(p.dst, dev)) & 1) == m.dst_invert:
                 return False
+        elif isinstance(m, HashlimitMatch):
+            assert hl is not None, "hashlimit needs a Hashlimits state"
+            if not hl.match(m, p):
+                return False
         else:
             raise NotImplementedError(type(m).__name__)
     return True
 
 
-def evaluate(table: Table, hook: str, p: Pkt,
-             host: Optional[Host] = None) -> tuple[str, list[tuple[str, int]], Optional[str]]:
+def evaluate(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
+             hl: Optional["Hashlimits"] = None) -> tuple[str, list[tuple[str, int]], Optional[str]]:
     """(verdict, rules counted as (chain, index), chain whose policy was counted or None);
     a hotdrop is ("DROP", what was counted before it, None)."""
     chains = {c.name: c for c in table.chains}
@@ -240,7 +245,7 @@ def evaluate(table: Table, hook: str, p: Pkt,
         if depth > 64:
             raise RuntimeError("jump loop")
         for i, r in enumerate(chains[name].rules):
-            if not rule_matches(r, p, hook, host):
+            if not rule_matches(r, p, hook, host, hl):
                 continue
             counted.append((name, i))
             k = r.target.kind
@@ -332,3 +337,123 @@ class LimitBucket:
             self.credit -= self.cost
             return True
         return False
+
+
+# ---- -m hashlimit: net/netfilter/xt_hashlimit.c, revision 3, packet mode ----------------------
+
+HL_PORT_PROTOS = {6: 0, 17: 0, 33: 0, 50: 0, 132: 0, 136: 0, 51: 4}   # proto_ports_offset
+
+
+class HashlimitTable:
+    """One xt_hashlimit table (struct xt_hashlimit_htable) with the config of the rule that made
+    it, on a jiffies clock the caller sets (`now`), written from the kernel source independently
+    of ebpfw: dsthash_find / dsthash_alloc_init (ht->count against cfg.max: NULL = hotdrop),
+    rateinfo_init, rateinfo_recalc, and htable_gc every gc_interval from the table's creation
+    freeing what has expired. Credits are u64 and wrap as the kernel's do."""
+
+    SCALE = 1_000_000                                   # XT_HASHLIMIT_SCALE_v2
+
+    def __init__(self, m: HashlimitMatch, hz: int, j0: int, size: int = 8192, max_: int = 0,
+                 gc_interval: int = 1000):
+        self.hz = hz
+        max_cpj = ((1 << 64) - 1) // (hz * 60 * 60 * 24)
+        cpj = 1
+        while cpj * 2 <= max_cpj:                       # POW2_BELOW64(MAX_CPJ)
+            cpj *= 2
+        self.cpj = cpj
+        self.mode = set(m.mode)
+        self.srcmask, self.dstmask = m.srcmask, m.dstmask
+        self.avg, self.burst = m.avg, m.burst
+        self.expire_j = self.msecs_to_jiffies(m.expire)
+        self.gc_j = self.msecs_to_jiffies(gc_interval)
+        self.max = max_ or 8 * size
+        self.j0 = j0
+        self.next_gc = j0 + self.gc_j
+        self.entries: dict[tuple, dict] = {}
+
+    def msecs_to_jiffies(self, ms: int) -> int:
+        if 1000 % self.hz == 0:
+            return -(-ms // (1000 // self.hz))
+        return -(-ms * self.hz // 1000)
+
+    def credits(self, user: int) -> int:               # user2credits, revision 3
+        user &= (1 << 64) - 1
+        if self.SCALE >= self.hz * self.cpj:
+            return user // (self.SCALE // (self.hz * self.cpj))
+        return (user * (self.hz * self.cpj // self.SCALE)) & ((1 << 64) - 1)
+
+    def key(self, p: Pkt) -> tuple:
+        def maskl(a: int, n: int) -> int:
+            return a & ((0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF) if n else 0
+        dst = maskl(p.dst, self.dstmask) if "dstip" in self.mode else 0
+        src = maskl(p.src, self.srcmask) if "srcip" in self.mode else 0
+        sport = dport = 0
+        if self.mode & {"srcport", "dstport"}:
+            poff = HL_PORT_PROTOS.get(p.proto)
+            if poff is not None:
+                raw = build_frame(p, b"\0" * 6)[34:14 + p.ip_len]   # the IP payload, even of a fragment
+                if len(raw) < poff + 4:
+                    raise Hotdrop()                      # skb_header_pointer fails
+                sport, dport = struct.unpack("!HH", raw[poff:poff + 4])
+            sport = sport if "srcport" in self.mode else 0
+            dport = dport if "dstport" in self.mode else 0
+        return (src, dst, sport, dport)
+
+    def gc(self, now: int) -> None:
+        """htable_gc runs that have happened by `now`."""
+        while self.next_gc <= now:
+            t = self.next_gc
+            for k in [k for k, e in self.entries.items() if t >= e["expires"]]:
+                del self.entries[k]
+            self.next_gc = t + self.gc_j
+
+    def match(self, p: Pkt, now: int, above: bool) -> bool:
+        self.gc(now)
+        k = self.key(p)
+        e = self.entries.get(k)
+        if e is None:
+            if len(self.entries) >= self.max:
+                raise Hotdrop()                          # dsthash_alloc_init: "max count reached"
+            credit = self.credits(self.avg * self.burst)
+            e = {"expires": now + self.expire_j, "prev": now, "credit": credit, "credit_cap": credit,
+                 "cost": self.credits(self.avg)}
+            self.entries[k] = e
+        else:
+            e["expires"] = now + self.expire_j
+            delta = now - e["prev"]
+            if delta:
+                e["prev"] = now
+                e["credit"] = (e["credit"] + delta * self.cpj) & ((1 << 64) - 1)
+                if e["credit"] > e["credit_cap"]:
+                    e["credit"] = e["credit_cap"]
+        if e["credit"] >= e["cost"]:
+            e["credit"] -= e["cost"]
+            return not above
+        return above
+
+
+class Hashlimits:
+    """The hashlimit tables of a ruleset, by name, made on first use by the rule that names them
+    (call `prepare(table)` to make them in the kernel's check order first); `now` is the jiffies
+    clock the next packets see."""
+
+    def __init__(self, hz: int, j0: int = 0, size: int = 8192):
+        self.hz, self.now, self.size = hz, j0, size
+        self.tables: dict[str, HashlimitTable] = {}
+
+    def prepare(self, table: Table) -> "Hashlimits":
+        builtin = [c for n in ("INPUT", "FORWARD", "OUTPUT") for c in table.chains if c.name == n]
+        user = sorted((c for c in table.chains if c.name not in ("INPUT", "FORWARD", "OUTPUT")),
+                      key=lambda c: c.name.encode())
+        for c in builtin + user:
+            for r in c.rules:
+                for m in r.matches:
+                    if isinstance(m, HashlimitMatch) and m.name not in self.tables:
+                        self.tables[m.name] = HashlimitTable(m, self.hz, self.now, self.size)
+        return self
+
+    def match(self, m: HashlimitMatch, p: Pkt) -> bool:
+        t = self.tables.get(m.name)
+        if t is None:
+            t = self.tables[m.name] = HashlimitTable(m, self.hz, self.now, self.size)
+        return t.match(p, self.now, m.above)

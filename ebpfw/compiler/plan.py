@@ -22,8 +22,8 @@ from typing import Iterable, Mapping, Optional
 
 from ..errors import RulesetError
 from ..ruleset import (
-    AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IcmpMatch, IpMatch, IprangeMatch, LengthMatch,
-    LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
+    AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
+    IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
     TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
 )
@@ -55,6 +55,28 @@ REJ_TCP_RESET = 256
 REJECT_CODES = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
                 "icmp-port-unreachable": 3, "icmp-net-prohibited": 9, "icmp-host-prohibited": 10,
                 "icmp-admin-prohibited": 13, "tcp-reset": REJ_TCP_RESET}
+
+
+@dataclass(frozen=True)
+class HlTable:
+    """One xt_hashlimit table (a --hashlimit-name) as the kernel makes it: the config of the
+    first rule naming it in the kernel's check order. `mode` are XT_HASHLIMIT_HASH_* bits,
+    `size`/`max` as htable_create settles them, times in ms."""
+    name: str
+    avg: int
+    burst: int
+    mode: int
+    srcmask: int
+    dstmask: int
+    expire: int
+    gcinterval: int
+    size: int
+    max: int
+    pos: object = None
+
+
+HL_MODE_BITS = {"dstip": 1, "dstport": 2, "srcip": 4, "srcport": 8}   # XT_HASHLIMIT_HASH_*
+HL_TABLES_MAX = 64                                                   # datapath/abi.py HL_NT
 
 
 @dataclass
@@ -93,6 +115,9 @@ class Plan:
     atdst: Optional[list[int]] = None
     log: dict[int, LogTarget] = field(default_factory=dict)   # rule number -> options of its -j LOG
     limits: dict[int, LimitMatch] = field(default_factory=dict)  # rule number -> its -m limit
+    # -m hashlimit: the tables (index = table number in the slot) and rule -> (table, above)
+    hl_tables: list = field(default_factory=list)
+    hashlimits: dict[int, tuple[int, bool]] = field(default_factory=dict)
     # rule number -> (set name, kind, dimension 1 from src, dimension 2 from src, inverted)
     setm: dict[int, tuple] = field(default_factory=dict)
     set_ids: dict[str, int] = field(default_factory=dict)   # set name -> id (ebpfw.sets, at apply)
@@ -201,6 +226,72 @@ def _limit_of(r: Rule, problems: list[str]) -> Optional[LimitMatch]:
     return r.matches[lims[0]]
 
 
+def _hashlimit_of(r: Rule, problems: list[str]) -> Optional[HashlimitMatch]:
+    """The rule's -m hashlimit, when the datapath can reproduce it exactly: like -m limit, a
+    bucket is only exact when every other condition is judged before it (the rule's last match,
+    comments aside), one per rule."""
+    found = [i for i, m in enumerate(r.matches) if isinstance(m, HashlimitMatch)]
+    if not found:
+        return None
+    if len(found) > 1:
+        problems.append(f"{r.pos}: more than one -m hashlimit in a rule is not supported by the datapath, "
+                        f"expected at most one, found {len(found)}")
+        return None
+    later = [type(m).__name__ for m in r.matches[found[0] + 1:] if not isinstance(m, CommentMatch)]
+    if later:
+        problems.append(f"{r.pos}: -m hashlimit before other matches is not supported by the datapath "
+                        "(xt_hashlimit would take a token, make a bucket or hotdrop for packets the later "
+                        "matches refuse), expected -m hashlimit as the rule's last match, found it before "
+                        f"{', '.join(later)}")
+        return None
+    m = r.matches[found[0]]
+    if m.name in (".", ".."):
+        problems.append(f"{r.pos}: --hashlimit-name '{m.name}' is refused by the kernel (xt_check_proc_name), "
+                        f"expected another name, found '{m.name}'")
+        return None
+    return m
+
+
+def _kernel_check_order(table: Table) -> list:
+    """The rules in the order iptables-legacy's kernel checks them (translate_table walks the
+    blob libiptc writes: INPUT, FORWARD, OUTPUT, then user chains sorted by name)."""
+    by_name = {c.name: c for c in table.chains}
+    order = [by_name[n] for n in BUILTINS if n in by_name]
+    order += sorted((c for c in table.chains if c.name not in BUILTINS), key=lambda c: c.name.encode())
+    return [r for c in order for r in c.rules]
+
+
+def _hl_tables(table: Table, problems: list[str]) -> dict[str, "HlTable"]:
+    """One table per --hashlimit-name, configured by the first rule the kernel checks."""
+    from ..datapath.abi import (HASHLIMIT_GCINTERVAL, hashlimit_overflows, hashlimit_size_max, host_hz)
+    try:
+        hz = host_hz()
+    except Exception:
+        hz = None
+    tables: dict[str, HlTable] = {}
+    for r in _kernel_check_order(table):
+        for m in r.matches:
+            if not isinstance(m, HashlimitMatch):
+                continue
+            if hz is not None and hashlimit_overflows(m.avg, m.burst, hz):
+                problems.append(f"{r.pos}: hashlimit rate and burst overflow the kernel's token bucket "
+                                "(xt_hashlimit refuses the rule: \"overflow, try lower\"), expected a higher "
+                                f"rate or a smaller --hashlimit-burst, found avg {m.avg} us and burst {m.burst}")
+            if m.name in tables:
+                continue
+            size, max_ = hashlimit_size_max(getattr(m, "size", 0) or 0, getattr(m, "max", 0) or 0)
+            tables[m.name] = HlTable(
+                name=m.name, avg=m.avg, burst=m.burst, mode=sum(HL_MODE_BITS[k] for k in m.mode),
+                srcmask=m.srcmask, dstmask=m.dstmask, expire=m.expire,
+                gcinterval=getattr(m, "gcinterval", HASHLIMIT_GCINTERVAL) or HASHLIMIT_GCINTERVAL,
+                size=size, max=max_, pos=r.pos)
+    if len(tables) > HL_TABLES_MAX:
+        problems.append(f"{next(iter(tables.values())).pos}: {len(tables)} hashlimit tables are more than the "
+                        f"datapath holds, expected at most {HL_TABLES_MAX} distinct --hashlimit-name, found "
+                        f"{len(tables)}")
+    return tables
+
+
 def _set_of(r: Rule, sets: Optional[Mapping], problems: list[str]) -> Optional[tuple]:
     """The rule's -m set as (name, kind, src0, src1, inv); `sets` are the definitions by name
     (ebpfw.ipset.IpSet) the rule can refer to."""
@@ -274,6 +365,9 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     logs: dict[int, LogTarget] = {}
     limits: dict[int, LimitMatch] = {}
     setm: dict[int, tuple] = {}
+    hl_by_name = _hl_tables(table, problems)
+    hl_index = {name: i for i, name in enumerate(hl_by_name)}
+    hashlimits: dict[int, tuple[int, bool]] = {}
     for rn, r in enumerate(rules):
         t = r.target
         if t.kind not in ACT:
@@ -323,9 +417,13 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         if lim is not None:
             f |= RF_LIMIT
             limits[rn] = lim
+        hl = _hashlimit_of(r, problems)
+        if hl is not None:
+            f |= RF_HASHLIMIT
+            hashlimits[rn] = (hl_index[hl.name], hl.above)
         flags.append(f)
         for m in r.matches:
-            if isinstance(m, (LimitMatch, SetMatch)):
+            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch)):
                 continue
             if not isinstance(m, ENFORCED_MATCHES):
                 name = type(m).__name__.removesuffix("Match").lower()
@@ -348,7 +446,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
-        setm=setm,
+        setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits,
     )
     F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
     plan.resid = resid

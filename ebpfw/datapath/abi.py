@@ -126,6 +126,91 @@ def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
     return LIMIT.pack(0, cap, now_ns // nsj, cap, limit_credits(avg, hz), credits_per_jiffy(hz), 0, nsj)
 
 
+# -m hashlimit (programs/ebpfw_abi.h: struct ebpfw_hlcfg, ebpfw_hlrule, ebpfw_hl_*)
+HL_NT = 64                                  # tables (distinct --hashlimit-name) per slot
+HL_CFG = struct.Struct("<QQQQQQIIHHI")      # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask, spmask,
+                                            # dpmask, needports
+HL_RULE = struct.Struct("<II")              # tid, inv
+HL_KEY = struct.Struct("<I4s4sHH")          # tid, src (be), dst (be), sport, dport
+HL_VAL = struct.Struct("<QQQQQ")            # expires, prev, credit, credit_cap, cost
+HLM = {"dstip": 1, "dstport": 2, "srcip": 4, "srcport": 8}   # XT_HASHLIMIT_HASH_*
+XT_HASHLIMIT_SCALE_V2 = 1_000_000
+HASHLIMIT_MAX_SIZE = 1048576
+HASHLIMIT_GCINTERVAL = 1000                 # ms, iptables' default --hashlimit-htable-gcinterval
+U64 = (1 << 64) - 1
+
+
+def hashlimit_cpj(hz: int) -> int:
+    """xt_hashlimit's CREDITS_PER_JIFFY (revision 2, 3): POW2_BELOW64(2^64-1 / (HZ*60*60*24))."""
+    return 1 << ((U64 // (hz * 60 * 60 * 24)).bit_length() - 1)
+
+
+def hashlimit_credits(user: int, hz: int) -> int:
+    """xt_hashlimit's user2credits for revision 3 (u64 arithmetic)."""
+    scale, hc = XT_HASHLIMIT_SCALE_V2, hz * hashlimit_cpj(hz)
+    user &= U64
+    if scale >= hc:
+        return user // (scale // hc)
+    return (user * (hc // scale)) & U64
+
+
+def hashlimit_overflows(avg: int, burst: int, hz: int) -> bool:
+    """hashlimit_mt_check_common refuses (ERANGE) burst 0 or user2credits(avg * burst) <
+    user2credits(avg): the u64 product wrapped."""
+    return burst == 0 or hashlimit_credits((avg * burst) & U64, hz) < hashlimit_credits(avg, hz)
+
+
+def msecs_to_jiffies(ms: int, hz: int) -> int:
+    """The kernel's msecs_to_jiffies for 0 <= ms < 2^32 (rounds up)."""
+    if 1000 % hz == 0:
+        return (ms + 1000 // hz - 1) // (1000 // hz)
+    if hz % 1000 == 0:
+        return ms * (hz // 1000)
+    return (ms * hz + 999) // 1000
+
+
+def hashlimit_default_size(memtotal_kb: int | None = None, page_size: int = 4096) -> int:
+    """htable_create's bucket count when --hashlimit-htable-size is not given (from the RAM)."""
+    if memtotal_kb is None:
+        memtotal_kb = 0
+        try:
+            for line in Path("/proc/meminfo").read_text().splitlines():
+                if line.startswith("MemTotal:"):
+                    memtotal_kb = int(line.split()[1])
+        except OSError:
+            pass
+    nr_pages = memtotal_kb * 1024 // page_size
+    size = (nr_pages * page_size) // 16384 // 8
+    if nr_pages > 1024 * 1024 * 1024 // page_size:
+        size = 8192
+    return max(size, 16)
+
+
+def hashlimit_size_max(size: int = 0, max_: int = 0) -> tuple[int, int]:
+    """(size, max) as hashlimit_mt_check_common and htable_create settle them."""
+    size = min(size, HASHLIMIT_MAX_SIZE) or hashlimit_default_size()
+    max_ = min(max_, HASHLIMIT_MAX_SIZE)
+    if max_ == 0:
+        max_ = 8 * size
+    elif max_ < size:
+        max_ = size
+    return size, max_
+
+
+def jiffies_now() -> int:
+    """The kernel's jiffies, from /proc/timer_list (the clock bpf_jiffies64 reads)."""
+    from ..errors import KernelError
+    try:
+        with open("/proc/timer_list") as f:
+            for line in f:
+                if line.startswith("jiffies:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    raise KernelError("cannot read the kernel's jiffies from /proc/timer_list; -m hashlimit needs it to "
+                      "run its collector like xt_hashlimit")
+
+
 # -m set (programs/ebpfw.c, ebpfw/sets.py)
 SET_KEY = struct.Struct("<I")              # prefixlen; then id, proto << 16 | port, addr big endian
 SETM = struct.Struct("<IBBBB")             # set id, kind, src0, src1, inv
@@ -160,6 +245,7 @@ FIELD_MAPS = {
     "log": ("ebpfw_post_xdp", "ebpfw_post_tc", LOG_RING, "ebpfw_logcfg", "ebpfw_logrlc", "ebpfw_logrl"),
     # per-rule checks after the other conditions hold
     "limit": ("ebpfw_limit",),
+    "hashlimit": ("ebpfw_hlcfg", "ebpfw_hlrule", "ebpfw_hl", "ebpfw_hlscr", "ebpfw_hllock"),
     # the sets themselves (ebpfw_sets, ebpfw_setdef) are pinned outside the generation directory
     "set": ("ebpfw_setm", "ebpfw_setk"),
 }
@@ -195,6 +281,7 @@ class Shape:
     gcap: int = 0             # group hash entries per slot
     mac_cap: int = 0          # (slot, MAC) entries per slot of -m mac; 0 when no rule uses it
     gwords: int = 0           # 64-rule words of the global numbering (0: old state, = nwords)
+    hl_cap: int = 0           # hashlimit buckets of both slots (sum of the tables' max, twice)
 
     @property
     def nsum(self) -> int:
@@ -218,6 +305,8 @@ class Shape:
             flags += [f"-DEBPFW_NGROUPS={self.ngroups}", f"-DEBPFW_GCAP={self.gcap}"]
         if "mac" in self.fields:
             flags.append(f"-DEBPFW_MAC_CAP={max(self.mac_cap, 16)}")
+        if "hashlimit" in self.fields:
+            flags += [f"-DEBPFW_HL_NT={HL_NT}", f"-DEBPFW_HL_CAP={max(self.hl_cap, 1024)}"]
         if "atsrc" in self.fields or "atdst" in self.fields:
             flags.append(f"-DEBPFW_ATYPE_CAP={ATYPE_CAP}")
         return flags
@@ -239,7 +328,8 @@ class Shape:
                 and ("ct" not in need.fields or need.ct_size == self.ct_size)
                 and need.ngroups <= self.ngroups and need.gcap <= self.gcap
                 and ("mac" not in need.fields or need.mac_cap <= self.mac_cap)
-                and need.gwords <= (self.gwords or self.nwords))
+                and need.gwords <= (self.gwords or self.nwords)
+                and ("hashlimit" not in need.fields or need.hl_cap <= self.hl_cap))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -292,6 +382,9 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         fields.append("limit")
     if getattr(plan, "setm", None):
         fields.append("set")
+    hl_tables = getattr(plan, "hl_tables", None) or []
+    if hl_tables:
+        fields.append("hashlimit")
     def round_words(nbits: int) -> int:
         words = (nbits + 1 + 63) // 64
         return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
@@ -313,4 +406,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         gcap=_pow2(len(plan.group_entries) + len(plan.group_entries) // 4 + 1, 1024) if ngroups else 0,
         mac_cap=_pow2(len(plan.mac) + len(plan.mac) // 4 + 1, 64) if getattr(plan, "mac", None) is not None else 0,
         gwords=gwords,
+        hl_cap=_pow2(2 * sum(t.max for t in hl_tables), 1024) if hl_tables else 0,
     )

@@ -24,6 +24,7 @@ from .abi import (
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN,
+    HL_CFG, HL_KEY, HL_NT, HLM, HL_RULE, HL_VAL, hashlimit_cpj, hashlimit_credits, jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
 
@@ -205,6 +206,7 @@ class Datapath:
         bpfsys.update(self.maps["ebpfw_ctl"], U32.pack(0), CTL.pack(slot, gen + 1), "control map")
         time.sleep(GRACE_SECONDS)
         self.clear_groups(1 - slot)   # no packet reads the old slot any more
+        self.clear_hashlimit(1 - slot)
         return gen + 1
 
     # ---- writing one slot -------------------------------------------------------------------
@@ -287,6 +289,8 @@ class Datapath:
             self._write_limits(slot, getattr(plan, "limits", {}) or {})
         if "set" in f:
             self._write_setm(slot, plan)
+        if "hashlimit" in f:
+            self._write_hashlimit(slot, plan)
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -329,6 +333,80 @@ class Datapath:
         vals = [limit_entry(limits[r].avg, limits[r].burst, hz, now) if r in limits else empty
                 for r in range(sh.rcap)]
         self._batch("ebpfw_limit", keys, vals)
+
+    def _write_hashlimit(self, slot: int, plan) -> None:
+        """This slot's hashlimit tables, as htable_create makes them: empty (the slot's old
+        buckets are deleted first), configured from plan.hl_tables, the collector's clock
+        starting now; and which table each hashlimit rule uses."""
+        sh = self.shape
+        tables = getattr(plan, "hl_tables", []) or []
+        rules = getattr(plan, "hashlimits", {}) or {}
+        if len(tables) > HL_NT:
+            raise KernelError(f"internal: {len(tables)} hashlimit tables, the programs hold {HL_NT}")
+        if sum(t.max for t in tables) * 2 > sh.hl_cap:
+            raise KernelError("internal: the plan's hashlimit tables do not fit the loaded programs' shape")
+        self.clear_hashlimit(slot)
+        hz = host_hz()
+        cpj = hashlimit_cpj(hz)
+        j0 = jiffies_now()
+
+        def be(mask: int) -> int:
+            m = (0xFFFFFFFF << (32 - mask)) & 0xFFFFFFFF if mask else 0
+            return int.from_bytes(m.to_bytes(4, "big"), "little")
+
+        keys = [slot * HL_NT + i for i in range(HL_NT)]
+        cfgs = []
+        for i in range(HL_NT):
+            if i < len(tables):
+                t = tables[i]
+                ports = t.mode & (HLM["srcport"] | HLM["dstport"])
+                cfgs.append(HL_CFG.pack(hashlimit_credits(t.avg * t.burst, hz), hashlimit_credits(t.avg, hz), cpj,
+                                        msecs_to_jiffies(t.expire, hz), msecs_to_jiffies(t.gcinterval, hz), j0,
+                                        be(t.srcmask) if t.mode & HLM["srcip"] else 0,
+                                        be(t.dstmask) if t.mode & HLM["dstip"] else 0,
+                                        0xFFFF if t.mode & HLM["srcport"] else 0,
+                                        0xFFFF if t.mode & HLM["dstport"] else 0, 1 if ports else 0))
+            else:
+                cfgs.append(HL_CFG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
+        self._batch("ebpfw_hlcfg", keys, cfgs)
+        empty = HL_RULE.pack(0, 0)
+        self._batch("ebpfw_hlrule", [slot * sh.rcap + r for r in range(sh.rcap)],
+                    [HL_RULE.pack(slot * HL_NT + rules[r][0], int(rules[r][1])) if r in rules else empty
+                     for r in range(sh.rcap)])
+
+    def clear_hashlimit(self, slot: int) -> int:
+        """Delete `slot`'s hashlimit buckets."""
+        if "ebpfw_hl" not in self.maps:
+            return 0
+        fd = self.maps["ebpfw_hl"]
+        mine = [k for k in bpfsys.hash_keys(fd, HL_KEY.size, HL_VAL.size) if U32.unpack_from(k)[0] // HL_NT == slot]
+        bpfsys.delete_batch(fd, b"".join(mine), len(mine))
+        return len(mine)
+
+    def hashlimit_entries(self, slot: int, tables: list) -> list[dict]:
+        """The buckets of `slot` (like /proc/net/ipt_hashlimit/NAME): table name, key, expires,
+        prev (jiffies), credit, credit_cap, cost."""
+        import socket
+        fd = self.maps["ebpfw_hl"]
+        out = []
+        for k in bpfsys.hash_keys(fd, HL_KEY.size, HL_VAL.size):
+            tid, src, dst, sport, dport = HL_KEY.unpack(k)
+            if tid // HL_NT != slot:
+                continue
+            v = bpfsys.lookup(fd, k, HL_VAL.size)
+            if v is None:
+                continue
+            expires, prev, credit, cap, cost = HL_VAL.unpack(v)
+            i = tid % HL_NT
+            out.append({"table": tables[i].name if i < len(tables) else str(i), "src": socket.inet_ntoa(src),
+                        "dst": socket.inet_ntoa(dst), "sport": sport, "dport": dport, "expires": expires,
+                        "prev": prev, "credit": credit, "credit_cap": cap, "cost": cost})
+        return out
+
+    def hashlimit_j0(self, slot: int) -> int:
+        """The jiffies at which `slot`'s hashlimit tables were made (their collector's start)."""
+        raw = bpfsys.lookup(self.maps["ebpfw_hlcfg"], U32.pack(slot * HL_NT), HL_CFG.size)
+        return HL_CFG.unpack(raw)[5] if raw else 0
 
     def _write_setm(self, slot: int, plan) -> None:
         """Which set each -m set rule of this slot reads (ids from ebpfw.sets, in plan.set_ids)."""

@@ -18,6 +18,7 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
 Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to load first, and
   {"op": "set_add"|"set_del", "name": NAME, "element": TEXT} -> {"n": entries, "seconds": time}
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
+-m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": jiffies the tables were made}
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from ebpfw.netlink import host
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups", "grange",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
-                      "limit", "set"),
-              ngroups=16, gcap=4096, mac_cap=64, gwords=32)
+                      "limit", "set", "hashlimit"),
+              ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 20)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 
@@ -101,6 +102,9 @@ def main() -> None:
                 rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
                 chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
                 out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats(), "out": out_frame.hex()}
+            elif req["op"] == "hl_list":
+                slot = dp.active()[0]
+                out = {"entries": dp.hashlimit_entries(slot, plan.hl_tables), "j0": dp.hashlimit_j0(slot)}
             elif req["op"] in ("set_add", "set_del"):
                 import time
                 t0 = time.perf_counter()
