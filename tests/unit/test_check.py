@@ -355,7 +355,7 @@ def check_problems_text(text: str) -> list[str]:
 
 # --- the compiler refuses every new IR type with the rule's FILE:LINE (no crash) --------------------
 COMPILE_CASES = [
-    "-p tcp -m limit --limit 1/s -m tcp --dport 1", "-m limit -m limit", "-m hashlimit --hashlimit-upto 1/s --hashlimit-name x",
+    "-p tcp -m limit --limit 1/s -m tcp --dport 1", "-m limit -m limit", "-p tcp -m hashlimit --hashlimit-upto 1/s --hashlimit-name x -m tcp --dport 1",
     "-m set --match-set a src", "-m recent --set", "-m connlimit --connlimit-above 2",
 ]
 # enforced as classifier fields (tests/kernel/test_datapath.py checks their semantics)
