@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Optional
 
 from ..errors import RulesetError
 from ..ruleset import (
-    AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
+    AddrtypeMatch, CommentMatch, ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
     IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
     TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
@@ -424,6 +424,13 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         flags.append(f)
         for m in r.matches:
             if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch)):
+                continue
+            if isinstance(m, ConnlimitMatch):
+                problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
+                                "per address group, the connections whose packets this rule has seen, from a list it "
+                                "prunes lazily (at most 8 closed or vanished connections per packet, not twice in one "
+                                "jiffy) and ebpfw's conntrack keeps no such per-rule lists, so its count would not be "
+                                "equal; expected no -m connlimit, found '-m connlimit'")
                 continue
             if not isinstance(m, ENFORCED_MATCHES):
                 name = type(m).__name__.removesuffix("Match").lower()

@@ -134,3 +134,10 @@ def test_reference_state_makes_tables_in_check_order():
                        "COMMIT\n", "p.rules")
     hl = Hashlimits(250).prepare(rs.table("filter"))
     assert hl.tables["t"].avg == 200_000
+
+
+def test_connlimit_refused_with_its_reason():
+    rs = parse_ruleset(HEAD + "-A INPUT -p tcp -m tcp --syn -m connlimit --connlimit-above 2 -j DROP\nCOMMIT\n", "p.rules")
+    with pytest.raises(RulesetError) as exc:
+        compile_plan(rs.table("filter"))
+    assert any(p.startswith("p.rules:5: match 'connlimit'") and "nf_conncount" in p for p in exc.value.problems)
