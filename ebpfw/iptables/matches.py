@@ -25,6 +25,7 @@ from ..ruleset import (
     LimitMatch, MacMatch, Match, MultiportMatch, PkttypeMatch, PortRange, RecentMatch, SetMatch,
     TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
+from ..marks import ConnmarkMatch, MarkMatch
 from . import protocols as P
 from .tokenize import save_string
 
@@ -820,6 +821,39 @@ def save_connlimit(m: ConnlimitMatch) -> list[str]:
             "--connlimit-mask", str(m.mask), "--connlimit-daddr" if m.daddr else "--connlimit-saddr"]
 
 
+# --- mark, connmark -------------------------------------------------------------------------
+
+def read_mark(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+    """libxt_mark / libxt_connmark --mark VALUE[/MASK] (xtables_parse_mark_mask): numbers in C
+    notation up to 0xffffffff, a missing mask is 0xffffffff; the value is kept as given."""
+    value_s, slash, mask_s = args[0].partition("/")
+    value = P.strtoui(value_s, 0xFFFFFFFF)
+    mask = P.strtoui(mask_s, 0xFFFFFFFF) if slash else 0xFFFFFFFF
+    if value is None or mask is None:
+        raise OptionError(f"bad mark value in {option}", "VALUE or VALUE/MASK, numbers 0-0xffffffff", args[0])
+    return (value, mask)
+
+
+def build_mark(values: dict[str, Given], ctx: Ctx) -> MarkMatch:
+    if "mark" not in values:
+        raise OptionError("match 'mark' needs --mark", "--mark VALUE[/MASK]", "-m mark alone")
+    (value, mask), inv = _get(values, "mark")
+    return MarkMatch(value, mask, inv)
+
+
+def build_connmark(values: dict[str, Given], ctx: Ctx) -> ConnmarkMatch:
+    if "mark" not in values:
+        raise OptionError("match 'connmark' needs --mark", "--mark VALUE[/MASK]", "-m connmark alone")
+    (value, mask), inv = _get(values, "mark")
+    return ConnmarkMatch(value, mask, inv)
+
+
+def save_mark(m) -> list[str]:
+    """xtables' print_mark: 0xVALUE, then /0xMASK unless the mask is all ones."""
+    text = f"0x{m.value:x}" + (f"/0x{m.mask:x}" if m.mask != 0xFFFFFFFF else "")
+    return _neg(m.invert) + ["--mark", text]
+
+
 # --- the table ------------------------------------------------------------------------------
 
 _TCP_OPTIONS = (
@@ -923,6 +957,8 @@ MATCHES: dict[str, MatchSpec] = {spec.name: spec for spec in (
         Option(("connlimit-saddr",), "side", _flag, nargs=0, invertible=False),
         Option(("connlimit-daddr",), "side", _flag, nargs=0, invertible=False),
     ), build_connlimit, save_connlimit),
+    MatchSpec("mark", MarkMatch, (Option(("mark",), "mark", read_mark),), build_mark, save_mark),
+    MatchSpec("connmark", ConnmarkMatch, (Option(("mark",), "mark", read_mark),), build_connmark, save_mark),
 )}
 
 # Match extensions that `-p NAME` loads implicitly when one of their options appears.
