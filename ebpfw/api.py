@@ -180,6 +180,24 @@ def _initial_counters(plan, table: Table) -> dict:
     return {"rules": rules, "chains": chains}
 
 
+def resolve_modes(plan, ifaces: list[str], mode: str, modes: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """The ingress mode of every interface for this plan. A ruleset that reads or writes the
+    packet's mark (-j MARK, -m mark, CONNMARK --save-mark/--restore-mark) needs an skb, which XDP
+    does not have: "auto" becomes "tc", and an explicit XDP mode is refused naming the first
+    such rule (nothing is touched yet)."""
+    if not plan.skb_mark_rule:
+        return mode, modes
+    xdp = sorted({i for i in ifaces if modes.get(i, mode) in ("xdp", "xdp-generic")})
+    if xdp:
+        asked = modes.get(xdp[0], mode)
+        raise EbpfwError(
+            f"--mode {asked} cannot enforce this ruleset on {', '.join(xdp)}: XDP runs before the kernel "
+            f"has an skb, so there is no packet mark to read or set; the first rule that needs it is "
+            f"{plan.skb_mark_rule}",
+            hint="use --mode tc (or auto, which picks TC ingress for rulesets with marks)")
+    return ("tc" if mode == "auto" else mode), {i: ("tc" if m == "auto" else m) for i, m in modes.items()}
+
+
 def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False,
           modes: Optional[dict[str, str]] = None, expect_applied_at: Optional[float] = None,
           sets_text: Optional[str] = None, sets_filename: Optional[str] = None) -> dict:
@@ -208,6 +226,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
         raise EbpfwError("an interface is given twice with --iface")
     set_defs, set_load = _sets_for(rs, sets_text, sets_filename)
     plan = compile_plan(table, {l.name: l.ifindex for l in links}, sets=set_defs)
+    mode, modes = resolve_modes(plan, ifaces, mode, modes)
     need = shape_for(plan, len(links))
     init = _initial_counters(plan, table) if counters else None
     canonical = save_ruleset(rs)

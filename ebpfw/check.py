@@ -26,6 +26,7 @@ from .iptables.parse import chain_name_problem
 from .iptables.protocols import protocol_name
 from .iptables.save import format_rule
 from .ipset import IpSet
+from .marks import ConnmarkMatch
 from .iptables.targets import LOG_PREFIX_MAX
 from .ruleset import (
     BUILTIN_CHAINS, EXT_TARGETS, REJECT_TYPES, VERDICTS, AddrtypeMatch, Chain, ConnlimitMatch,
@@ -204,6 +205,9 @@ class _Checker:
             values = [ext.value, ext.mask] if isinstance(ext, MarkTarget) else [ext.value, ext.ctmask, ext.nfmask]
             if any(not 0 <= v <= U32 for v in values):
                 self.add(pos, f"{t.kind} value or mask out of range", "32-bit values", text)
+        if t.kind == "CONNMARK" and not self.allow_conntrack:
+            self.add(pos, "target 'CONNMARK' is not supported yet (connection tracking is not enabled in "
+                     "this ebpfw)", "a rule without -j CONNMARK", "-j CONNMARK")
         if t.kind not in _DATAPATH_ACTIONS:
             self.add(pos, f"target '{t.kind}' is not supported by the datapath yet",
                      "ACCEPT, DROP, REJECT, LOG, RETURN or a user-defined chain", f"-j {t.kind}")
@@ -283,6 +287,9 @@ class _Checker:
                      "one code or all codes (0-255)", text)
         if isinstance(m, ConntrackMatch) and not m.states:
             self.add(pos, f"match '{m.module}' without states", "at least one state", text)
+        if isinstance(m, ConnmarkMatch) and not self.allow_conntrack:
+            self.add(pos, "match 'connmark' is not supported yet (connection tracking is not enabled in "
+                     "this ebpfw)", "a rule without connmark matches", "-m connmark")
         if isinstance(m, ConntrackMatch) and not self.allow_conntrack:
             self.add(pos, f"match '{m.module}' is not supported yet (connection tracking is not "
                      "enabled in this ebpfw)", "a rule without conntrack or state matches",

@@ -235,7 +235,8 @@ struct ctwork {
     struct ebpfw_ct_key key;
     struct ebpfw_ct_val val;
     __u32 pending;       /* 1: insert val at key once the packet is accepted */
-    __u32 pad;
+    __u32 hasct;         /* 1: the packet belongs to the entry at key (known connection, or the
+                          * connection an ICMP error is RELATED to): CONNMARK / -m connmark */
 };
 BPF_PERCPU_ARRAY(ebpfw_ctw, struct ctwork, 1);
 
@@ -370,14 +371,15 @@ static __always_inline __u32 ct_prepare(struct ctwork *w, int from_a, __u8 state
     v->state = state;
     v->status = 0;
     v->last = last;
-    v->pad = 0;
+    v->mark = 0;
     w->pending = 1;
     return EBPFW_CT_NEW;
 }
 
 /* ICMP error: RELATED if the quoted packet (inner IP header + 8 bytes) belongs to a tracked
  * connection whose packet we sent (the inner source is the outer destination) */
-static __always_inline __u32 ct_icmp_error(struct pkt *p, void *data, void *data_end, __u64 now)
+static __always_inline __u32 ct_icmp_error(struct pkt *p, void *data, void *data_end, __u64 now,
+                                           struct ctwork *w)
 {
     __u64 off = p->l4off + 8;
     asm volatile("" : "+r"(off));
@@ -421,6 +423,9 @@ static __always_inline __u32 ct_icmp_error(struct pkt *p, void *data, void *data
     if (!v || v->expires <= now)
         return EBPFW_CT_INVALID;
     ctstat_inc(EBPFW_CTSTAT_RELATED);
+    /* netfilter attaches the error to the connection it quotes (its mark is that one's) */
+    __builtin_memcpy(&w->key, &k, sizeof(k));
+    w->hasct = 1;
     return EBPFW_CT_RELATED;
 }
 
@@ -530,7 +535,7 @@ static __always_inline __u32 ct_label_packet(struct pkt *p, void *data, void *da
         if (type > 18)
             return EBPFW_CT_INVALID;
         if (icmp_is_error(type))
-            return ct_icmp_error(p, data, data_end, now);
+            return ct_icmp_error(p, data, data_end, now, w);
         int req;
         __u8 kind = icmp_request_of(type, &req);
         if (!kind)
@@ -560,8 +565,10 @@ static __always_inline __u32 ct_label_packet(struct pkt *p, void *data, void *da
         if (proto == IPPROTO_TCP) {
             int reopen = 0;
             __u32 label = ct_tcp(cfg, w, v, dir, idx, now, p->len, &reopen);
-            if (!reopen)
+            if (!reopen) {
+                w->hasct = label != EBPFW_CT_INVALID;
                 return label;
+            }
             if (ebpfw_ct.delete(k) == 0)
                 ctstat_inc(EBPFW_CTSTAT_DELETED);
             if (reopen == 2)
@@ -585,6 +592,7 @@ static __always_inline __u32 ct_label_packet(struct pkt *p, void *data, void *da
             ct_acct(v, dir, p->len);
             if (dir)
                 v->status |= EBPFW_CTS_SEEN_REPLY;
+            w->hasct = 1;
             return (dir || seen) ? EBPFW_CT_ESTABLISHED : EBPFW_CT_NEW;
         }
     }
@@ -629,6 +637,7 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
     if (!cfg || !w)
         return EBPFW_CT_INVALID;
     w->pending = 0;
+    w->hasct = 0;
     __u64 now = bpf_ktime_get_ns();
     struct ctfrag_key fk = { .saddr = p->saddr, .daddr = p->daddr, .id = p->ipid, .proto = p->proto };
     if (p->frag == 1) {
@@ -645,9 +654,42 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
     return label;
 }
 
+/* The mark of the packet's connection (CONNMARK, -m connmark): of the entry being prepared for
+ * a first packet, or of the known entry. Read into *m (write = 0) or stored from *m (write =
+ * 1) around the walk, which works on a copy in its scratch record (no table lookups in the
+ * loop); returns 0 when the packet has no connection (INVALID; a fragment after the first:
+ * ebpfw does not reassemble). */
+static __always_inline int ct_mark_io(__u32 *m, int write)
+{
+    __u32 zero = 0;
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    if (!w)
+        return 0;
+    if (w->pending) {
+        if (write)
+            w->val.mark = *m;
+        else
+            *m = w->val.mark;
+        return 1;
+    }
+    if (!w->hasct)
+        return 0;
+    struct ebpfw_ct_val *v = ebpfw_ct.lookup(&w->key);
+    if (!v)
+        return 0;
+    if (write)
+        v->mark = *m;
+    else
+        *m = v->mark;
+    return 1;
+}
+
+static __always_inline void mark_ct_out(void);
+
 /* After the verdict: an accepted first packet creates its connection. */
 static __always_inline void ct_commit(int verdict)
 {
+    mark_ct_out();   /* a CONNMARK change stays, whatever the verdict (as in netfilter) */
     if (verdict != V_ACCEPT)
         return;
     __u32 zero = 0;
@@ -1478,6 +1520,11 @@ struct walkstate {
     __s32 hlres;      /* its result once hldone: 1 match, 0 no match, -1 hotdrop */
     __u32 hldone;
     __u32 hlpad;
+    __u32 mark;       /* the packet's mark as the rules see it (EBPFW_F_MARK): skb->mark at TC, 0
+                       * at XDP; MARK and CONNMARK --restore-mark change it for the later rules */
+    __u32 hasct;      /* EBPFW_F_MARK with conntrack: the packet has a connection, whose mark is */
+    __u32 ctmark;     /* ctmark here during the walk (CONNMARK changes it), ctmark_in before */
+    __u32 ctmark_in;
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 #if defined(EBPFW_F_LOG) || defined(EBPFW_F_REJECT)
@@ -1761,6 +1808,116 @@ static __always_inline int set_pass(__u32 rk)
 }
 #endif
 
+#ifdef EBPFW_F_MARK
+/* ---- marks: -m mark, -m connmark, -j MARK, -j CONNMARK (xt_mark.c, xt_connmark.c) ----------- */
+BPF_ARRAY(ebpfw_markc, struct ebpfw_markc, NSLOTS * EBPFW_RCAP);
+
+/* The rule's mark conditions; with `hit` (the rule hotdrops the packet) only those written
+ * before every match that can hotdrop: iptables runs the matches in order, so those refuse the
+ * packet before the hotdrop and the others would come after it. */
+static __always_inline int mark_pass(__u32 rk, __u32 hit)
+{
+    __u32 zero = 0;
+    struct ebpfw_markc *mc = ebpfw_markc.lookup(&rk);
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!mc || !ws)
+        return 0;
+    __u32 f = mc->m_flags;
+    if ((f & EBPFW_MK_MARK) && (!hit || (f & EBPFW_MK_MARK_FIRST))) {
+        __u32 eq = (ws->mark & mc->m_mask) == mc->m_value;
+        if (eq == ((f & EBPFW_MK_MARK_INV) ? 1 : 0))
+            return 0;
+    }
+    if ((f & EBPFW_MK_CONN) && (!hit || (f & EBPFW_MK_CONN_FIRST))) {
+#ifdef EBPFW_F_CT
+        if (!ws->hasct)
+            return 0;     /* no connection: no match, inverted or not */
+        __u32 eq = (ws->ctmark & mc->c_mask) == mc->c_value;
+        if (eq == ((f & EBPFW_MK_CONN_INV) ? 1 : 0))
+            return 0;
+#else
+        return 0;         /* never written without conntrack (the compiler turns it on) */
+#endif
+    }
+    return 1;
+}
+
+/* -j MARK / -j CONNMARK: the kernel's arithmetic; CONNMARK on a packet without a connection
+ * does nothing. */
+static __always_inline void mark_target(__u32 rk, __u32 kind)
+{
+    __u32 zero = 0;
+    struct ebpfw_markc *mc = ebpfw_markc.lookup(&rk);
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!mc || !ws)
+        return;
+    if (kind == EBPFW_ACT_MARK) {
+        ws->mark = (ws->mark & ~mc->t_mask) ^ mc->t_value;
+        return;
+    }
+#ifdef EBPFW_F_CT
+    if (!ws->hasct)
+        return;
+    __u32 mode = mc->t_mode;
+    if (mode == EBPFW_CM_RESTORE) {
+        ws->mark = (ws->mark & ~mc->t_nfmask) ^ (ws->ctmark & mc->t_mask);
+        return;
+    }
+    __u32 v = mode == EBPFW_CM_SAVE ? (ws->mark & mc->t_nfmask) : mc->t_value;
+    ws->ctmark = (ws->ctmark & ~mc->t_mask) ^ v;
+#endif
+}
+#endif
+
+/* Before the walk (after conntrack labelled the packet): the packet's mark as the rules see it
+ * first, and its connection's mark. */
+static __always_inline void mark_in(__u32 mark)
+{
+#ifdef EBPFW_F_MARK
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws)
+        return;
+    ws->mark = mark;
+    __u32 cm = 0;
+#ifdef EBPFW_F_CT
+    ws->hasct = ct_mark_io(&cm, 0);
+#else
+    ws->hasct = 0;
+#endif
+    ws->ctmark = cm;
+    ws->ctmark_in = cm;
+#endif
+}
+
+#ifdef EBPFW_F_CT
+/* After the walk: a connection mark CONNMARK changed goes to the connection. */
+static __always_inline void mark_ct_out(void)
+{
+#ifdef EBPFW_F_MARK
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws || !ws->hasct || ws->ctmark == ws->ctmark_in)
+        return;
+    __u32 cm = ws->ctmark;
+    ct_mark_io(&cm, 1);
+#endif
+}
+#endif
+
+/* After the verdict at TC: an accepted packet leaves with the mark the rules gave it (as the
+ * filter table's MARK leaves it on the skb for the rest of the stack); a dropped one does not
+ * matter, and a REJECT answer keeps the mark the packet came with. */
+static __always_inline void mark_out(struct __sk_buff *skb, int v)
+{
+#ifdef EBPFW_F_MARK
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (ws && v == V_ACCEPT && skb->mark != ws->mark)
+        skb->mark = ws->mark;
+#endif
+}
+
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
  * then picks the walk up from the scratch record). */
@@ -1881,6 +2038,12 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             continue;
         }
 #endif
+#ifdef EBPFW_F_MARK
+        if ((rule->flags & EBPFW_RF_MARK) && !mark_pass(rk, hit)) {
+            ws->pos = r + 1;
+            continue;
+        }
+#endif
         if (hit) {
             stat_inc((hit & EBPFW_RF_MAC) ? EBPFW_STAT_MAC_UNKNOWN : EBPFW_STAT_HOTDROP);
             return V_DROP;
@@ -1940,6 +2103,10 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
                 stat_inc(EBPFW_STAT_LOG_LOST);
             }
         }
+#endif
+#ifdef EBPFW_F_MARK
+        if (kind == EBPFW_ACT_MARK || kind == EBPFW_ACT_CONNMARK)
+            mark_target(rk, kind);   /* the walk goes on with the next rule */
 #endif
         if (kind == EBPFW_ACT_RETURN) {
             ws->pos = end;
@@ -2740,7 +2907,8 @@ static __always_inline int post_due(int v)
 }
 
 /* Ingress: INPUT for local destinations, FORWARD for routed ones, as the kernel decides. */
-static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, __u32 wire_len, __u32 ifindex)
+static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, __u32 wire_len, __u32 ifindex,
+                                         __u32 mark)
 {
     __u32 pz = 0;
     struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
@@ -2809,10 +2977,12 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
     p->ctstate = ct_label(p, data, data_end);
     if (p->ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
+    mark_in(mark);
     int v = classify(chain, p, ifindex, oif, 0);
     ct_commit(v);
     return v;
 #else
+    mark_in(mark);
     return classify(chain, p, ifindex, oif, 0);
 #endif
 }
@@ -2821,7 +2991,8 @@ int ebpfw_xdp_ingress(struct xdp_md *ctx)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    int v = judge_ingress(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex);
+    /* XDP runs before there is an skb: its mark is 0 (rulesets that set marks run at TC) */
+    int v = judge_ingress(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex, 0);
     if (v == V_CONT) {
         ebpfw_jmpx.call(ctx, 0);
         walk_abandon();
@@ -2873,12 +3044,13 @@ int ebpfw_tc_ingress(struct __sk_buff *skb)
     pull_headers(skb, data, data_end);
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
-    int v = judge_ingress(skb, data, data_end, skb->len, skb->ifindex);
+    int v = judge_ingress(skb, data, data_end, skb->len, skb->ifindex, skb->mark);
     if (v == V_CONT) {
         ebpfw_jmpt.call(skb, 0);
         walk_abandon();
         return TC_ACT_SHOT;
     }
+    mark_out(skb, v);
 #ifdef EBPFW_POST
     if (post_due(v))
         ebpfw_post_tc.call(skb, 0);
@@ -2895,6 +3067,7 @@ int ebpfw_tc_cont(struct __sk_buff *skb)
         walk_abandon();
         return TC_ACT_SHOT;
     }
+    mark_out(skb, v);
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif
@@ -2940,12 +3113,15 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
 #endif
     post_note(chain, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 1, 1, 1);
+    /* locally generated: the socket's mark (SO_MARK), as the OUTPUT hook sees it */
+    mark_in(skb->mark);
     int v = classify(chain, p, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 0);
     if (v == V_CONT) {
         ebpfw_jmpt.call(skb, 0);
         walk_abandon();
         return TC_ACT_SHOT;
     }
+    mark_out(skb, v);
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif

@@ -19,6 +19,8 @@
 #define EBPFW_ACT_GOTO   5
 #define EBPFW_ACT_REJECT 6   /* arg: ICMP destination-unreachable code, or EBPFW_REJ_TCP_RESET */
 #define EBPFW_ACT_LOG    7   /* non-terminal: an event to the ring buffer, the walk goes on */
+#define EBPFW_ACT_MARK     8 /* non-terminal: mark = (mark & ~t_mask) ^ t_value (struct ebpfw_markc) */
+#define EBPFW_ACT_CONNMARK 9 /* non-terminal: on the connection's mark (struct ebpfw_markc) */
 
 #define EBPFW_REJ_TCP_RESET 256
 
@@ -170,6 +172,33 @@ struct ebpfw_rejcfg {
 struct ebpfw_icmprl {
     __u64 tokens;             /* ns of credit */
     __u64 last;               /* bpf_ktime_get_ns() of the last update */
+};
+
+/* ---- marks (compiled in with EBPFW_F_MARK) --------------------------------------------------
+ * Per rule (slot * EBPFW_RCAP + rule): its -m mark / -m connmark conditions (rule flag
+ * EBPFW_RF_MARK) and the operands of its -j MARK / -j CONNMARK. The packet's mark is walk state
+ * (struct walkstate.mark in ebpfw.c): read from skb->mark at TC (0 at XDP), changed by MARK and
+ * CONNMARK --restore-mark, written back to skb->mark when TC accepts the packet. */
+#define EBPFW_MK_MARK       1    /* -m mark: (mark & m_mask) == m_value */
+#define EBPFW_MK_MARK_INV   2
+#define EBPFW_MK_MARK_FIRST 4    /* it comes before every match that can hotdrop: judged first */
+#define EBPFW_MK_CONN       8    /* -m connmark: (ctmark & c_mask) == c_value; no connection: no match */
+#define EBPFW_MK_CONN_INV   16
+#define EBPFW_MK_CONN_FIRST 32
+#define EBPFW_CM_SET     1       /* ctmark = (ctmark & ~t_mask) ^ t_value */
+#define EBPFW_CM_SAVE    2       /* ctmark = (ctmark & ~t_mask) ^ (mark & t_nfmask) */
+#define EBPFW_CM_RESTORE 3       /* mark = (mark & ~t_nfmask) ^ (ctmark & t_mask) */
+struct ebpfw_markc {
+    __u32 t_value;       /* MARK / CONNMARK --set-xmark value */
+    __u32 t_mask;        /* MARK: the mask; CONNMARK: ctmask */
+    __u32 t_nfmask;      /* CONNMARK --save-mark / --restore-mark */
+    __u8  t_mode;        /* CONNMARK: EBPFW_CM_* */
+    __u8  m_flags;       /* EBPFW_MK_* */
+    __u16 pad;
+    __u32 m_value;       /* -m mark --mark value/mask */
+    __u32 m_mask;
+    __u32 c_value;       /* -m connmark --mark value/mask */
+    __u32 c_mask;
 };
 
 /* ---- LOG (compiled in with EBPFW_F_LOG) ------------------------------------------------------ */
@@ -324,7 +353,7 @@ struct ebpfw_ct_val {
     __u8  state;         /* TCP: EBPFW_TCP_*; others 0 */
     __u8  status;        /* EBPFW_CTS_* */
     __u8  last;          /* TCP: last packet's flag index | direction << 4 */
-    __u32 pad;
+    __u32 mark;          /* the connection's mark (CONNMARK, -m connmark); was padding: 0 */
 };
 
 /* configuration written by userspace at every apply */

@@ -8,9 +8,12 @@ fast oracle for BPF_PROG_TEST_RUN tests and property tests.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Optional
+
+from ebpfw.marks import ConnmarkMatch, MarkMatch
 
 from ebpfw.ruleset import (
     ADDRTYPE_NAMES, AddrtypeMatch, CommentMatch, DscpMatch, HashlimitMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
@@ -47,6 +50,8 @@ class Pkt:
     tcp_doff: Optional[int] = None   # data offset to write instead of the right one (malformed)
     l2: str = "host"           # Ethernet destination at ingress: host, broadcast, multicast
     src_mac: bytes = b"\x02\0\0\0\0\x01"
+    mark: int = 0              # skb->mark when the hook starts (OUTPUT: the socket's SO_MARK)
+    ctmark: Optional[int] = None   # the connection's mark; None: the packet has no connection
 
     @property
     def opts(self) -> bytes:
@@ -218,6 +223,12 @@ def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = No
         elif isinstance(m, MacMatch):
             if (p.src_mac == m.addr) == m.invert:
                 return False
+        elif isinstance(m, MarkMatch):            # xt_mark
+            if ((p.mark & m.mask) == m.value) == m.invert:
+                return False
+        elif isinstance(m, ConnmarkMatch):        # xt_connmark: no connection, no match
+            if p.ctmark is None or ((p.ctmark & m.mask) == m.value) == m.invert:
+                return False
         elif isinstance(m, AddrtypeMatch):
             assert host is not None, "addrtype needs the host's routes"
             dev = (p.iif or None) if m.limit_iface_in else ((p.oif or None) if m.limit_iface_out else None)
@@ -234,10 +245,39 @@ def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = No
     return True
 
 
+def _xmark(old: int, value: int, mask: int) -> int:
+    return ((old & ~mask) ^ value) & 0xFFFFFFFF
+
+
+def _mark_target(r: Rule, p: Pkt) -> None:
+    """xt_MARK / xt_CONNMARK (net/netfilter/xt_connmark.c connmark_tg_shift, no shifts) on the
+    walk's packet state: MARK changes skb->mark, CONNMARK the connection's mark (nothing
+    without a connection) or, with --restore-mark, skb->mark."""
+    t = r.target.ext
+    if r.target.kind == "MARK":
+        p.mark = _xmark(p.mark, t.value, t.mask)
+    elif p.ctmark is not None:
+        if t.mode == "set":
+            p.ctmark = _xmark(p.ctmark, t.value, t.ctmask)
+        elif t.mode == "save":
+            p.ctmark = _xmark(p.ctmark, p.mark & t.nfmask, t.ctmask)
+        else:
+            p.mark = _xmark(p.mark, p.ctmark & t.ctmask, t.nfmask)
+
+
 def evaluate(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
              hl: Optional["Hashlimits"] = None) -> tuple[str, list[tuple[str, int]], Optional[str]]:
     """(verdict, rules counted as (chain, index), chain whose policy was counted or None);
     a hotdrop is ("DROP", what was counted before it, None)."""
+    v, counted, policy, _ = evaluate_marks(table, hook, p, host, hl)
+    return v, counted, policy
+
+
+def evaluate_marks(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
+                   hl: Optional["Hashlimits"] = None) -> tuple[str, list[tuple[str, int]], Optional[str], Pkt]:
+    """evaluate(), and the packet as the walk left it (its `mark` and `ctmark` after the MARK
+    and CONNMARK rules it reached; `p` itself is not changed)."""
+    p = dataclasses.replace(p)
     chains = {c.name: c for c in table.chains}
     counted: list[tuple[str, int]] = []
 
@@ -251,6 +291,8 @@ def evaluate(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
             k = r.target.kind
             if k in ("ACCEPT", "DROP"):
                 return k
+            if k in ("MARK", "CONNMARK"):
+                _mark_target(r, p)
             if k == "RETURN":
                 return None
             if k == "JUMP":
@@ -262,14 +304,14 @@ def evaluate(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
         return None
 
     if hook not in chains:
-        return "ACCEPT", counted, None
+        return "ACCEPT", counted, None, p
     try:
         v = walk(hook, 0)
     except Hotdrop:
-        return "DROP", counted, None
+        return "DROP", counted, None, p
     if v is None:
-        return chains[hook].policy, counted, hook
-    return v, counted, None
+        return chains[hook].policy, counted, hook, p
+    return v, counted, None, p
 
 
 def _csum(b: bytes) -> int:

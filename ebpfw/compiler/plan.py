@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
 from ..errors import RulesetError
+from ..marks import ConnmarkMatch, MarkMatch
 from ..ruleset import (
-    AddrtypeMatch, CommentMatch, ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
+    AddrtypeMatch, ConnmarkTarget, MarkTarget, CommentMatch, ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
     IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
     TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
@@ -32,7 +33,8 @@ from .groups import find_groups
 
 BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
 # the target kinds the datapath enforces (ebpfw.check refuses the others with the rule's FILE:LINE)
-ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "REJECT": 6, "LOG": 7}
+ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "REJECT": 6, "LOG": 7,
+       "MARK": 8, "CONNMARK": 9}
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
@@ -50,6 +52,12 @@ SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2,
 ENFORCED_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, IprangeMatch, CommentMatch, ConntrackMatch,
                     LengthMatch, TtlMatch, TosMatch, DscpMatch, TcpmssMatch, PkttypeMatch, MacMatch,
                     AddrtypeMatch)
+# -m mark / -m connmark conditions of a rule (struct ebpfw_markc.m_flags): present, inverted, and
+# judged before the rule's hotdrop (it comes before every match that can hotdrop)
+MK_MARK, MK_MARK_INV, MK_MARK_FIRST = 1, 2, 4
+MK_CONN, MK_CONN_INV, MK_CONN_FIRST = 8, 16, 32
+# CONNMARK modes (struct ebpfw_markc.t_mode)
+CM_MODES = {"set": 1, "save": 2, "restore": 3}
 # REJECT's rule argument: the ICMP destination-unreachable code, or REJ_TCP_RESET
 REJ_TCP_RESET = 256
 REJECT_CODES = {"icmp-net-unreachable": 0, "icmp-host-unreachable": 1, "icmp-proto-unreachable": 2,
@@ -129,6 +137,12 @@ class Plan:
     group_ranges: list = field(default_factory=lambda: [None, None])
     # the residual rules (decided by the bit vectors), ascending: vector bit k is rule resid[k]
     resid: list = field(default_factory=list)
+    # rule number -> struct ebpfw_markc fields (t_value, t_mask, t_nfmask, t_mode, m_flags,
+    # m_value, m_mask, c_value, c_mask) of its -m mark/connmark and -j MARK/CONNMARK
+    marks: dict[int, tuple] = field(default_factory=dict)
+    # the first rule (in file order) that reads or writes the packet's mark, as
+    # "FILE:LINE: -A CHAIN ...": the ruleset's ingress must then run at TC (see api.py)
+    skb_mark_rule: Optional[str] = None
 
     @property
     def fields(self) -> list[str]:
@@ -159,6 +173,8 @@ class Plan:
             out.append("reject")
         if self.log:
             out.append("log")
+        if self.marks:
+            out.append("mark")
         return out
 
 
@@ -323,6 +339,48 @@ def _set_of(r: Rule, sets: Optional[Mapping], problems: list[str]) -> Optional[t
     return (m.name, dim, int(m.flags[0] == "src"), int(src1), int(m.invert))
 
 
+def _marks_of(r: Rule, problems: list[str]) -> tuple[Optional[tuple], bool]:
+    """(the rule's struct ebpfw_markc fields or None, whether it reads or writes skb->mark)."""
+    found = [(i, m) for i, m in enumerate(r.matches) if isinstance(m, (MarkMatch, ConnmarkMatch))]
+    t = r.target
+    if not found and t.kind not in ("MARK", "CONNMARK"):
+        return None, False
+    for kind in (MarkMatch, ConnmarkMatch):
+        n = sum(1 for _, m in found if isinstance(m, kind))
+        if n > 1:
+            name = "mark" if kind is MarkMatch else "connmark"
+            problems.append(f"{r.pos}: more than one -m {name} in a rule is not supported by the datapath, "
+                            f"expected at most one, found {n}")
+    hot = [i for i, m in enumerate(r.matches) if isinstance(m, HOTDROP_MATCHES)]
+    first_hot = hot[0] if hot else len(r.matches)
+    flags, mv, mm, cv, cmask = 0, 0, 0, 0, 0
+    skb = t.kind == "MARK"
+    for i, m in found:
+        if isinstance(m, MarkMatch):
+            flags |= MK_MARK | (MK_MARK_INV if m.invert else 0) | (MK_MARK_FIRST if i < first_hot else 0)
+            mv, mm = m.value, m.mask
+            skb = True
+        else:
+            flags |= MK_CONN | (MK_CONN_INV if m.invert else 0) | (MK_CONN_FIRST if i < first_hot else 0)
+            cv, cmask = m.value, m.mask
+    tv = tm = tn = tmode = 0
+    if t.kind == "MARK":
+        ext = t.ext if isinstance(t.ext, MarkTarget) else None
+        if ext is None:
+            problems.append(f"{r.pos}: target 'MARK' without its options, expected --set-xmark VALUE/MASK")
+        else:
+            tv, tm = ext.value, ext.mask
+    elif t.kind == "CONNMARK":
+        ext = t.ext if isinstance(t.ext, ConnmarkTarget) else None
+        if ext is None:
+            problems.append(f"{r.pos}: target 'CONNMARK' without its options, expected --set-xmark, "
+                            "--save-mark or --restore-mark")
+        else:
+            tv, tm, tn, tmode = ext.value, ext.ctmask, ext.nfmask, CM_MODES[ext.mode]
+            skb = skb or ext.mode != "set"
+    return (tv, tm, tn, tmode, flags, mv, mm, cv, cmask), skb
+
+
 def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
                  sets: Optional[Mapping] = None) -> Plan:
     """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
@@ -368,6 +426,9 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     hl_by_name = _hl_tables(table, problems)
     hl_index = {name: i for i, name in enumerate(hl_by_name)}
     hashlimits: dict[int, tuple[int, bool]] = {}
+    marks: dict[int, tuple] = {}
+    skb_mark: list[Rule] = []
+    uses_conn = False
     for rn, r in enumerate(rules):
         t = r.target
         if t.kind not in ACT:
@@ -421,9 +482,17 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         if hl is not None:
             f |= RF_HASHLIMIT
             hashlimits[rn] = (hl_index[hl.name], hl.above)
+        mk, skb = _marks_of(r, problems)
+        if mk is not None:
+            marks[rn] = mk
+            if mk[4]:
+                f |= RF_MARK
+            uses_conn = uses_conn or bool(mk[4] & MK_CONN) or t.kind == "CONNMARK"
+            if skb:
+                skb_mark.append(r)
         flags.append(f)
         for m in r.matches:
-            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch)):
+            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch)):
                 continue
             if isinstance(m, ConnlimitMatch):
                 problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
@@ -453,9 +522,21 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
-        setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits,
+        setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks,
     )
     F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
+    if uses_conn and plan.ct is None:
+        # -m connmark / CONNMARK need the connection: tracking on, no rule tests the state
+        plan.ct = [0] * F.CT_SLOTS
+    if skb_mark:
+        first = min(skb_mark, key=lambda r: r.pos.line)
+        chain = next(c for (c, i), r in zip(rule_chain, rules) if r is first)
+        from ..iptables.save import format_rule
+        try:
+            text = format_rule(chain, first)
+        except Exception:              # a hand-made IR the printer cannot print
+            text = f"-A {chain} ..."
+        plan.skb_mark_rule = f"{first.pos}: {text}"
     plan.resid = resid
     if groups.grouped:
         plan.group_shapes = groups.shapes

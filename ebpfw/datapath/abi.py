@@ -50,7 +50,7 @@ ATYPE_VAL = struct.Struct("<II")           # RTN type, ifindex of the first next
 
 # connection tracking (programs/ebpfw.c, EBPFW_F_CT)
 CT_KEY = struct.Struct("<4s4sHHBBH")       # a_addr (be), b_addr (be), a_port, b_port, proto, kind, pad
-CT_VAL = struct.Struct("<QQQQQQBBBBI")     # expires, created, packets[2], bytes[2], orig_a, state, status, last, pad
+CT_VAL = struct.Struct("<QQQQQQBBBBI")     # expires, created, packets[2], bytes[2], orig_a, state, status, last, mark
 NTIMEOUTS = 16
 CT_CFG = struct.Struct(f"<{NTIMEOUTS}Q12QII")  # timeouts (ns), tcp transition rows, tcp_loose, pad
 CT_SLOTS = 8
@@ -210,6 +210,9 @@ def jiffies_now() -> int:
     raise KernelError("cannot read the kernel's jiffies from /proc/timer_list; -m hashlimit needs it to "
                       "run its collector like xt_hashlimit")
 
+# marks (programs/ebpfw_abi.h: struct ebpfw_markc): t_value, t_mask, t_nfmask, t_mode, m_flags, pad,
+# m_value, m_mask, c_value, c_mask
+MARKC = struct.Struct("<IIIBBHIIII")
 
 # -m set (programs/ebpfw.c, ebpfw/sets.py)
 SET_KEY = struct.Struct("<I")              # prefixlen; then id, proto << 16 | port, addr big endian
@@ -248,6 +251,8 @@ FIELD_MAPS = {
     "hashlimit": ("ebpfw_hlcfg", "ebpfw_hlrule", "ebpfw_hl", "ebpfw_hlscr", "ebpfw_hllock"),
     # the sets themselves (ebpfw_sets, ebpfw_setdef) are pinned outside the generation directory
     "set": ("ebpfw_setm", "ebpfw_setk"),
+    # -m mark / -m connmark and -j MARK / CONNMARK (an action: Plan.actions)
+    "mark": ("ebpfw_markc",),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")

@@ -218,6 +218,14 @@ def prog_id(fd: int) -> int:
 
 def test_run(prog_fd: int, packet: bytes, repeat: int = 1, ctx: bytes | None = None) -> tuple[int, int, bytes]:
     """BPF_PROG_TEST_RUN: returns (retval, ns per run, packet out)."""
+    ret, ns, out, _ = test_run_ctx(prog_fd, packet, repeat, ctx)
+    return ret, ns, out
+
+
+def test_run_ctx(prog_fd: int, packet: bytes, repeat: int = 1,
+                 ctx: bytes | None = None) -> tuple[int, int, bytes, bytes]:
+    """BPF_PROG_TEST_RUN: (retval, ns per run, packet out, context out: the struct __sk_buff or
+    xdp_md after the program, e.g. the skb's mark; empty without `ctx`)."""
     out = ct.create_string_buffer(len(packet) + 256)
     opts = TestRunOpts()
     opts.sz = ct.sizeof(opts)
@@ -226,12 +234,17 @@ def test_run(prog_fd: int, packet: bytes, repeat: int = 1, ctx: bytes | None = N
     opts.data_size_in = len(packet)
     opts.data_out = ct.cast(out, ct.c_void_p)
     opts.data_size_out = len(out)
+    cout = None
     if ctx is not None:
         cbuf = ct.create_string_buffer(ctx, len(ctx))
         opts.ctx_in = ct.cast(cbuf, ct.c_void_p)
         opts.ctx_size_in = len(ctx)
+        cout = ct.create_string_buffer(len(ctx))
+        opts.ctx_out = ct.cast(cout, ct.c_void_p)
+        opts.ctx_size_out = len(ctx)
     opts.repeat = repeat
     _lib.bpf_prog_test_run_opts.argtypes = [ct.c_int, ct.POINTER(TestRunOpts)]
     if _lib.bpf_prog_test_run_opts(prog_fd, ct.byref(opts)) != 0:
         raise _fail("BPF_PROG_TEST_RUN")
-    return opts.retval, opts.duration, out.raw[:opts.data_size_out]
+    ctx_out = cout.raw[:opts.ctx_size_out] if cout is not None else b""
+    return opts.retval, opts.duration, out.raw[:opts.data_size_out], ctx_out

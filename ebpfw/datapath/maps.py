@@ -23,7 +23,7 @@ from .abi import (
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
-    SETDEF_PIN, SETM, SETS_PIN,
+    SETDEF_PIN, SETM, SETS_PIN, MARKC,
     HL_CFG, HL_KEY, HL_NT, HLM, HL_RULE, HL_VAL, hashlimit_cpj, hashlimit_credits, jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
@@ -291,6 +291,8 @@ class Datapath:
             self._write_setm(slot, plan)
         if "hashlimit" in f:
             self._write_hashlimit(slot, plan)
+        if "mark" in f:
+            self._write_marks(slot, getattr(plan, "marks", {}) or {})
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -407,6 +409,18 @@ class Datapath:
         """The jiffies at which `slot`'s hashlimit tables were made (their collector's start)."""
         raw = bpfsys.lookup(self.maps["ebpfw_hlcfg"], U32.pack(slot * HL_NT), HL_CFG.size)
         return HL_CFG.unpack(raw)[5] if raw else 0
+
+    def _write_marks(self, slot: int, marks: dict) -> None:
+        """Every rule's struct ebpfw_markc of this slot (zero for rules without marks: they have
+        neither the rule flag nor a MARK/CONNMARK kind, so the walk never reads it)."""
+        sh = self.shape
+        empty = MARKC.pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        keys = [slot * sh.rcap + r for r in range(sh.rcap)]
+        vals = []
+        for r in range(sh.rcap):
+            m = marks.get(r)
+            vals.append(MARKC.pack(*m[:5], 0, *m[5:]) if m else empty)
+        self._batch("ebpfw_markc", keys, vals)
 
     def _write_setm(self, slot: int, plan) -> None:
         """Which set each -m set rule of this slot reads (ids from ebpfw.sets, in plan.set_ids)."""

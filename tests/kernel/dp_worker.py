@@ -5,9 +5,10 @@ maps-only rewrite of the inactive slot, followed by a flip, exactly as `apply` d
 Requests:
   {"op": "load", "rules": TEXT}                      -> {"ok": true} or {"error": TEXT}
   {"op": "run", "prog": "xdp"|"tc_ingress"|"tc_egress", "frame": HEX,
-   "ifindex": N, "ingress_ifindex": N}               -> {"ret": R, "rules": [[idx, p, b]...],
+   "ifindex": N, "ingress_ifindex": N, "mark": N}    -> {"ret": R, "rules": [[idx, p, b]...],
                                                          "chains": [[cid, p, b]...], "stats": {...},
-                                                         "out": HEX (the frame after the program)}
+                                                         "out": HEX (the frame after the program),
+                                                         "mark": skb->mark after a TC program}
 With EBPFW_TEST_CT=1 in the environment the programs have connection tracking compiled in
 (a private, unpinned table) and these requests work too:
   {"op": "ct_list"}                                  -> {"entries": [Entry as dict...]}
@@ -42,15 +43,16 @@ from ebpfw.netlink import host
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups", "grange",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
-                      "limit", "set", "hashlimit"),
+                      "limit", "set", "hashlimit", "mark"),
               ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 20)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 
 
-def skb_ctx(ifindex: int, ingress_ifindex: int) -> bytes:
-    # struct __sk_buff: ingress_ifindex is at offset 36, ifindex at 40 (uapi/linux/bpf.h)
+def skb_ctx(ifindex: int, ingress_ifindex: int, mark: int = 0) -> bytes:
+    # struct __sk_buff: mark at offset 8, ingress_ifindex at 36, ifindex at 40 (uapi/linux/bpf.h)
     ctx = bytearray(192)
+    struct.pack_into("<I", ctx, 8, mark)
     struct.pack_into("<I", ctx, 36, ingress_ifindex)
     struct.pack_into("<I", ctx, 40, ifindex)
     return bytes(ctx)
@@ -96,12 +98,14 @@ def main() -> None:
                 if req["prog"] == "xdp":
                     ctx = xdp_ctx(req["ifindex"], len(frame))
                 else:
-                    ctx = skb_ctx(req["ifindex"], req.get("ingress_ifindex", 0))
-                ret, _, out_frame = bpfsys.test_run(dp.progs[req["prog"]], frame, 1, ctx)
+                    ctx = skb_ctx(req["ifindex"], req.get("ingress_ifindex", 0), req.get("mark", 0))
+                ret, _, out_frame, ctx_out = bpfsys.test_run_ctx(dp.progs[req["prog"]], frame, 1, ctx)
                 after = dp.read_counters(slot, plan.nrules, len(plan.chain_names))
                 rules = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[0], before[0])) if a != b]
                 chains = [[i, a[0] - b[0], a[1] - b[1]] for i, (a, b) in enumerate(zip(after[1], before[1])) if a != b]
                 out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats(), "out": out_frame.hex()}
+                if req["prog"] != "xdp":
+                    out["mark"] = struct.unpack_from("<I", ctx_out, 8)[0]
             elif req["op"] == "hl_list":
                 slot = dp.active()[0]
                 out = {"entries": dp.hashlimit_entries(slot, plan.hl_tables), "j0": dp.hashlimit_j0(slot)}

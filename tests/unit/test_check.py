@@ -303,13 +303,13 @@ def test_reject_and_log_are_enforced_by_the_datapath():
     check_ruleset(rs)
 
 
-@pytest.mark.parametrize("kind", ["MARK", "CONNMARK"])
-def test_extension_targets_refused_until_the_datapath_has_them(kind):
-    ext = {"MARK": MarkTarget(1), "CONNMARK": ConnmarkTarget("save")}.get(kind)
-    rs = ir(builtin("INPUT", r(Target(kind, ext=ext), 3, IpMatch(proto=6))))  # type: ignore[arg-type]
-    problems = problems_ir(rs)
-    assert problems == [f"ir:3: target '{kind}' is not supported by the datapath yet, expected ACCEPT, DROP, "
-                        f"REJECT, LOG, RETURN or a user-defined chain, found '-j {kind}'"]
+def test_mark_and_connmark_are_enforced_by_the_datapath():
+    rs = ir(builtin("INPUT", r(Target("MARK", ext=MarkTarget(1)), 3, IpMatch(proto=6)),
+                    r(Target("CONNMARK", ext=ConnmarkTarget("save")), 4)))
+    check_ruleset(rs, allow_conntrack=True)
+    # CONNMARK works on the connection: only with connection tracking
+    assert problems_ir(rs) == ["ir:4: target 'CONNMARK' is not supported yet (connection tracking is not "
+                               "enabled in this ebpfw), expected a rule without -j CONNMARK, found '-j CONNMARK'"]
 
 
 def test_extension_target_ir_consistency():
@@ -390,15 +390,17 @@ def test_compiler_enforces_field_matches(fragment):
 
 
 @pytest.mark.parametrize("fragment", COMPILE_TARGET_CASES)
-def test_compiler_refuses_new_targets(fragment):
+def test_compiler_encodes_mark_targets(fragment):
     from ebpfw.compiler import compile_plan
+    from ebpfw.compiler.plan import ACT
     rs = parse_ruleset(HEAD + "-A INPUT -j ACCEPT\n" + f"-A INPUT {fragment}\nCOMMIT\n", "p.rules")
-    with pytest.raises(RulesetError) as exc:
-        compile_plan(rs.table("filter"))
+    plan = compile_plan(rs.table("filter"))
     kind = fragment.split()[1]
-    assert exc.value.problems == [
-        f"p.rules:9: target '{kind}' is not supported by the datapath yet, expected ACCEPT, DROP, REJECT, LOG, "
-        f"RETURN or a user-defined chain, found '-j {kind}'"]
+    assert plan.rule_kind[1] == ACT[kind] and 1 in plan.marks and "mark" in plan.actions
+    # both read or write the packet's mark: the ruleset's ingress must run at TC
+    assert plan.skb_mark_rule == "p.rules:9: " + {
+        "MARK": "-A INPUT -j MARK --set-xmark 0x1/0xffffffff",
+        "CONNMARK": "-A INPUT -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff"}[kind]
 
 
 def test_compiler_encodes_reject_and_log():

@@ -125,3 +125,48 @@ def test_against_iptables_save(oracle_ns, backend):
     ours = save_ruleset(parse_ruleset(text, "t.rules"))
     assert theirs == [line for line in ours.splitlines() if line.startswith("-A")]
     assert theirs == [s for _, s in CASES]
+
+
+# --- where the ruleset's ingress runs: marks need an skb (TC) ---------------------------------
+
+def _plan(body: str):
+    from ebpfw.compiler import compile_plan
+    return compile_plan(parse_ruleset(HEAD + body + "COMMIT\n", "m.rules").table("filter"))
+
+
+def test_marks_make_auto_choose_tc():
+    from ebpfw.api import resolve_modes
+    plan = _plan("-A INPUT -p tcp -j ACCEPT\n-A OUTPUT -m mark --mark 0x1 -j DROP\n-A INPUT -j MARK --set-mark 2\n")
+    assert plan.skb_mark_rule == "m.rules:6: -A OUTPUT -m mark --mark 0x1 -j DROP"
+    assert resolve_modes(plan, ["a", "b"], "auto", {"b": "tc"}) == ("tc", {"b": "tc"})
+    assert resolve_modes(plan, ["a"], "tc", {}) == ("tc", {})
+
+
+@pytest.mark.parametrize("mode", ["xdp", "xdp-generic"])
+def test_marks_refuse_xdp_naming_the_first_rule(mode):
+    from ebpfw.api import resolve_modes
+    from ebpfw.errors import EbpfwError
+    plan = _plan("-A INPUT -p udp -j CONNMARK --restore-mark\n-A INPUT -m mark --mark 0x1 -j DROP\n")
+    with pytest.raises(EbpfwError) as ei:
+        resolve_modes(plan, ["eth0", "eth1"], "tc", {"eth1": mode})
+    msg = str(ei.value)
+    assert msg.startswith(f"--mode {mode} cannot enforce this ruleset on eth1: XDP runs before the kernel")
+    assert msg.endswith("m.rules:5: -A INPUT -p udp -j CONNMARK --restore-mark --nfmask 0xffffffff "
+                        "--ctmask 0xffffffff")
+
+
+def test_rulesets_without_skb_marks_keep_their_mode():
+    from ebpfw.api import resolve_modes
+    # -m connmark and CONNMARK --set-xmark work on ebpfw's connection entry: XDP is fine
+    plan = _plan("-A INPUT -m connmark --mark 0x1 -j ACCEPT\n-A INPUT -j CONNMARK --set-mark 1\n")
+    assert plan.skb_mark_rule is None and plan.ct is not None and "mark" in plan.actions
+    assert resolve_modes(plan, ["a"], "xdp", {}) == ("xdp", {})
+    assert resolve_modes(_plan("-A INPUT -j ACCEPT\n"), ["a"], "auto", {}) == ("auto", {})
+
+
+def test_two_mark_matches_in_one_rule_refused():
+    from ebpfw.errors import RulesetError as RE
+    with pytest.raises(RE) as ei:
+        _plan("-A INPUT -m mark --mark 0x1/0x1 -m mark --mark 0x2/0x2 -j DROP\n")
+    assert ei.value.problems == ["m.rules:5: more than one -m mark in a rule is not supported by the datapath, "
+                                 "expected at most one, found 2"]

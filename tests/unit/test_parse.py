@@ -373,8 +373,8 @@ NEGATIVE_CASES = [
      "/etc/protocols, found '256'"),
     ("-f -f", "option '-f' given twice, expected one -f per rule, found '-f'"),
     ("-m owner --uid-owner 0", "match 'owner' is not supported yet, expected one of addrtype, comment, "
-     "connlimit, conntrack, dscp, hashlimit, icmp, iprange, length, limit, mac, multiport, pkttype, recent, "
-     "set, state, tcp, tcpmss, tos, ttl, udp, found '-m owner'"),
+     "connlimit, connmark, conntrack, dscp, hashlimit, icmp, iprange, length, limit, mac, mark, multiport, "
+     "pkttype, recent, set, state, tcp, tcpmss, tos, ttl, udp, found '-m owner'"),
     ("! -m tcp", "'!' before -m, expected '-m NAME ! --option VALUE', found '! -m tcp'"),
     ("-j NFLOG --nflog-group 1", "target 'NFLOG' is not supported yet, expected ACCEPT, DROP, RETURN, "
      "REJECT, LOG, MARK, CONNMARK or a user-defined chain, found '-j NFLOG'"),

@@ -1,0 +1,170 @@
+"""-j MARK and -m mark: differential against the kernel's own xt_MARK / xt_mark (iptables-legacy)
+with real packets, and `ebpfw apply` choosing TC ingress for a ruleset with marks.
+
+The same ruleset judges the same traffic twice in a DUT namespace (test-made, veth to a CLIENT
+namespace): first loaded with iptables-legacy-restore, then (iptables flushed) with `ebpfw
+apply`. Per-rule packet and byte counters must be equal, and so must the marks the accepted
+packets carry up to their sockets (read with SO_RCVMARK: the mark MARK left on the skb).
+  INPUT: UDP from CLIENT to DUT ports 7000-7005; a user chain marks, INPUT matches the mark.
+  OUTPUT: UDP from DUT sockets with SO_MARK values to CLIENT port 7100; OUTPUT matches and
+  changes the socket's mark.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_cli_kernel import counters, ebpfw, ok
+from netns import run_in, veth
+
+pytestmark = pytest.mark.kernel
+
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:classify - [0:0]
+-A INPUT -p udp -m udp --dport 7000:7010 -j classify
+-A INPUT -p udp -m mark --mark 0x1/0xf -j ACCEPT
+-A INPUT -p udp -m mark --mark 0x2/0xf -j DROP
+-A INPUT -p udp -m mark ! --mark 0x0 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7000:7010 -j DROP
+-A OUTPUT -p udp -m udp --dport 7100 -m mark --mark 0x10/0xf0 -j ACCEPT
+-A OUTPUT -p udp -m udp --dport 7100 -m mark --mark 0x5 -j MARK --set-xmark 0x20/0xffffffff
+-A OUTPUT -p udp -m udp --dport 7100 -m mark --mark 0x20 -j DROP
+-A OUTPUT -p udp -m udp --dport 7100 -j MARK --or-mark 0x100
+-A classify -p udp -m udp --dport 7001 -j MARK --set-xmark 0x1/0xf
+-A classify -p udp -m udp --dport 7002 -j MARK --set-xmark 0x2/0xffffffff
+-A classify -p udp -m udp --dport 7003 -j MARK --set-xmark 0x11/0x11
+-A classify -m mark --mark 0x11 -j MARK --set-xmark 0x34/0x0
+-A classify -p udp -m udp --dport 7004 -j RETURN
+-A classify -p udp -m udp --dport 7004 -j MARK --set-xmark 0x1/0xffffffff
+-A classify -p udp -m udp --dport 7005 -j MARK --set-xmark 0x0/0xffffff00
+COMMIT
+"""
+# packets per destination port (INPUT) and per socket mark (OUTPUT)
+IN_SENDS = {7000: 2, 7001: 3, 7002: 4, 7003: 5, 7004: 1, 7005: 2}
+OUT_SENDS = {0x0: 2, 0x15: 3, 0x5: 4, 0x7: 1}
+
+SEND_IN = """
+import socket, sys, json
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port, n in json.loads(sys.argv[2]).items():
+    for i in range(n):
+        s.sendto(b"p%d-%d" % (int(port), i), (sys.argv[1], int(port)))
+"""
+
+SEND_OUT = """
+import socket, sys, json
+for mark, n in json.loads(sys.argv[2]).items():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, int(mark))
+    for i in range(n):
+        try:
+            s.sendto(b"o", (sys.argv[1], 7100))
+        except PermissionError:      # dropped in OUTPUT: sendto fails with EPERM
+            pass
+    s.close()
+"""
+
+# receives on 7000-7005 with SO_RCVMARK; prints {port: [marks...]} when quiet for 1.5 s
+LISTEN = """
+import json, select, socket, struct, sys
+SO_RCVMARK = 75
+socks = {}
+for port in range(7000, 7006):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVMARK, 1)
+    s.bind((sys.argv[1], port))
+    socks[s] = port
+print("ready", flush=True)
+got = {}
+while True:
+    r, _, _ = select.select(list(socks), [], [], 1.5)
+    if not r:
+        break
+    for s in r:
+        data, anc, _, _ = s.recvmsg(64, socket.CMSG_SPACE(4))
+        mark = None
+        for lvl, typ, val in anc:
+            if lvl == socket.SOL_SOCKET and typ == socket.SO_MARK:
+                mark = struct.unpack("I", val[:4])[0]
+        got.setdefault(socks[s], []).append(mark)
+print(json.dumps(got), flush=True)
+"""
+
+CLIENT_IP, DUT_IP = "10.203.1.2", "10.203.1.1"
+
+
+def _traffic(client: str, dut: str) -> dict:
+    """Send both directions; returns the marks the DUT's sockets received, by port."""
+    from netns import nsenter_argv
+    listener = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", LISTEN, DUT_IP],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        run_in(client, [sys.executable, "-c", SEND_IN, DUT_IP, json.dumps(IN_SENDS)], timeout=30)
+        run_in(dut, [sys.executable, "-c", SEND_OUT, CLIENT_IP, json.dumps(OUT_SENDS)], timeout=30)
+        out, _ = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    time.sleep(0.2)
+    return {int(k): sorted(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
+    client, dut = netns("mkc"), netns("mkd")
+    veth(client, client + "c", dut, dut + "d", f"{CLIENT_IP}/24", f"{DUT_IP}/24")
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT_IP], check=False)   # neighbours first
+    run_in(dut, ["iptables-legacy-restore"], input=RULES)
+    try:
+        ref_marks = _traffic(client, dut)
+        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+        run_in(dut, ["iptables-legacy", "-X"], check=False)
+    # the kernel did what the ruleset says: 7001 and 7003 (0x11 -> 0x25) accepted with their marks,
+    # 7002 dropped, 7004 returned unmarked and 7000/7005 unmarked: dropped
+    assert ref_marks == {7001: [0x1] * 3, 7003: [0x25] * 5}, ref_marks
+    rules = tmp_path / "marks.rules"
+    rules.write_text(RULES)
+    try:
+        res = ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d"))
+        assert "(tc)" in res.stdout + res.stderr, res.stdout + res.stderr   # auto picked TC ingress
+        got_marks = _traffic(client, dut)
+        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    assert got_marks == ref_marks
+    rule_lines = [k for k in ref if k.startswith("-A")]
+    assert len(rule_lines) == 16
+    assert {k: got[k] for k in rule_lines} == {k: ref[k] for k in rule_lines}
+    # the OUTPUT rules saw the sockets' marks: 0x15 accepted, 0x5 re-marked and dropped, 0 and 7 or-marked
+    assert ref["-A OUTPUT -p udp -m udp --dport 7100 -m mark --mark 0x10/0xf0 -j ACCEPT"][0] == 3
+    assert ref["-A OUTPUT -p udp -m udp --dport 7100 -m mark --mark 0x20 -j DROP"][0] == 4
+    assert ref["-A OUTPUT -p udp -m udp --dport 7100 -j MARK --set-xmark 0x100/0x100"][0] == 3
+
+
+def test_xdp_mode_refused_for_marks(netns, ebpfw_env, tmp_path):
+    dut, peer = netns("mkx"), netns("mky")
+    veth(dut, dut + "d", peer, peer + "p", "10.203.2.1/24", "10.203.2.2/24")
+    rules = tmp_path / "marks.rules"
+    rules.write_text(RULES)
+    for mode in ("xdp", "xdp-generic"):
+        r = ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", mode)
+        assert r.returncode != 0
+        msg = r.stdout + r.stderr
+        assert f"--mode {mode} cannot enforce this ruleset" in msg, msg
+        # the first rule (file order) that reads or writes the mark, by FILE:LINE
+        assert f"{rules}:7: -A INPUT -p udp -m mark --mark 0x1/0xf -j ACCEPT" in msg, msg
+    # refused before anything was built or attached
+    assert ok(ebpfw(dut, "status", "--json")).stdout.strip() == "null"
