@@ -165,6 +165,7 @@ def entry_dict(e: ctdata.Entry, now_ns: Optional[int] = None) -> dict:
         "original": {**e.orig(), "packets": e.packets[0], "bytes": e.bytes[0]},
         "reply": {**e.reply(), "packets": e.packets[1], "bytes": e.bytes[1]},
         "flags": flags,
+        "mark": e.mark,
     }
 
 
@@ -186,7 +187,11 @@ def format_entry(d: dict) -> str:
     flags = [f for f in d["flags"] if f != "UNREPLIED"]
     out = f"{head} {orig}" + (" [UNREPLIED]" if "UNREPLIED" in d["flags"] else "") + f" {reply}"
     for f in flags:
-        out += f" [{f}]"
+        if f != "SEEDED":
+            out += f" [{f}]"
+    out += f" mark={d.get('mark', 0)}"      # conntrack -L prints the mark after the flags
+    if "SEEDED" in flags:
+        out += " [SEEDED]"
     return out
 
 
@@ -303,7 +308,8 @@ def seed_value(e, now_ns: int, timeouts: dict[str, int]) -> Optional[tuple[bytes
     if left <= 0:
         return None
     val = ctdata.encode_value(orig_a, tcp_state, status, now_ns + left * 1_000_000_000,
-                              now_ns - 3 * 1_000_000_000)   # older than 2 s: UDP streams stay streams
+                              now_ns - 3 * 1_000_000_000,   # older than 2 s: UDP streams stay streams
+                              mark=int(getattr(e, "mark", 0) or 0))   # the kernel's ct mark goes along
     return key, val
 
 

@@ -144,6 +144,7 @@ class Entry:
     packets: tuple[int, int]   # original, reply
     bytes: tuple[int, int]
     key: bytes
+    mark: int = 0       # the connection's mark (CONNMARK, -m connmark)
 
     @property
     def proto_name(self) -> str:
@@ -174,7 +175,7 @@ class Entry:
 
 def decode(key: bytes, val: bytes) -> Entry:
     a, b, ap, bp, proto, kind, _ = CT_KEY.unpack(key)
-    expires, created, p0, p1, b0, b1, orig_a, state, status, _last, _ = CT_VAL.unpack(val)
+    expires, created, p0, p1, b0, b1, orig_a, state, status, _last, mark = CT_VAL.unpack(val)
     if proto == 1 or orig_a:
         src, dst, sport, dport = a, b, ap, bp
     else:
@@ -184,14 +185,14 @@ def decode(key: bytes, val: bytes) -> Entry:
                  icmp_id=ap if proto == 1 else 0,
                  state=TCP_STATES[state] if proto == 6 and state < len(TCP_STATES) else "",
                  status=status, expires_ns=expires, created_ns=created, packets=(p0, p1), bytes=(b0, b1),
-                 key=key)
+                 key=key, mark=mark)
 
 
 def encode_value(orig_a: bool, state: int, status: int, expires_ns: int, created_ns: int,
-                 packets: tuple[int, int] = (0, 0), nbytes: tuple[int, int] = (0, 0)) -> bytes:
+                 packets: tuple[int, int] = (0, 0), nbytes: tuple[int, int] = (0, 0), mark: int = 0) -> bytes:
     last = 5   # TIX_NONE: no packet seen by the datapath yet
     return CT_VAL.pack(expires_ns, created_ns, packets[0], packets[1], nbytes[0], nbytes[1],
-                       1 if orig_a else 0, state, status, last, 0)
+                       1 if orig_a else 0, state, status, last, mark & 0xFFFFFFFF)
 
 
 def unpack_stat_values(raw: bytes, ncpu: int) -> int:
