@@ -220,3 +220,132 @@ def test_random_mark_rulesets_against_reference(dut):
             cases.append(("INPUT", Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=proto, dport=rng.choice([22, 53, 80, 123]),
                                        iif="va", mark=rng.choice([0, 1, 2, 3, 5, 0x10, 0x31, 0xFFFFFFFF]))))
         check(w, links, text, cases, group=rng.random() < 0.5)
+
+
+# --- CONNMARK and -m connmark: the mark of the connection in ebpfw's conntrack table ---------
+
+def _flow(p: Pkt) -> frozenset:
+    return frozenset({(p.src, p.sport), (p.dst, p.dport)})
+
+
+def check_flows(w: Worker, links: dict, text: str, seq: list[tuple[str, Pkt]]) -> dict:
+    """Packets in order; the reference keeps every connection's mark the way netfilter does: a
+    new connection starts at 0 and exists once its first packet is accepted, CONNMARK changes
+    stay whatever the verdict. Compares verdicts, counters, skb marks and the table's marks."""
+    assert "error" not in w.call(op="ct_flush")
+    r = load(w, text)
+    table = parse_ruleset(text, "t.rules").table("filter")
+    index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
+    flows: dict[frozenset, int] = {}
+    for hook, p in seq:
+        key = _flow(p)
+        p.ctmark = flows.get(key, 0)
+        verdict, counted, policy, after = evaluate_marks(table, hook, p)
+        got = run(w, links, hook, p)
+        where = f"{hook} {p}\n{text}"
+        assert (got["ret"] == TC_SHOT) == (verdict == "DROP"), f"verdict: reference {verdict}: {where}"
+        want = {}
+        for c in counted:
+            want.setdefault(index[c], [index[c], 0, 0])
+            want[index[c]][1] += 1
+            want[index[c]][2] += p.ip_len
+        assert sorted(got["rules"]) == sorted(want.values()), f"rule counters: {where}"
+        if verdict == "ACCEPT":
+            assert got["mark"] == after.mark, f"skb mark {got['mark']:#x}, reference {after.mark:#x}: {where}"
+        if key in flows or verdict == "ACCEPT":
+            flows[key] = after.ctmark
+    table_marks = {}
+    for e in w.call(op="ct_list")["entries"]:
+        k = frozenset({(ip(e["src"]), e["sport"]), (ip(e["dst"]), e["dport"])})
+        table_marks[k] = e["mark"]
+    assert table_marks == flows
+    return flows
+
+
+CONNMARK_RULES = HEAD.format("DROP", "ACCEPT") + """-A INPUT -m connmark --mark 0x1/0xf -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j CONNMARK --set-xmark 0x1/0xf
+-A INPUT -p udp -m udp --dport 123 -j MARK --set-xmark 0x42/0xffffffff
+-A INPUT -p udp -m udp --dport 123 -j CONNMARK --save-mark --nfmask 0xf0 --ctmask 0xf0
+-A INPUT -m connmark --mark 0x40/0xf0 -j CONNMARK --restore-mark --nfmask 0xff00 --ctmask 0xf0
+-A INPUT -m connmark --mark 0x40/0xf0 -j MARK --xor-mark 0x3000
+-A INPUT -m connmark ! --mark 0x0 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7 -j ACCEPT
+-A OUTPUT -p udp -m udp --sport 7 -j CONNMARK --or-mark 0x200
+-A OUTPUT -m connmark --mark 0x200/0x200 -j MARK --set-xmark 0x9/0xf
+COMMIT
+"""
+
+
+def test_connmark_follows_the_connection(dut):
+    w, links = dut
+    c, s = ip("10.8.0.2"), ip("10.8.0.1")
+    seq = []
+    for sport, dport in ((4000, 53), (4001, 123), (4002, 7), (4003, 9)):
+        for n in range(3):
+            seq.append(("INPUT", Pkt(c, s, proto=UDP, sport=sport, dport=dport, iif="va", mark=n)))
+            # the reply direction sees (and changes) the same connection's mark
+            seq.append(("OUTPUT", Pkt(s, c, proto=UDP, sport=dport, dport=sport, oif="va", mark=0x10 * n)))
+    flows = check_flows(w, links, CONNMARK_RULES, seq)
+    # what the reference says happened, spelled out: 53 marked 0x1, 123 saved 0x40, 7 or-marked
+    # by its replies; 9 dropped in INPUT, its "reply" accepted by OUTPUT opened a connection
+    assert flows == {frozenset({(c, 4000), (s, 53)}): 0x1, frozenset({(c, 4001), (s, 123)}): 0x40,
+                     frozenset({(c, 4002), (s, 7)}): 0x200, frozenset({(c, 4003), (s, 9)}): 0}
+
+
+def test_connmark_without_a_connection(dut):
+    """An INVALID packet has no connection: -m connmark matches neither way, CONNMARK does nothing."""
+    w, links = dut
+    text = HEAD.format("ACCEPT", "ACCEPT") + """-A INPUT -p tcp -j CONNMARK --set-xmark 0x5/0xffffffff
+-A INPUT -m connmark --mark 0x5 -j MARK --set-xmark 0x1/0xffffffff
+-A INPUT -m connmark ! --mark 0x5 -j MARK --set-xmark 0x2/0xffffffff
+COMMIT
+"""
+    load(w, text)
+    assert "error" not in w.call(op="ct_flush")
+    bad = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=TCP, flags=0x03, iif="va", mark=0x77)   # SYN+FIN: INVALID
+    got = run(w, links, "INPUT", bad)
+    assert got["ret"] == TC_OK and got["mark"] == 0x77 and [r[0] for r in got["rules"]] == [0]
+    syn = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=TCP, flags=0x02, iif="va", mark=0x77)
+    got = run(w, links, "INPUT", syn)
+    assert got["ret"] == TC_OK and got["mark"] == 0x1 and [r[0] for r in got["rules"]] == [0, 1]
+    assert [e["mark"] for e in w.call(op="ct_list")["entries"]] == [0x5]
+
+
+def _icmp_error(outer_src: str, outer_dst: str, inner: bytes, dst_mac: bytes, src_mac: bytes) -> bytes:
+    import struct
+
+    def csum(b: bytes) -> int:
+        if len(b) % 2:
+            b += b"\0"
+        s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+        while s >> 16:
+            s = (s & 0xFFFF) + (s >> 16)
+        return ~s & 0xFFFF
+    icmp = struct.pack("!BBHI", 3, 3, 0, 0) + inner
+    icmp = icmp[:2] + struct.pack("!H", csum(icmp)) + icmp[4:]
+    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 7, 0, 64, 1, 0,
+                      ipaddress.IPv4Address(outer_src).packed, ipaddress.IPv4Address(outer_dst).packed)
+    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+    return dst_mac + src_mac + b"\x08\x00" + hdr + icmp
+
+
+def test_icmp_error_sees_the_related_connections_mark(dut):
+    w, links = dut
+    text = HEAD.format("DROP", "ACCEPT") + """-A INPUT -p icmp -m connmark --mark 0x5 -j ACCEPT
+-A OUTPUT -p udp -m udp --dport 9999 -j CONNMARK --set-xmark 0x5/0xffffffff
+COMMIT
+"""
+    load(w, text)
+    assert "error" not in w.call(op="ct_flush")
+    out = Pkt(ip("10.8.0.1"), ip("10.8.0.2"), proto=UDP, sport=5555, dport=9999, oif="va")
+    assert run(w, links, "OUTPUT", out)["ret"] == TC_OK
+    inner = build_frame(out, b"\0" * 6)[14:14 + 28]          # the quoted IP header + 8 bytes
+    mac = links["va"][1]
+    frame = _icmp_error("10.8.0.2", "10.8.0.1", inner, mac, b"\x02\0\0\0\0\x01")
+    got = w.call(op="run", prog="tc_ingress", frame=frame.hex(), ifindex=links["va"][0])
+    assert got["ret"] == TC_OK and [r[0] for r in got["rules"]] == [0]      # RELATED, mark 0x5
+    other = _icmp_error("10.8.0.2", "10.8.0.1", build_frame(Pkt(ip("10.8.0.1"), ip("10.8.0.2"), proto=UDP,
+                                                                    sport=5556, dport=9999), b"\0" * 6)[14:42],
+                        mac, b"\x02\0\0\0\0\x01")
+    got = w.call(op="run", prog="tc_ingress", frame=other.hex(), ifindex=links["va"][0])
+    assert got["ret"] == TC_SHOT and got["rules"] == []                      # no such connection

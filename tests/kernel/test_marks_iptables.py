@@ -168,3 +168,83 @@ def test_xdp_mode_refused_for_marks(netns, ebpfw_env, tmp_path):
         assert f"{rules}:7: -A INPUT -p udp -m mark --mark 0x1/0xf -j ACCEPT" in msg, msg
     # refused before anything was built or attached
     assert ok(ebpfw(dut, "status", "--json")).stdout.strip() == "null"
+
+
+CONNMARK_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m connmark --mark 0x1 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7001 -j CONNMARK --set-xmark 0x1/0xffffffff
+-A INPUT -p udp -m udp --dport 7001 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7002 -j MARK --set-xmark 0x20/0xffffffff
+-A INPUT -p udp -m udp --dport 7002 -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A INPUT -p udp -j MARK --set-xmark 0x0/0xffffffff
+-A INPUT -p udp -m connmark --mark 0x20 -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff
+-A INPUT -p udp -m mark --mark 0x20 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7000:7010 -j DROP
+COMMIT
+"""
+CONNMARK_SENDS = {7001: 3, 7002: 4, 7003: 2}
+
+
+def _udp_flows(client: str, dut: str) -> dict:
+    """One socket per port (one connection each), CONNMARK_SENDS packets; the marks received."""
+    from netns import nsenter_argv
+    listener = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", LISTEN, DUT_IP],
+                                stdout=subprocess.PIPE, text=True)
+    send = ("import socket, sys, json, time\n"
+            "for port, n in json.loads(sys.argv[2]).items():\n"
+            "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "    for i in range(n):\n"
+            "        s.sendto(b'c', (sys.argv[1], int(port)))\n"
+            "        time.sleep(0.05)\n")
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        run_in(client, [sys.executable, "-c", send, DUT_IP, json.dumps(CONNMARK_SENDS)], timeout=30)
+        out, _ = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait()
+    return {int(k): sorted(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_connmark_matches_xt_connmark(netns, ebpfw_env, tmp_path):
+    """CONNMARK --set-xmark / --save-mark / --restore-mark and -m connmark over real UDP flows, against
+    xt_CONNMARK; then the kernel's connections (with their marks) are what apply seeds."""
+    client, dut = netns("mkc"), netns("mkd")
+    veth(client, client + "c", dut, dut + "d", f"{CLIENT_IP}/24", f"{DUT_IP}/24")
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT_IP], check=False)
+    run_in(dut, ["iptables-legacy-restore"], input=CONNMARK_RULES)
+    try:
+        ref_marks = _udp_flows(client, dut)
+        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+    kernel_ct = run_in(dut, ["conntrack", "-L", "-p", "udp"], check=False).stdout
+    assert ref_marks == {7001: [0] * 3, 7002: [0x20] * 4}, ref_marks
+    assert "dport=7001" in kernel_ct and "mark=1 " in kernel_ct, kernel_ct
+    rules = tmp_path / "connmark.rules"
+    rules.write_text(CONNMARK_RULES)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d"))
+        # the kernel's connections were copied with their marks (the test's flows used other ports
+        # of the client, so the ones below are new connections)
+        seeded = json.loads(ok(ebpfw(dut, "conntrack", "list", "--json")).stdout)
+        seeded_marks = {d["original"]["dport"]: d["mark"] for d in seeded
+                        if d["proto"] == "udp" and "SEEDED" in d["flags"]}
+        assert seeded_marks == {7001: 0x1, 7002: 0x20}, seeded     # 7003 was dropped: never confirmed
+        got_marks = _udp_flows(client, dut)
+        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        listed = ok(ebpfw(dut, "conntrack", "list")).stdout
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    assert got_marks == ref_marks
+    rule_lines = [k for k in ref if k.startswith("-A")]
+    assert len(rule_lines) == 9
+    assert {k: got[k] for k in rule_lines} == {k: ref[k] for k in rule_lines}
+    assert ref["-A INPUT -p udp -m connmark --mark 0x1 -j ACCEPT"][0] == 2
+    assert " mark=32 " in listed and " mark=1 " in listed, listed

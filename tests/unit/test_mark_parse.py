@@ -170,3 +170,26 @@ def test_two_mark_matches_in_one_rule_refused():
         _plan("-A INPUT -m mark --mark 0x1/0x1 -m mark --mark 0x2/0x2 -j DROP\n")
     assert ei.value.problems == ["m.rules:5: more than one -m mark in a rule is not supported by the datapath, "
                                  "expected at most one, found 2"]
+
+
+# --- the connection's mark in ebpfw's conntrack entries -----------------------------------------
+
+def test_connection_mark_encoded_listed_and_seeded():
+    import types
+    from ebpfw import conntrack
+    from ebpfw.datapath import ct as ctdata
+    key, orig_a = ctdata.make_key(17, "10.0.0.2", "10.0.0.1", 4000, 53)
+    e = ctdata.decode(key, ctdata.encode_value(orig_a, 0, ctdata.STATUS_SEEN_REPLY, 10**12, 0, mark=0x20))
+    assert e.mark == 0x20
+    d = conntrack.entry_dict(e, now_ns=10**12 - 7 * 10**9)
+    assert d["mark"] == 0x20
+    # conntrack -L's order: ... reply tuple, [ASSURED], mark=N; ebpfw's [SEEDED] after it
+    assert conntrack.format_entry(d).endswith("sport=53 dport=4000 packets=0 bytes=0 mark=32")
+    t = lambda s, dd, sp, dp: types.SimpleNamespace(saddr=s, daddr=dd, sport=sp, dport=dp, proto=17, family=2)
+    kernel = types.SimpleNamespace(tuple_orig=t("10.0.0.2", "10.0.0.1", 4000, 53),
+                                   tuple_reply=t("10.0.0.1", "10.0.0.2", 53, 4000), status=6, timeout=30,
+                                   protoinfo=None, mark=0x1234)
+    k, v = conntrack.seed_value(kernel, 10**12, ctdata.timeouts_from_env({}))
+    assert k == key and ctdata.decode(k, v).mark == 0x1234
+    line = conntrack.format_entry(conntrack.entry_dict(ctdata.decode(k, v), now_ns=10**12))
+    assert line.endswith("[ASSURED] mark=4660 [SEEDED]")
