@@ -349,3 +349,25 @@ COMMIT
                         mac, b"\x02\0\0\0\0\x01")
     got = w.call(op="run", prog="tc_ingress", frame=other.hex(), ifindex=links["va"][0])
     assert got["ret"] == TC_SHOT and got["rules"] == []                      # no such connection
+
+
+def test_connmark_alone_works_at_xdp(dut):
+    """-m connmark and CONNMARK --set-xmark need no skb: a ruleset with only those may run at XDP."""
+    w, links = dut
+    text = HEAD.format("DROP", "ACCEPT") + """-A INPUT -p udp -m connmark --mark 0x7 -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j CONNMARK --set-xmark 0x7/0xffffffff
+-A INPUT -p udp -m udp --dport 53 -m connmark --mark 0x7 -j ACCEPT
+COMMIT
+"""
+    load(w, text)
+    assert "error" not in w.call(op="ct_flush")
+    idx, mac = links["va"]
+    first = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=UDP, sport=4444, dport=53, iif="va")
+    got = w.call(op="run", prog="xdp", frame=build_frame(first, mac).hex(), ifindex=idx)
+    assert got["ret"] == XDP_PASS and [r[0] for r in got["rules"]] == [1, 2]   # marked, then matched
+    got = w.call(op="run", prog="xdp", frame=build_frame(first, mac).hex(), ifindex=idx)
+    assert got["ret"] == XDP_PASS and [r[0] for r in got["rules"]] == [0]      # the connection's mark
+    assert [e["mark"] for e in w.call(op="ct_list")["entries"]] == [7]
+    other = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=UDP, sport=4445, dport=54, iif="va")
+    got = w.call(op="run", prog="xdp", frame=build_frame(other, mac).hex(), ifindex=idx)
+    assert got["ret"] == XDP_DROP and got["rules"] == []
