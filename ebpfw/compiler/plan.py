@@ -163,6 +163,8 @@ class Plan:
             "grouped_rules": len({r for ids in self.group_entries.values() for r in ids}),
             "conntrack": self.ct is not None,
             "actions": self.actions,
+            # the first rule that reads or writes skb->mark: the ingress must run at TC
+            "needs_tc": self.skb_mark_rule,
         }
 
     @property
