@@ -248,6 +248,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             dp = Datapath.open_pinned(Path(cur["gen_dir"]), cur_shape, with_progs=True)
             try:
                 _load_sets(plan, pins, set_defs, set_load)
+                _load_recent(plan, dp)
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links, init)
                 # the union while interfaces change, so no forwarded packet escapes judgement
@@ -272,6 +273,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             dp = conntrack.build_datapath(shape, pins)   # shares the pinned conntrack table
             try:
                 _load_sets(plan, pins, set_defs, set_load)
+                _load_recent(plan, dp)
                 dp.write_slot(0, plan, links, init)
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
                 dp.flip(0)
@@ -293,6 +295,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
         for name, old in prev_ifaces.items():
             if name not in ifaces:
                 _detach_iface(old)
+        _release_recent(plan, pins)
         (state.state_dir() / RULES_FILE).write_text(canonical)
         state.write_json_atomic(CURRENT, {
             "generation": gen, "gen_dir": gen_dir, "shape": shape.to_json(), "slot": slot,
@@ -304,6 +307,29 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
     return {"generation": gen, "recompiled": not reuse,
             "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in records],
             "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3)}
+
+
+def _load_recent(plan, dp: Datapath) -> None:
+    """Give the plan's -m recent names their tables (ebpfw.recent): a name the enforced
+    ruleset already uses keeps its list."""
+    if not plan.recent:
+        return
+    from .recent import RecentStore, host_params
+    fd = dp.ct_maps.get("ebpfw_recent")
+    if fd is None:
+        raise KernelError("internal: the programs have -m recent but the recent tables are not open")
+    plan.recent_ids = RecentStore(fd).prepare(plan.recent, host_params()[1])
+
+
+def _release_recent(plan, pins: Path) -> None:
+    """Once the new ruleset is in force: flush and free the lists no rule names any more (the
+    kernel frees a list with its last rule)."""
+    from .datapath.abi import RECENT_PIN
+    if not (pins / RECENT_PIN).exists():
+        return
+    from .recent import RecentStore
+    with RecentStore.open(pins) as store:
+        store.release_unused({m.name for m in plan.recent.values()})
 
 
 def _load_sets(plan, pins: Path, set_defs: dict, set_load: Optional[dict]) -> None:

@@ -159,7 +159,9 @@ struct pkt {
     __u16 hlsport;    /* EBPFW_F_HASHLIMIT: the ports hashlimit_init_dst reads, host order */
     __u16 hldport;
     __u32 hlok;       /* EBPFW_F_HASHLIMIT: ... and it could read them (else it hotdrops) */
-    __u32 pad;        /* per-CPU map values are multiples of 8 bytes */
+    __u8  rttl;       /* the TTL xt_recent reads: as received (INPUT, FORWARD), as sent (OUTPUT),
+                       * plus one at egress for a packet without a socket (recent_mt's ttl++) */
+    __u8  pad[3];     /* per-CPU map values are multiples of 8 bytes */
 };
 
 /* xt_tcpmss hotdrops a TCP header it cannot read: class "all" plus EBPFW_RF_MSS in walk() */
@@ -179,6 +181,7 @@ BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
 #define V_DROP   2
 #define V_CONT   3    /* the walk continues in a tail call (programs/ebpfw.c: continuation) */
 #define V_REJECT 4    /* drop and answer (EBPFW_F_REJECT): the walk left the rule's arg in walkstate.arg */
+#define V_RECENT 5    /* a -m recent rule needs its list: the recent program decides, then the walk goes on */
 
 /* Actions after the verdict (LOG events, building a REJECT answer) run in tail-called post
  * programs: code placed after the inlined walk would be verified once per way out of the walk,
@@ -840,6 +843,7 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     p->len = tot;
     p->proto = ip->protocol;
     p->ttl = ip->ttl;
+    p->rttl = ip->ttl;
     p->tos = ip->tos;
     __u16 frag = ntohs(ip->frag_off);
     p->df = (frag & 0x4000) ? 1 : 0;
@@ -1525,6 +1529,11 @@ struct walkstate {
     __u32 hasct;      /* EBPFW_F_MARK with conntrack: the packet has a connection, whose mark is */
     __u32 ctmark;     /* ctmark here during the walk (CONNMARK changes it), ctmark_in before */
     __u32 ctmark_in;
+    /* -m recent (EBPFW_F_RECENT): the rule whose list the recent program is to read, and its answer */
+    __u32 rk;         /* slot * EBPFW_RCAP + rule */
+    __u32 rrule;      /* rule + 1 while the walk waits for the answer */
+    __u32 rdone;      /* rule + 1 once the answer is in rres */
+    __u32 rres;
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 #if defined(EBPFW_F_LOG) || defined(EBPFW_F_REJECT)
@@ -1918,6 +1927,241 @@ static __always_inline void mark_out(struct __sk_buff *skb, int v)
 #endif
 }
 
+
+#ifdef EBPFW_F_RECENT
+/* ---- -m recent: xt_recent's address lists (net/netfilter/xt_recent.c, recent_mt) -----------
+ * One table per --name, pinned outside the generations (a re-apply that keeps the name keeps
+ * the table, as the kernel keeps /proc/net/xt_recent/NAME when iptables-restore keeps it):
+ * up to EBPFW_RECENT_ENTRIES (the host's ip_list_tot) addresses, each with its last
+ * EBPFW_RECENT_STAMPS times. The kernel's LRU list is an order number per entry (`seq`, larger
+ * = inited or updated later): its head, the oldest entry, is the one with the smallest seq,
+ * found by the same scan that looks the address up. Eviction (a --set on a full table drops
+ * the head) and --reap (drops the head when its last time is older than the window) are the
+ * kernel's.
+ *
+ * Time base: xt_recent stamps with `jiffies`; bpf_jiffies64() reads the very same counter
+ * (jiffies_64, which is jiffies on 64-bit hosts), so --seconds windows are cut exactly where
+ * the kernel cuts them. Userspace writes the window as the kernel computes it:
+ * (u32)(seconds * HZ) jiffies, and time_after() is a signed difference as in the kernel.
+ *
+ * The kernel keeps roundup_pow_of_two(hitcount) (or 32, or ip_pkt_list_tot) stamps per entry;
+ * every decision reads only the newest `hitcount` stamps (stamps only grow), so keeping 32
+ * gives the same answers for every hitcount <= 32 (the compiler refuses larger ones). */
+#ifndef EBPFW_RECENT_ENTRIES
+#define EBPFW_RECENT_ENTRIES 100
+#endif
+#define EBPFW_RECENT_STAMPS 32
+#define EBPFW_RECENT_TABLES 64
+#define EBPFW_RECENT_NAME 200     /* XT_RECENT_NAME_LEN */
+#define EBPFW_RC_SET    1
+#define EBPFW_RC_CHECK  2
+#define EBPFW_RC_UPDATE 3
+#define EBPFW_RC_REMOVE 4
+#define RC_NONE 0xffffffff
+struct ebpfw_recent_ent {
+    __u32 addr;           /* address & the table's mask, network order */
+    __u8  used;
+    __u8  ttl;
+    __u8  index;          /* 1 + the slot of the newest stamp (the kernel's e->index) */
+    __u8  nstamps;
+    __u64 seq;            /* LRU order */
+    __u64 stamps[EBPFW_RECENT_STAMPS];   /* jiffies */
+};
+struct ebpfw_recent_tbl {
+    struct bpf_spin_lock lock;
+    __u32 nent;           /* entries in use (t->entries) */
+    __u32 mask;           /* the table's address mask (of the rule that made it), network order */
+    __u32 kmask;          /* the kernel's nstamps_max_mask (userspace: listing, flush on growth) */
+    __u32 inuse;          /* 1: a name owns this table (userspace) */
+    __u64 seq;            /* last order number given */
+    char  name[EBPFW_RECENT_NAME];
+    struct ebpfw_recent_ent ent[EBPFW_RECENT_ENTRIES];
+};
+/* per rule and slot: which table and what to do (0 = never written: the rule does not match) */
+struct ebpfw_recentm {
+    __u32 id;
+    __u8  cmd;            /* EBPFW_RC_* */
+    __u8  inv;
+    __u8  dest;           /* --rdest */
+    __u8  rttl;
+    __u8  reap;
+    __u8  pad[3];
+    __u32 hitcount;
+    __u64 window;         /* (u32)(seconds * HZ), jiffies; 0 = no --seconds */
+};
+/* the match's working values, in map memory: the inlined walk has no stack to spare */
+struct recent_scr {
+    __u64 found;
+    __u64 oldest;
+    __u64 free;
+    __u64 oseq;
+    __u64 addr;
+    __u64 lttl;
+    __u64 ttl;
+    __u64 now;
+    __u64 time;
+    __u32 cmd;
+    __u32 ret;
+    __u32 hitcount;
+    __u32 window;
+    __u32 reap;
+    __u32 pad;
+};
+#ifdef EBPFW_RECENT_PATH
+BPF_TABLE_PINNED("array", __u32, struct ebpfw_recent_tbl, ebpfw_recent, EBPFW_RECENT_TABLES, EBPFW_RECENT_PATH);
+#else
+BPF_ARRAY(ebpfw_recent, struct ebpfw_recent_tbl, EBPFW_RECENT_TABLES);
+#endif
+BPF_ARRAY(ebpfw_recentm, struct ebpfw_recentm, NSLOTS * EBPFW_RCAP);
+/* the recent programs, one array per program type (see ebpfw_post_xdp) */
+BPF_PROG_ARRAY(ebpfw_rcx, 1);
+BPF_PROG_ARRAY(ebpfw_rct, 1);
+BPF_PERCPU_ARRAY(ebpfw_rscr, struct recent_scr, 1);
+
+/* branch-free helpers for the scan (operands below 2^63) */
+static __always_inline __u64 rc_eq(__u64 a, __u64 b)
+{
+    return ((a ^ b) - 1) >> 63;
+}
+static __always_inline __u64 rc_lt(__u64 a, __u64 b)
+{
+    return (a - b) >> 63;
+}
+static __always_inline __u64 rc_sel(__u64 c, __u64 a, __u64 b)
+{
+    return b ^ ((a ^ b) & (0 - c));
+}
+
+static __always_inline void recent_remove(struct ebpfw_recent_tbl *t, __u32 i)
+{
+    if (i < EBPFW_RECENT_ENTRIES && t->ent[i].used) {
+        t->ent[i].used = 0;
+        t->nent -= 1;
+    }
+}
+
+/* recent_mt() for rule rk: 1 if the match holds (after `!`), with the table updated as the
+ * kernel updates it */
+static __always_inline int recent_pass(__u32 rk)
+{
+    __u32 zero = 0;
+    struct recent_scr *s = ebpfw_rscr.lookup(&zero);
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    struct ebpfw_recentm *m = ebpfw_recentm.lookup(&rk);
+    if (!s || !p || !m || !m->cmd)
+        return 0;
+    s->cmd = m->cmd;
+    s->ret = m->inv ? 1 : 0;
+    s->addr = m->dest ? p->daddr : p->saddr;
+    s->ttl = p->rttl;
+    s->lttl = m->rttl ? p->rttl : 0;
+    s->window = m->window != 0;
+    s->hitcount = m->hitcount;
+    s->reap = m->reap;
+    s->now = bpf_jiffies64();
+    s->time = s->now - m->window;
+    __u32 id = m->id;
+    struct ebpfw_recent_tbl *t = ebpfw_recent.lookup(&id);
+    if (!t)
+        return 0;
+    bpf_spin_lock(&t->lock);
+    s->addr &= t->mask;
+    /* one pass finds the address, the LRU head and a free slot; the body has no branch (BPF
+     * has no conditional move: rc_eq / rc_lt / rc_sel are arithmetic), so verifying the loop
+     * costs one path per step */
+    s->found = RC_NONE;
+    s->oldest = RC_NONE;
+    s->free = RC_NONE;
+    s->oseq = ~0ULL >> 1;
+#pragma clang loop unroll(disable)
+    for (__u32 i = 0; i < EBPFW_RECENT_ENTRIES; i++) {
+        struct ebpfw_recent_ent *e = &t->ent[i];
+        __u64 used = e->used & 1;
+        __u64 seq = e->seq;
+        __u64 ettl = e->ttl;
+        __u64 lt = s->lttl;
+        s->free = rc_sel((used ^ 1) & rc_eq(s->free, RC_NONE), i, s->free);
+        __u64 older = used & rc_lt(seq, s->oseq);
+        s->oseq = rc_sel(older, seq, s->oseq);
+        s->oldest = rc_sel(older, i, s->oldest);
+        /* recent_entry_lookup: the TTL only counts when both sides have one */
+        __u64 hit = used & rc_eq(e->addr, s->addr) & (rc_eq(lt, 0) | rc_eq(ettl, 0) | rc_eq(ettl, lt));
+        s->found = rc_sel(hit, i, s->found);
+    }
+    __u32 f = s->found;
+    asm volatile("" : "+r"(f));
+    if (f >= EBPFW_RECENT_ENTRIES) {
+        if (s->cmd == EBPFW_RC_SET) {
+            /* recent_entry_init: a full table first drops its oldest entry */
+            __u32 slot = s->free;
+            if (t->nent >= EBPFW_RECENT_ENTRIES) {
+                slot = s->oldest;
+                recent_remove(t, slot);
+            }
+            if (slot < EBPFW_RECENT_ENTRIES) {
+                struct ebpfw_recent_ent *e = &t->ent[slot];
+                e->used = 1;
+                e->addr = s->addr;
+                e->ttl = s->ttl;
+                e->stamps[0] = s->now;
+                e->nstamps = 1;
+                e->index = 1;
+                t->seq += 1;
+                e->seq = t->seq;
+                t->nent += 1;
+            }
+            s->ret ^= 1;
+        }
+        bpf_spin_unlock(&t->lock);
+        return s->ret;
+    }
+    struct ebpfw_recent_ent *e = &t->ent[f];
+    if (s->cmd == EBPFW_RC_SET) {
+        s->ret ^= 1;
+    } else if (s->cmd == EBPFW_RC_REMOVE) {
+        recent_remove(t, f);
+        s->ret ^= 1;
+    } else {
+        /* the kernel counts stamps inside the window until it has `hitcount` (any one without
+         * --hitcount): the same answer as counting them all */
+        __u64 hits = 0;
+#pragma clang loop unroll(disable)
+        for (__u32 j = 0; j < EBPFW_RECENT_STAMPS; j++) {
+            __u64 older = (e->stamps[j] - s->time) >> 63;       /* time_after(time, stamp) */
+            hits += rc_lt(j, e->nstamps) & ((s->window & older) ^ 1);
+        }
+        __u32 hc = s->hitcount;
+        if (hc ? hits >= hc : hits > 0)
+            s->ret ^= 1;
+        if (s->reap) {
+            /* recent_entry_reap: only the LRU head, and not the entry about to be updated */
+            __u32 h = s->oldest;
+            if (h < EBPFW_RECENT_ENTRIES && !(h == f && s->cmd == EBPFW_RC_UPDATE && s->ret)) {
+                __u32 last = (t->ent[h].index - 1) & (EBPFW_RECENT_STAMPS - 1);
+                if ((__s64)(t->ent[h].stamps[last] - s->time) < 0)
+                    recent_remove(t, h);
+            }
+        }
+    }
+    if (s->cmd == EBPFW_RC_SET || (s->cmd == EBPFW_RC_UPDATE && s->ret)) {
+        /* recent_entry_update (an entry reaped above is never updated: see the condition) */
+        if (e->used) {
+            __u32 ix = e->index & (EBPFW_RECENT_STAMPS - 1);
+            e->stamps[ix] = s->now;
+            ix += 1;
+            e->index = ix;
+            if (ix > e->nstamps)
+                e->nstamps = ix;
+            t->seq += 1;
+            e->seq = t->seq;
+            e->ttl = s->ttl;
+        }
+    }
+    bpf_spin_unlock(&t->lock);
+    return s->ret;
+}
+#endif
+
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
  * then picks the walk up from the scratch record). */
@@ -1955,6 +2199,7 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->nlog = 0;
         ws->hlrk = 0;
         ws->hldone = 0;
+        ws->rdone = 0;
         ws->slot = slot;
     }
     __u32 *nresp = ebpfw_resn.lookup(&slot);
@@ -2073,6 +2318,24 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
                 return V_DROP;
             }
             if (hl == 0) {
+                ws->pos = r + 1;
+                continue;
+            }
+        }
+#endif
+#ifdef EBPFW_F_RECENT
+        /* likewise its recent match (always its last), which also updates the list; the list
+         * is read by the recent program (a tail call with a stack and a verification of its
+         * own), which resumes this walk at rule r with the answer */
+        if (rule->flags & EBPFW_RF_RECENT) {
+            if (ws->rdone != r + 1) {
+                ws->rk = rk;
+                ws->rrule = r + 1;
+                ws->pos = r;
+                return V_RECENT;
+            }
+            ws->rdone = 0;
+            if (!ws->rres) {
                 ws->pos = r + 1;
                 continue;
             }
@@ -2366,7 +2629,7 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
         group_hits(slot, p, iif, v.hits, hl);
 #endif
     int verdict = walk(slot, chain_id, p, &v, resume);
-    if (verdict == V_CONT) {
+    if (verdict == V_CONT || verdict == V_RECENT) {
         if (!resume) {
             __builtin_memcpy(&c->p, p, sizeof(*p));
             c->slot = slot;
@@ -2375,7 +2638,7 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
             c->oif = oif;
             c->calls = 0;
         }
-        return V_CONT;
+        return verdict;
     }
 #ifdef EBPFW_F_GROUPS
     group_clear(v.hits, hl);
@@ -2998,6 +3261,13 @@ int ebpfw_xdp_ingress(struct xdp_md *ctx)
         walk_abandon();
         return XDP_DROP;
     }
+#ifdef EBPFW_F_RECENT
+    if (v == V_RECENT) {
+        ebpfw_rcx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+#endif
 #ifdef EBPFW_POST
     if (post_due(v))
         ebpfw_post_xdp.call(ctx, 0);   /* does not return unless the program is missing */
@@ -3013,6 +3283,13 @@ int ebpfw_xdp_cont(struct xdp_md *ctx)
         walk_abandon();
         return XDP_DROP;
     }
+#ifdef EBPFW_F_RECENT
+    if (v == V_RECENT) {
+        ebpfw_rcx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+#endif
 #ifdef EBPFW_F_CT
     ct_commit(v);
 #endif
@@ -3050,6 +3327,13 @@ int ebpfw_tc_ingress(struct __sk_buff *skb)
         walk_abandon();
         return TC_ACT_SHOT;
     }
+#ifdef EBPFW_F_RECENT
+    if (v == V_RECENT) {
+        ebpfw_rct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
     mark_out(skb, v);
 #ifdef EBPFW_POST
     if (post_due(v))
@@ -3067,6 +3351,13 @@ int ebpfw_tc_cont(struct __sk_buff *skb)
         walk_abandon();
         return TC_ACT_SHOT;
     }
+#ifdef EBPFW_F_RECENT
+    if (v == V_RECENT) {
+        ebpfw_rct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
     mark_out(skb, v);
 #ifdef EBPFW_F_CT
     ct_commit(v);
@@ -3107,6 +3398,10 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
         return TC_ACT_OK;
     }
     stat_inc(EBPFW_STAT_SEEN);
+    /* recent_mt: "use TTL as seen before forwarding", ttl + 1 after the hook's output
+     * interface is known unless a local socket sent the packet */
+    if (!skb->sk)
+        p->rttl += 1;
 #ifdef EBPFW_F_CT
     p->ctstate = ct_label(p, data, data_end);
     if (p->ctstate == EBPFW_CT_INVALID)
@@ -3121,6 +3416,13 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
         walk_abandon();
         return TC_ACT_SHOT;
     }
+#ifdef EBPFW_F_RECENT
+    if (v == V_RECENT) {
+        ebpfw_rct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
     mark_out(skb, v);
 #ifdef EBPFW_F_CT
     ct_commit(v);
@@ -3183,3 +3485,38 @@ int ebpfw_tc_post(struct __sk_buff *skb)
     return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 #endif /* EBPFW_POST */
+
+#ifdef EBPFW_F_RECENT
+/* ---- the recent programs: tail-called when the walk reaches a -m recent rule -------------
+ * They judge the rule's recent match (recent_pass, for walkstate.rk), leave the answer in the
+ * walk state and tail-call the hook's continuation, which resumes the walk at that rule. Each
+ * costs one tail call and one continuation of the packet's EBPFW_MAXCALLS: a packet that
+ * reaches more recent rules than that is dropped (walk_limit), never let through unjudged. */
+static __always_inline int recent_step(void)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (!ws || ws->rrule == 0)
+        return 0;
+    ws->rres = recent_pass(ws->rk);
+    ws->rdone = ws->rrule;
+    ws->rrule = 0;
+    return 1;
+}
+
+int ebpfw_xdp_recent(struct xdp_md *ctx)
+{
+    if (recent_step())
+        ebpfw_jmpx.call(ctx, 0);
+    walk_abandon();
+    return XDP_DROP;
+}
+
+int ebpfw_tc_recent(struct __sk_buff *skb)
+{
+    if (recent_step())
+        ebpfw_jmpt.call(skb, 0);
+    walk_abandon();
+    return TC_ACT_SHOT;
+}
+#endif

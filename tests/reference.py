@@ -17,7 +17,7 @@ from ebpfw.marks import ConnmarkMatch, MarkMatch
 
 from ebpfw.ruleset import (
     ADDRTYPE_NAMES, AddrtypeMatch, CommentMatch, DscpMatch, HashlimitMatch, IcmpMatch, IprangeMatch, LengthMatch, MacMatch,
-    MultiportMatch, PkttypeMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
+    MultiportMatch, PkttypeMatch, RecentMatch, Rule, Table, TcpMatch, TcpmssMatch, TosMatch, TtlMatch, UdpMatch,
 )
 
 TCP, UDP, ICMP = 6, 17, 1
@@ -52,6 +52,7 @@ class Pkt:
     src_mac: bytes = b"\x02\0\0\0\0\x01"
     mark: int = 0              # skb->mark when the hook starts (OUTPUT: the socket's SO_MARK)
     ctmark: Optional[int] = None   # the connection's mark; None: the packet has no connection
+    sock: bool = True          # OUTPUT: sent by a local socket (BPF_PROG_TEST_RUN gives TC a dummy one)
 
     @property
     def opts(self) -> bytes:
@@ -146,7 +147,7 @@ def pkt_type(p: Pkt, hook: str) -> str:
 
 
 def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = None,
-                 hl: Optional["Hashlimits"] = None) -> bool:
+                 hl: Optional["Hashlimits"] = None, recent: Optional["RecentTables"] = None, now: int = 0) -> bool:
     ip = r.ip
     nonfirst = p.frag != 0
     if ip.src is not None and (((p.src & ip.src.mask) == ip.src.addr) == ip.src_invert):
@@ -240,6 +241,10 @@ def rule_matches(r: Rule, p: Pkt, hook: str = "INPUT", host: Optional[Host] = No
             assert hl is not None, "hashlimit needs a Hashlimits state"
             if not hl.match(m, p):
                 return False
+        elif isinstance(m, RecentMatch):
+            assert recent is not None, "-m recent needs the lists (RecentTables)"
+            if not recent.match(m, p, hook, now):
+                return False
         else:
             raise NotImplementedError(type(m).__name__)
     return True
@@ -266,15 +271,18 @@ def _mark_target(r: Rule, p: Pkt) -> None:
 
 
 def evaluate(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
-             hl: Optional["Hashlimits"] = None) -> tuple[str, list[tuple[str, int]], Optional[str]]:
+             hl: Optional["Hashlimits"] = None, recent: Optional["RecentTables"] = None,
+             now: int = 0) -> tuple[str, list[tuple[str, int]], Optional[str]]:
     """(verdict, rules counted as (chain, index), chain whose policy was counted or None);
-    a hotdrop is ("DROP", what was counted before it, None)."""
-    v, counted, policy, _ = evaluate_marks(table, hook, p, host, hl)
+    a hotdrop is ("DROP", what was counted before it, None). `recent` holds the -m recent
+    lists (changed by the packet), `now` is the time in jiffies."""
+    v, counted, policy, _ = evaluate_marks(table, hook, p, host, hl, recent, now)
     return v, counted, policy
 
 
 def evaluate_marks(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
-                   hl: Optional["Hashlimits"] = None) -> tuple[str, list[tuple[str, int]], Optional[str], Pkt]:
+                   hl: Optional["Hashlimits"] = None, recent: Optional["RecentTables"] = None,
+                   now: int = 0) -> tuple[str, list[tuple[str, int]], Optional[str], Pkt]:
     """evaluate(), and the packet as the walk left it (its `mark` and `ctmark` after the MARK
     and CONNMARK rules it reached; `p` itself is not changed)."""
     p = dataclasses.replace(p)
@@ -285,7 +293,7 @@ def evaluate_marks(table: Table, hook: str, p: Pkt, host: Optional[Host] = None,
         if depth > 64:
             raise RuntimeError("jump loop")
         for i, r in enumerate(chains[name].rules):
-            if not rule_matches(r, p, hook, host, hl):
+            if not rule_matches(r, p, hook, host, hl, recent, now):
                 continue
             counted.append((name, i))
             k = r.target.kind
@@ -499,3 +507,93 @@ class Hashlimits:
         if t is None:
             t = self.tables[m.name] = HashlimitTable(m, self.hz, self.now, self.size)
         return t.match(p, self.now, m.above)
+
+
+class RecentTables:
+    """xt_recent's lists (net/netfilter/xt_recent.c), written from the kernel source
+    independently of ebpfw: per name, entries in LRU order (head = the oldest, evicted when a
+    --set finds the table full and the only one --reap looks at), each with its address (after
+    the table's mask), TTL and a ring of nstamps_max_mask + 1 times in jiffies."""
+
+    def __init__(self, list_tot: int = 100, hz: int = 250, pkt_list_tot: int = 0):
+        self.list_tot, self.hz, self.pkt_list_tot = list_tot, hz, pkt_list_tot
+        self.tables: dict[str, list] = {}
+        self.masks: dict[str, tuple[int, int]] = {}     # name -> (address mask, nstamps_max_mask)
+
+    def prepare(self, table: Table) -> None:
+        """recent_mt_check for every recent rule, in rule order: a new name gets a list with the
+        rule's mask; a rule wanting more stamps grows the list's ring and flushes it."""
+        for chain in table.chains:
+            for r in chain.rules:
+                for m in r.matches:
+                    if not isinstance(m, RecentMatch):
+                        continue
+                    if self.pkt_list_tot and m.hitcount < self.pkt_list_tot:
+                        k = (1 << (self.pkt_list_tot - 1).bit_length()) - 1
+                    elif m.hitcount:
+                        k = (1 << (m.hitcount - 1).bit_length()) - 1
+                    else:
+                        k = 31
+                    if m.name not in self.masks:
+                        self.masks[m.name] = (m.mask, k)
+                        self.tables[m.name] = []
+                    elif k > self.masks[m.name][1]:
+                        self.masks[m.name] = (self.masks[m.name][0], k)
+                        self.tables[m.name] = []
+
+    def ordered(self, name: str) -> list:
+        return list(self.tables.get(name, []))
+
+    def match(self, m: RecentMatch, p: Pkt, hook: str, now: int) -> bool:
+        if m.name not in self.masks:
+            self.masks[m.name] = (m.mask, 31)
+            self.tables[m.name] = []
+        lst = self.tables[m.name]
+        mask, kmask = self.masks[m.name]
+        addr = (p.dst if m.side == "dest" else p.src) & mask
+        ttl = p.ttl
+        if hook == "OUTPUT" and not p.sock:
+            ttl = (ttl + 1) & 0xFF        # no local socket: "use TTL as seen before forwarding"
+        # FORWARD: the hook sees p.ttl - 1 and xt_recent adds the 1 back
+        want_ttl = ttl if m.rttl else 0
+        ret = m.invert
+        e = next((x for x in lst if x.addr == addr and (want_ttl == x.ttl or want_ttl == 0 or x.ttl == 0)), None)
+        if e is None:
+            if m.command != "set":
+                return ret
+            if len(lst) >= self.list_tot:
+                lst.pop(0)
+            lst.append(_RecentEntry(addr, ttl, [now]))
+            return not ret
+        if m.command == "set":
+            ret = not ret
+        elif m.command == "remove":
+            lst.remove(e)
+            return not ret
+        else:
+            time = now - (m.seconds * self.hz & 0xFFFFFFFF)
+            hits = 0
+            for s in e.stamps:
+                if m.seconds and s < time:
+                    continue
+                hits += 1
+                if not m.hitcount or hits >= m.hitcount:
+                    ret = not ret
+                    break
+            if m.reap:
+                head = lst[0]
+                if not (head is e and m.command == "update" and ret) and head.stamps[-1] < time:
+                    lst.pop(0)
+        if m.command == "set" or (m.command == "update" and ret):
+            e.stamps = (e.stamps + [now])[-(kmask + 1):]
+            e.ttl = ttl
+            lst.remove(e)
+            lst.append(e)
+        return ret
+
+
+@dataclass
+class _RecentEntry:
+    addr: int
+    ttl: int
+    stamps: list

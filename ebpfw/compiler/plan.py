@@ -24,7 +24,8 @@ from ..errors import RulesetError
 from ..marks import ConnmarkMatch, MarkMatch
 from ..ruleset import (
     AddrtypeMatch, ConnmarkTarget, MarkTarget, CommentMatch, ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
-    IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RejectTarget, Rule, SetMatch, Table, TcpMatch,
+    IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RecentMatch, RejectTarget,
+    Rule, SetMatch, Table, TcpMatch,
     TcpmssMatch, TosMatch,
     TtlMatch, UdpMatch,
 )
@@ -129,6 +130,8 @@ class Plan:
     # rule number -> (set name, kind, dimension 1 from src, dimension 2 from src, inverted)
     setm: dict[int, tuple] = field(default_factory=dict)
     set_ids: dict[str, int] = field(default_factory=dict)   # set name -> id (ebpfw.sets, at apply)
+    recent: dict[int, RecentMatch] = field(default_factory=dict)  # rule number -> its -m recent
+    recent_ids: dict[str, int] = field(default_factory=dict)  # --name -> table id (ebpfw.recent, at apply)
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
@@ -270,6 +273,38 @@ def _hashlimit_of(r: Rule, problems: list[str]) -> Optional[HashlimitMatch]:
     return m
 
 
+# timestamps the datapath keeps per address (EBPFW_RECENT_STAMPS): enough for any --hitcount up to it
+RECENT_MAX_HITCOUNT = 32
+
+
+def _recent_of(r: Rule, problems: list[str]) -> Optional[RecentMatch]:
+    """The rule's -m recent, when the datapath can reproduce xt_recent exactly: recent_mt
+    looks the address up, and --set/--update/--remove change the list, whenever the match is
+    reached, so only a recent match that comes after every other condition of its rule is
+    exact (comments aside)."""
+    idx = [i for i, m in enumerate(r.matches) if isinstance(m, RecentMatch)]
+    if not idx:
+        return None
+    if len(idx) > 1:
+        problems.append(f"{r.pos}: more than one -m recent in a rule is not supported by the datapath, "
+                        f"expected at most one, found {len(idx)}")
+        return None
+    later = [type(m).__name__.removesuffix("Match").lower() for m in r.matches[idx[0] + 1:]
+             if not isinstance(m, CommentMatch)]
+    if later:
+        problems.append(f"{r.pos}: -m recent before other matches is not supported by the datapath (xt_recent "
+                        "would look up and update its list for packets the later matches refuse), expected "
+                        f"-m recent as the rule's last match, found it before -m {', -m '.join(later)}")
+        return None
+    m = r.matches[idx[0]]
+    if m.hitcount > RECENT_MAX_HITCOUNT:
+        problems.append(f"{r.pos}: recent --hitcount {m.hitcount} is not supported by the datapath (it keeps the "
+                        f"last {RECENT_MAX_HITCOUNT} times of an address), expected --hitcount 1-{RECENT_MAX_HITCOUNT}, "
+                        f"found --hitcount {m.hitcount}")
+        return None
+    return m
+
+
 def _kernel_check_order(table: Table) -> list:
     """The rules in the order iptables-legacy's kernel checks them (translate_table walks the
     blob libiptc writes: INPUT, FORWARD, OUTPUT, then user chains sorted by name)."""
@@ -308,6 +343,21 @@ def _hl_tables(table: Table, problems: list[str]) -> dict[str, "HlTable"]:
                         f"datapath holds, expected at most {HL_TABLES_MAX} distinct --hashlimit-name, found "
                         f"{len(tables)}")
     return tables
+
+
+def _recent_masks(recent: dict, rules: list, problems: list[str]) -> None:
+    """xt_recent gives a table the --mask of the rule that creates it and ignores the others'
+    (recent_mt_check): rules sharing a --name with different masks are refused rather than
+    resolved by rule order."""
+    first: dict[str, tuple] = {}
+    for rn, m in recent.items():
+        f = first.setdefault(m.name, (m.mask, rules[rn].pos))
+        if f[0] != m.mask:
+            def dotted(v: int) -> str:
+                return ".".join(str(v >> s & 255) for s in (24, 16, 8, 0))
+            problems.append(f"{rules[rn].pos}: recent --name {m.name} with --mask {dotted(m.mask)}, but {f[1]} "
+                            f"gives the same list --mask {dotted(f[0])} (the kernel would use the mask of whichever "
+                            f"rule made the list), expected one --mask per --name, found {dotted(m.mask)}")
 
 
 def _set_of(r: Rule, sets: Optional[Mapping], problems: list[str]) -> Optional[tuple]:
@@ -431,6 +481,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     marks: dict[int, tuple] = {}
     skb_mark: list[Rule] = []
     uses_conn = False
+    recent: dict[int, RecentMatch] = {}
     for rn, r in enumerate(rules):
         t = r.target
         if t.kind not in ACT:
@@ -492,9 +543,13 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
             uses_conn = uses_conn or bool(mk[4] & MK_CONN) or t.kind == "CONNMARK"
             if skb:
                 skb_mark.append(r)
+        rc = _recent_of(r, problems)
+        if rc is not None:
+            f |= RF_RECENT
+            recent[rn] = rc
         flags.append(f)
         for m in r.matches:
-            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch)):
+            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch)):
                 continue
             if isinstance(m, ConnlimitMatch):
                 problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
@@ -508,6 +563,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
                 problems.append(f"{r.pos}: match '{name}' is not supported by the datapath yet, expected the "
                                 f"matches ebpfw-rules(5) lists, found '-m {name}'")
 
+    _recent_masks(recent, rules, problems)
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]
     ifindex_of = dict(ifnames) if isinstance(ifnames, dict) else None
     groups = find_groups(rules, rule_chain_id, None if group else n + 1, ifindex_of)
@@ -524,7 +580,7 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
         max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
-        setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks,
+        setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks, recent=recent,
     )
     F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
     if uses_conn and plan.ct is None:

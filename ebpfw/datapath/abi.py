@@ -224,6 +224,21 @@ SETDEF_PIN = "set_defs"
 NSETS = 256
 
 
+# -m recent (programs/ebpfw.c: struct ebpfw_recent_tbl, ebpfw_recentm; ebpfw/recent.py)
+RECENT_HDR = struct.Struct("<II4sII4xQ200s")  # lock, nent, mask (be), kmask, inuse, seq, name
+RECENT_ENT_HDR = struct.Struct("<4sBBBBQ")    # addr (be), used, ttl, index, nstamps, seq
+RECENT_STAMPS = 32                            # stamps kept per address (EBPFW_RECENT_STAMPS)
+RECENT_ENT_SIZE = RECENT_ENT_HDR.size + 8 * RECENT_STAMPS
+RECENT_TABLES = 64                            # names (EBPFW_RECENT_TABLES)
+RECENTM = struct.Struct("<IBBBBB3xIQ")         # id, cmd, inv, dest, rttl, reap, hitcount, window (jiffies)
+RECENT_CMDS = {"set": 1, "rcheck": 2, "update": 3, "remove": 4}
+RECENT_PIN = "recent"                         # pin name under <pin_dir>, outside the generations
+
+
+def recent_value_size(entries: int) -> int:
+    return RECENT_HDR.size + entries * RECENT_ENT_SIZE
+
+
 # maps that exist whatever the shape; field maps exist only when their field is in use
 BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain", "ebpfw_cnt",
              "ebpfw_pcnt", "ebpfw_stat", "ebpfw_ifinfo", "ebpfw_local", "ebpfw_walk", "ebpfw_cont",
@@ -253,6 +268,8 @@ FIELD_MAPS = {
     "set": ("ebpfw_setm", "ebpfw_setk"),
     # -m mark / -m connmark and -j MARK / CONNMARK (an action: Plan.actions)
     "mark": ("ebpfw_markc",),
+    # the tables themselves (ebpfw_recent) are pinned outside the generation directory
+    "recent": ("ebpfw_recentm", "ebpfw_rscr", "ebpfw_rcx", "ebpfw_rct"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -262,6 +279,8 @@ CONT_PROGRAMS = {"ebpfw_xdp_cont": "ebpfw_jmpx", "ebpfw_tc_cont": "ebpfw_jmpt"}
 # tail-called after the verdict when the shape has REJECT or LOG: program -> its array
 POST_PROGRAMS = {"ebpfw_xdp_post": "ebpfw_post_xdp", "ebpfw_tc_post": "ebpfw_post_tc"}
 POST_ACTIONS = ("reject", "log")
+# tail-called when a walk reaches a -m recent rule (shape field "recent"): program -> its array
+RECENT_PROGRAMS = {"ebpfw_xdp_recent": "ebpfw_rcx", "ebpfw_tc_recent": "ebpfw_rct"}
 
 
 def _pow2(n: int, minimum: int) -> int:
@@ -390,6 +409,8 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
     hl_tables = getattr(plan, "hl_tables", None) or []
     if hl_tables:
         fields.append("hashlimit")
+    if getattr(plan, "recent", None):
+        fields.append("recent")
     def round_words(nbits: int) -> int:
         words = (nbits + 1 + 63) // 64
         return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64

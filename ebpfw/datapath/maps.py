@@ -23,7 +23,7 @@ from .abi import (
     FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
-    SETDEF_PIN, SETM, SETS_PIN, MARKC,
+    SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM,
     HL_CFG, HL_KEY, HL_NT, HLM, HL_RULE, HL_VAL, hashlimit_cpj, hashlimit_credits, jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
@@ -118,6 +118,12 @@ class Datapath:
         if "set" in shape.fields and ct_dir is not None:
             ct_dir.mkdir(parents=True, exist_ok=True)
             cflags += [f'-DEBPFW_SET_PATH="{ct_dir / SETS_PIN}"', f'-DEBPFW_SETDEF_PATH="{ct_dir / SETDEF_PIN}"']
+        if "recent" in shape.fields:
+            from ..recent import host_params
+            cflags.append(f"-DEBPFW_RECENT_ENTRIES={host_params()[0]}")
+            if ct_dir is not None:
+                ct_dir.mkdir(parents=True, exist_ok=True)
+                cflags.append(f'-DEBPFW_RECENT_PATH="{ct_dir / RECENT_PIN}"')
         if "ct" in shape.fields and ct_dir is not None:
             ct_dir.mkdir(parents=True, exist_ok=True)
             cflags += [f'-DEBPFW_CT_PATH="{ct_dir / CT_TABLE}"', f'-DEBPFW_CTSTAT_PATH="{ct_dir / CT_STAT}"']
@@ -138,6 +144,8 @@ class Datapath:
         # the continuation programs live in program arrays (pinned with the maps, which keeps them)
         # and so do the programs the verdict tail-calls for REJECT and LOG
         post = POST_PROGRAMS if set(POST_ACTIONS) & set(shape.fields) else {}
+        if "recent" in shape.fields:
+            post = {**post, **RECENT_PROGRAMS}
         for fn, array_name in {**CONT_PROGRAMS, **post}.items():
             try:
                 fd = bpf.load_func(fn.encode(), BPF.XDP if "xdp" in fn else BPF.SCHED_CLS).fd
@@ -150,6 +158,8 @@ class Datapath:
             ct_maps = {name: bpf.get_table(name).get_fd() for name in ("ebpfw_ct", "ebpfw_ctstat")}
         if "set" in shape.fields:
             ct_maps.update({name: bpf.get_table(name).get_fd() for name in ("ebpfw_sets", "ebpfw_setdef")})
+        if "recent" in shape.fields:
+            ct_maps["ebpfw_recent"] = bpf.get_table("ebpfw_recent").get_fd()
         return cls(shape, maps, progs, bpf, ct_maps)
 
     def pin_all(self, directory: Path) -> None:
@@ -180,6 +190,8 @@ class Datapath:
                 path = directory.parent / pin
                 if path.exists():
                     ct_maps[name] = bpfsys.get(str(path))
+        if "recent" in shape.fields and (directory.parent / RECENT_PIN).exists():
+            ct_maps["ebpfw_recent"] = bpfsys.get(str(directory.parent / RECENT_PIN))
         return cls(shape, maps, progs, ct_maps=ct_maps)
 
     def close(self) -> None:
@@ -293,6 +305,8 @@ class Datapath:
             self._write_hashlimit(slot, plan)
         if "mark" in f:
             self._write_marks(slot, getattr(plan, "marks", {}) or {})
+        if "recent" in f:
+            self._write_recentm(slot, plan)
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
             if name not in self.maps:
@@ -434,6 +448,22 @@ class Datapath:
         keys = [slot * sh.rcap + r for r in range(sh.rcap)]
         vals = [SETM.pack(ids[setm[r][0]], *setm[r][1:]) if r in setm else empty for r in range(sh.rcap)]
         self._batch("ebpfw_setm", keys, vals)
+
+    def _write_recentm(self, slot: int, plan) -> None:
+        """Which list each -m recent rule of this slot reads and what it does (table ids from
+        ebpfw.recent, in plan.recent_ids); zero (the rule never matches) for the others."""
+        from ..recent import rule_entry
+        recent = getattr(plan, "recent", {}) or {}
+        ids = getattr(plan, "recent_ids", None) or {}
+        missing = sorted({m.name for m in recent.values()} - set(ids))
+        if missing:
+            raise KernelError(f"internal: no recent table for {', '.join(missing)}")
+        hz = host_hz() if recent else 0
+        sh = self.shape
+        empty = bytes(RECENTM.size)
+        keys = [slot * sh.rcap + r for r in range(sh.rcap)]
+        vals = [rule_entry(recent[r], ids[recent[r].name], hz) if r in recent else empty for r in range(sh.rcap)]
+        self._batch("ebpfw_recentm", keys, vals)
 
     def _write_ranks(self, slot: int, plan) -> None:
         """Residual bit k <-> rule number: unrank[k] = resid[k]; rank[p] = bits of rules < p."""

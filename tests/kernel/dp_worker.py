@@ -16,6 +16,9 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
   {"op": "ct_stats"}                                 -> ebpfw.conntrack.Table.stats()
   {"op": "ct_config", "timeouts": {NAME: SECONDS}, "tcp_loose": BOOL} -> {"ok": true}
   {"op": "bench", "prog": ..., "frame": HEX, "ifindex": N, "repeat": N} -> {"ns": per-packet ns}
+-m recent lists (a private, unpinned table array; a load keeps the lists its rules still name):
+  {"op": "recent_list", "name": NAME}                -> {"mask": ..., "entries": [ebpfw.recent.Entry as dict...]}
+  {"op": "recent_reset"}                             -> {"freed": [NAME...]} (every list dropped)
 Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to load first, and
   {"op": "set_add"|"set_del", "name": NAME, "element": TEXT} -> {"n": entries, "seconds": time}
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
@@ -43,7 +46,7 @@ from ebpfw.netlink import host
 SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64, maxdepth=16,
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups", "grange",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
-                      "limit", "set", "hashlimit", "mark"),
+                      "limit", "set", "hashlimit", "mark", "recent"),
               ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 20)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
@@ -69,6 +72,8 @@ def main() -> None:
     from ebpfw.sets import SetStore
     from ebpfw.ipset import parse_ipsets
     store = SetStore(fds=(dp.ct_maps["ebpfw_sets"], dp.ct_maps["ebpfw_setdef"]))
+    from ebpfw.recent import RecentStore, host_params
+    recent = RecentStore(dp.ct_maps["ebpfw_recent"])
     plan = None
     judged = set()
     for line in sys.stdin:
@@ -83,11 +88,13 @@ def main() -> None:
                 plan = compile_plan(rs.table("filter"), {l.name: l.ifindex for l in links}, group=req.get("group", True),
                                     sets=defs)
                 plan.set_ids = {n: d[0] for n, d in store.definitions().items()}
+                plan.recent_ids = recent.prepare(plan.recent, host_params()[1])
                 slot = 1 - dp.active()[0]
                 dp.write_slot(slot, plan, links)
                 judged = {l.ifindex for l in links if l.name in req.get("judged", [])}
                 dp.write_host(links, host.local_addresses(), judged)
                 dp.flip(slot)
+                recent.release_unused({m.name for m in plan.recent.values()})
                 out = {"ok": True, "chains": plan.chain_names, "rule_chain": plan.rule_chain,
                        "grouped": plan.summary()["grouped_rules"], "groups": len(plan.group_shapes),
                        "group_ports": [g.port for g in plan.group_shapes], "resid": len(plan.resid)}
@@ -118,6 +125,12 @@ def main() -> None:
             elif req["op"] == "set_list":
                 from ebpfw.ipset import save_ipsets
                 out = {"text": save_ipsets([store.get(req["name"])])}
+            elif req["op"] == "recent_list":
+                lst = recent.get(req["name"])
+                out = {"mask": lst.mask, "nstamps": lst.nstamps,
+                       "entries": [dataclasses.asdict(e) for e in lst.entries]}
+            elif req["op"] == "recent_reset":
+                out = {"freed": recent.release_unused(set())}
             elif req["op"] == "ct_list":
                 fd = dp.ct_maps["ebpfw_ct"]
                 entries = []

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from ebpfw.iptables import parse_ruleset
 import netns as nsh
 from dpclient import Worker
-from reference import ICMP, L2_BROADCAST, L2_MULTICAST, TCP, UDP, Host, Pkt, Route, build_frame, evaluate
+from reference import ICMP, L2_BROADCAST, L2_MULTICAST, TCP, UDP, Host, Pkt, RecentTables, Route, build_frame, evaluate
 
 pytestmark = pytest.mark.kernel
 
@@ -87,12 +87,17 @@ def judge(w: Worker, links: dict, hook: str, p: Pkt) -> dict:
 
 def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple[str, Pkt]],
                             group: bool = True) -> None:
+    # -m recent lists start empty for every ruleset here (the datapath keeps them across loads)
+    w.call(op="recent_reset")
     r = w.call(op="load", rules=text, group=group)
     assert "error" not in r, r.get("error")
     table = parse_ruleset(text, "t.rules").table("filter")
+    recent = RecentTables(list_tot=100, hz=250)
+    recent.prepare(table)
     rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
     for hook, p in cases:
-        verdict, counted, policy = evaluate(table, hook, p, DUT_HOST)
+        # --seconds in these tests are hours: every stamp is inside its window, whatever `now`
+        verdict, counted, policy = evaluate(table, hook, p, DUT_HOST, recent=recent, now=0)
         got = judge(w, links, hook, p)
         assert "error" not in got, got
         drop = got["ret"] == (TC_SHOT if hook == "OUTPUT" else XDP_DROP)
@@ -567,6 +572,8 @@ def rulesets(draw):
             parts.append(f"-m icmp {draw(st.sampled_from(['', '! ']))}--icmp-type {draw(st.sampled_from(['8', '0', '3/3', '3', 'any']))}")
         if draw(st.integers(0, 5)) == 0:
             parts.append(f"-m iprange {draw(st.sampled_from(['', '! ']))}--src-range 10.9.0.1-10.9.0.100")
+        if draw(st.integers(0, 4)) == 0:
+            parts.append(recent_match(draw))
         later = [u for u in users if int(u[1:]) > (int(chain[1:]) if chain.startswith("U") else -1)]
         targets = ["ACCEPT", "DROP", "RETURN", ""] + [f"J:{u}" for u in later] + [f"G:{u}" for u in later]
         t = draw(st.sampled_from(targets))
@@ -583,6 +590,28 @@ def rulesets(draw):
             lines.append(rule(c, i))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+RECENT_NAMES = {"A": "255.255.255.255", "B": "255.255.255.0"}   # one --mask per --name
+
+
+def recent_match(draw) -> str:
+    """A -m recent match (always a rule's last: the datapath refuses it elsewhere); --seconds
+    windows of an hour, so that the reference needs no clock."""
+    name = draw(st.sampled_from(sorted(RECENT_NAMES)))
+    cmd = draw(st.sampled_from(["set", "rcheck", "update", "remove"]))
+    words = [f"{draw(st.sampled_from(['', '! ']))}--{cmd}"]
+    if cmd in ("rcheck", "update"):
+        if draw(st.booleans()):
+            words.append("--seconds 3600" + (" --reap" if draw(st.booleans()) else ""))
+        if draw(st.booleans()):
+            words.append(f"--hitcount {draw(st.integers(1, 3))}")
+        if draw(st.integers(0, 3)) == 0:
+            words.append("--rttl")
+    words.append(f"--name {name} --mask {RECENT_NAMES[name]}")
+    if draw(st.integers(0, 3)) == 0:
+        words.append("--rdest")
+    return "-m recent " + " ".join(words)
 
 
 def new_matches(draw, chain: str, proto) -> list[str]:
