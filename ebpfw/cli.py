@@ -493,6 +493,10 @@ from .setcli import set_app  # noqa: E402  (no bcc at import time)
 
 app.add_typer(set_app, name="set")
 
+from .recentcli import recent_app  # noqa: E402  (no bcc at import time)
+
+app.add_typer(recent_app, name="recent")
+
 
 def main() -> None:
     """Console entry point (`ebpfw`, `python -m ebpfw`)."""

@@ -27,7 +27,8 @@ IS_ROOT=0
 
 # ---- 1. Debian packages ----------------------------------------------------------------
 PKGS=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 iptables nftables bpftool
-      python3-venv python3-pyroute2 ethtool conntrack kmod man-db iputils-ping)
+      python3-venv python3-pyroute2 ethtool conntrack kmod man-db iputils-ping
+      ufw)   # ufw: rulesets/ufw-generated.sh makes a real ufw ruleset in a test namespace
 # systemd-analyze (used by the unit-file test) comes with the systemd package.
 command -v systemd-analyze >/dev/null 2>&1 || PKGS+=(systemd)
 

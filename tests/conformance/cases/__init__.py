@@ -15,6 +15,7 @@ CASE_MODULES = [
     "server_stateful",
     "docker_stateful",
     "ufw_stateful",
+    "ufw_generated",
 ]
 
 
@@ -28,6 +29,8 @@ EXTRA_CASES = [
     "malformed:build_ip_options",
     "malformed:build_truncated",
     "reject",
+    "ufw_generated:build_limit_drop",
+    "ufw_generated:build_limit_reject",
 ]
 
 
