@@ -1,0 +1,124 @@
+"""-m recent: differential against the kernel's xt_recent (iptables-legacy) with real packets.
+
+The same ruleset judges the same UDP script twice in a DUT namespace: first loaded with
+iptables-legacy-restore, then (iptables flushed, which drops the kernel's list) with `ebpfw
+apply`. Two client addresses; --set, --update --seconds 2 --hitcount 3, --rcheck (with and
+without --seconds), --rttl and --remove, a pause of 2.5 s that takes the first burst out of the
+window. Every rule's packet counter must be equal, and so must the list: the addresses, TTLs
+and number of times in /proc/net/xt_recent/rc against `ebpfw recent list rc`."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_cli_kernel import counters, ebpfw, ok  # noqa: F401
+from netns import run_in, veth
+
+pytestmark = pytest.mark.kernel
+
+A, B, DUT = "10.203.1.2", "10.203.1.3", "10.203.1.1"
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 7100 -m recent --set --name rc --mask 255.255.255.255 --rsource
+-A INPUT -p udp -m udp --dport 7100 -m recent --update --seconds 2 --hitcount 3 --name rc --mask 255.255.255.255 --rsource -j DROP
+-A INPUT -p udp -m udp --dport 7100 -j ACCEPT
+-A INPUT -p udp -m udp --dport 7101 -m recent --rcheck --seconds 2 --name rc --mask 255.255.255.255 --rsource -j DROP
+-A INPUT -p udp -m udp --dport 7102 -m recent --remove --name rc --mask 255.255.255.255 --rsource
+-A INPUT -p udp -m udp --dport 7103 -m recent --rcheck --rttl --name rc --mask 255.255.255.255 --rsource -j DROP
+-A INPUT -p udp -m udp --dport 7104 -m recent ! --rcheck --name rc --mask 255.255.255.255 --rsource -j DROP
+COMMIT
+"""
+
+# (source, port, ttl), then a pause, then more
+SEND = """
+import socket, sys, time
+def send(src, port, ttl=64):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.sendto(b"x", (sys.argv[1], port))
+    s.close()
+A, B = sys.argv[2], sys.argv[3]
+for _ in range(5):
+    send(A, 7100)            # set; update matches from the third on (hits >= 3): DROP
+for _ in range(2):
+    send(B, 7100)
+send(A, 7101)                # in the list within 2 s: DROP
+send(A, 7103)                # same TTL: DROP
+send(A, 7103, ttl=9)         # another TTL: no match
+send(B, 7104)                # ! --rcheck: B is listed, no match
+send("10.203.1.4", 7104)     # not listed: DROP
+time.sleep(2.5)
+send(A, 7101)                # every time is older than 2 s now: no match
+send(A, 7100)                # one time within 2 s: ACCEPT
+send(B, 7102)                # remove B
+send(B, 7104)                # B is gone: DROP
+"""
+
+
+def _send(client: str) -> None:
+    run_in(client, [sys.executable, "-c", SEND, DUT, A, B], timeout=30)
+    time.sleep(0.2)
+
+
+def _proc_list(dut: str) -> list[tuple]:
+    """(address, ttl, number of times) of /proc/net/xt_recent/rc, sorted by address."""
+    return _entries(run_in(dut, ["cat", "/proc/net/xt_recent/rc"]).stdout)
+
+
+def _entries(text: str) -> list[tuple]:
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^src=(\S+) ttl: (\d+) last_seen: \d+ oldest_pkt: \d+ (.*)$", line)
+        if m:
+            out.append((m.group(1), int(m.group(2)), len(m.group(3).split(","))))
+    return sorted(out)
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
+    client, dut = netns("rcc"), netns("rcd")
+    veth(client, client + "c", dut, dut + "d", f"{A}/24", f"{DUT}/24")
+    for extra in (B, "10.203.1.4"):
+        run_in(client, ["ip", "addr", "add", f"{extra}/24", "dev", client + "c"])
+    # warm the neighbour entries so that nothing waits for ARP
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT], check=False)
+    run_in(dut, ["ping", "-c", "1", "-W", "1", B], check=False)
+    # the reference: the kernel's xt_recent
+    run_in(dut, ["iptables-legacy-restore"], input=RULES)
+    try:
+        _send(client)
+        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+        ref_list = _proc_list(dut)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+    rules = tmp_path / "r.v4"
+    rules.write_text(RULES)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        _send(client)
+        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        got_list = _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout)
+        # a re-apply of a ruleset that still names the list keeps it
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        assert _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout) == got_list
+        assert "flushed 1 entries from rc" in ok(ebpfw(dut, "recent", "flush", "rc")).stdout
+        assert _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout) == []
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    lines = [l for l in RULES.splitlines() if l.startswith("-A")]
+    want = {k: ref[k][0] for k in lines}
+    # the kernel did what the script expects: 7 (A, B) + 1 set, 3 + 0 dropped, 4 + 1 accepted, ...
+    assert want == {lines[0]: 8, lines[1]: 3, lines[2]: 5, lines[3]: 1, lines[4]: 1, lines[5]: 1,
+                    lines[6]: 2}, ref
+    assert {k: got[k][0] for k in lines} == want, got
+    assert ref_list == [(A, 64, 9)], ref_list
+    assert got_list == ref_list
