@@ -5,7 +5,8 @@ iptables-legacy-restore, then (iptables flushed, which drops the kernel's list) 
 apply`. Two client addresses; --set, --update --seconds 2 --hitcount 3, --rcheck (with and
 without --seconds), --rttl and --remove, a pause of 2.5 s that takes the first burst out of the
 window. Every rule's packet counter must be equal, and so must the list: the addresses, TTLs
-and number of times in /proc/net/xt_recent/rc against `ebpfw recent list rc`."""
+and number of times in /proc/net/xt_recent/rc against `ebpfw recent list rc`. A second test
+fills a list with ip_list_tot + 1 sources and checks that both evict the same address."""
 
 from __future__ import annotations
 
@@ -121,4 +122,73 @@ def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
                     lines[6]: 2}, ref
     assert {k: got[k][0] for k in lines} == want, got
     assert ref_list == [(A, 64, 9)], ref_list
+    assert got_list == ref_list
+
+
+EVICT_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 7200 -m recent --set --name ev --mask 255.255.255.255 --rsource
+-A INPUT -p udp -m udp --dport 7201 -m recent --rcheck --name ev --mask 255.255.255.255 --rsource -j DROP
+COMMIT
+"""
+
+# ip_list_tot + 1 sources; the first is touched again before the last comes, so the second is
+# the least recently seen when the list is full and the last one's --set evicts it
+EVICT_SEND = """
+import socket, sys
+def send(src, port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.sendto(b"x", (sys.argv[1], port))
+    s.close()
+srcs = sys.argv[2:]
+for a in srcs[:-1]:
+    send(a, 7200)
+send(srcs[0], 7200)
+send(srcs[-1], 7200)
+for a in (srcs[0], srcs[1], srcs[2], srcs[-1]):
+    send(a, 7201)
+"""
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_full_list_evicts_like_xt_recent(netns, ebpfw_env, tmp_path):
+    from ebpfw.recent import host_params
+    n = host_params()[0]
+    if n > 250:
+        pytest.skip(f"ip_list_tot is {n}: more sources than this test's /24 holds")
+    client, dut = netns("rce"), netns("rcf")
+    veth(client, client + "c", dut, dut + "d", f"{A}/24", f"{DUT}/24")
+    srcs = [f"10.203.1.{i}" for i in range(4, 4 + n + 1)]
+    run_in(client, ["ip", "-batch", "-"], input="".join(f"addr add {s}/24 dev {client}c\n" for s in srcs))
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT], check=False)
+
+    def send() -> None:
+        run_in(client, [sys.executable, "-c", EVICT_SEND, DUT, *srcs], timeout=60)
+        time.sleep(0.2)
+
+    run_in(dut, ["iptables-legacy-restore"], input=EVICT_RULES)
+    try:
+        send()
+        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+        ref_list = _entries(run_in(dut, ["cat", "/proc/net/xt_recent/ev"]).stdout)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+    rules = tmp_path / "r.v4"
+    rules.write_text(EVICT_RULES)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        send()
+        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        got_list = _entries(ok(ebpfw(dut, "recent", "list", "ev")).stdout)
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    lines = [l for l in EVICT_RULES.splitlines() if l.startswith("-A")]
+    want = {k: ref[k][0] for k in lines}
+    assert want == {lines[0]: n + 2, lines[1]: 3}, ref        # srcs[1] was evicted, the others are there
+    assert {k: got[k][0] for k in lines} == want, got
+    assert len(ref_list) == n and srcs[1] not in [e[0] for e in ref_list]
     assert got_list == ref_list
