@@ -264,3 +264,23 @@ def test_random_recent_rulesets_match_reference(dut, text, pkts):
     model = fresh(w)
     run_case(w, links, text, pkts, model)
     compare_lists(w, model)
+
+
+def test_many_recent_rules_in_one_walk_fail_closed(dut):
+    """Each recent rule a packet reaches costs two tail calls (the recent program, then the
+    continuation) of the kernel's 33 per packet: a packet that reaches more recent rules than
+    that allows is dropped and counted as walk_limit, never let through unjudged."""
+    w, links = dut
+    fresh(w)
+    few = "".join(f"-A INPUT -p udp -m recent ! --rcheck --name n{i}\n" for i in range(10))
+    many = "".join(f"-A INPUT -p udp -m recent ! --rcheck --name n{i % 4}\n" for i in range(20))
+    head = "*filter\n:INPUT DROP [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), UDP, dport=5, iif="va")
+    load(w, head + few + "-A INPUT -p udp -j ACCEPT\nCOMMIT\n")
+    got = judge(w, links, "INPUT", p)
+    assert got["ret"] != XDP_DROP and sorted(r[0] for r in got["rules"]) == list(range(11)), got
+    load(w, head + many + "-A INPUT -p udp -j ACCEPT\nCOMMIT\n")
+    before = got["stats"]["walk_limit"]
+    got = judge(w, links, "INPUT", p)
+    assert got["ret"] == XDP_DROP
+    assert got["stats"]["walk_limit"] == before + 1
