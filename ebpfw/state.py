@@ -114,12 +114,22 @@ def read_json(name: str, default: Any = None) -> Any:
                          hint=f"move {path} away and re-apply the ruleset") from None
 
 
+def _dumps(obj: Any) -> str:
+    """JSON text, one top-level key per line, each value on one line. json's C encoder only
+    runs without `indent`; the indenting one is pure Python and took 50 ms for the 10,000
+    rule entries of a 10k ruleset's current.json."""
+    if not isinstance(obj, dict) or not obj:
+        return json.dumps(obj, sort_keys=True) + "\n"
+    lines = [f"  {json.dumps(str(k))}: {json.dumps(v, sort_keys=True)}" for k, v in sorted(obj.items())]
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def write_json_atomic(name: str, obj: Any) -> Path:
     """Replace state_dir()/name with `obj` as JSON, atomically and durably; returns the path."""
     directory = state_dir(create=True)
     path = directory / _plain_name(name)
     tmp = directory / f".{name}.tmp.{os.getpid()}"
-    data = (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+    data = _dumps(obj).encode()
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

@@ -68,16 +68,21 @@ def parse_ipv4(text: str) -> Optional[int]:
     return (a << 24) | (b << 16) | (c << 8) | d
 
 
+_DECIMAL = re.compile(r"[1-9][0-9]*")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+_OCTAL = re.compile(r"0[0-7]*")
+
+
 def strtoui(text: str, maximum: int) -> Optional[int]:
     """Read `text` the way iptables' xtables_strtoui(..., base 0) does: decimal,
     0x-prefixed hex or 0-prefixed octal, the whole string, at most `maximum`.
     None when it is not such a number."""
-    if re.fullmatch(r"0[xX][0-9a-fA-F]+", text):
-        value = int(text, 16)
-    elif re.fullmatch(r"0[0-7]*", text):
-        value = int(text, 8)
-    elif re.fullmatch(r"[1-9][0-9]*", text):
+    if _DECIMAL.fullmatch(text):      # the common case first
         value = int(text, 10)
+    elif _HEX.fullmatch(text):
+        value = int(text, 16)
+    elif _OCTAL.fullmatch(text):
+        value = int(text, 8)
     else:
         return None
     return value if value <= maximum else None

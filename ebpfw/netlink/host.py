@@ -1,15 +1,15 @@
 """What the current network namespace looks like: links, local IPv4 addresses, its identity.
 
 Contract: every function reads the network namespace of the calling thread, through
-rtnetlink (pyroute2, no IPDB) or /proc; nothing here changes the system. Failures become
+rtnetlink (the raw client in ebpfw.netlink.attach) or /proc; nothing here changes the system. Failures become
 EbpfwError/KernelError with a message naming what was asked.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
+import struct
 from dataclasses import dataclass
 
 from ebpfw.errors import EbpfwError, KernelError
@@ -23,55 +23,60 @@ class Link:
     kind: str  # IFLA_INFO_KIND ("veth", "bridge", ...) or "" for plain devices (lo, NICs)
 
 
-def _iproute():
+# rtnetlink numbers (include/uapi/linux/{rtnetlink,if_link,if_addr}.h)
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 18, 20, 22
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_LINKINFO, IFLA_INFO_KIND = 1, 3, 18, 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+_IFINFOMSG = struct.Struct("=BxHiII")   # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")    # family, prefixlen, flags, scope, index
+
+
+def _dump(msg_type: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
+    """One rtnetlink dump with the raw client of ebpfw.netlink.attach (no pyroute2: importing
+    it costs ~0.1 s, more than the whole dump)."""
+    from ebpfw.netlink.attach import NLM_F_DUMP, NetlinkError, _Rtnl
     try:
-        from pyroute2 import IPRoute
-    except ImportError as exc:  # pragma: no cover - pyroute2 is a hard dependency
-        raise EbpfwError("pyroute2 is not importable", hint="install python3-pyroute2") from exc
-    try:
-        return IPRoute()
+        with _Rtnl() as nl:
+            return nl.request(msg_type, NLM_F_DUMP, body)
+    except NetlinkError as exc:
+        raise KernelError(f"cannot list {what}: {exc.describe()}") from exc
     except OSError as exc:
-        raise KernelError(f"cannot open an rtnetlink socket: {exc.strerror or exc}") from exc
-
-
-def _mac_bytes(text: str | None) -> bytes:
-    if not text:
-        return b""
-    try:
-        return bytes(int(part, 16) for part in text.split(":"))
-    except ValueError:
-        return b""
+        raise KernelError(f"cannot list {what}: {exc.strerror or exc}") from exc
 
 
 def links() -> list[Link]:
     """All links of the current network namespace, ordered by ifindex."""
-    with _iproute() as ipr:
-        try:
-            msgs = ipr.get_links()
-        except Exception as exc:  # NetlinkError
-            raise KernelError(f"cannot list network interfaces: {exc}") from exc
+    from ebpfw.netlink.attach import _parse_attrs, _str
     out = []
-    for m in msgs:
-        info = m.get_attr("IFLA_LINKINFO")
-        kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or ""
-        out.append(Link(ifindex=m["index"], name=m.get_attr("IFLA_IFNAME") or "",
-                        mac=_mac_bytes(m.get_attr("IFLA_ADDRESS")), kind=kind))
+    for rtype, payload in _dump(RTM_GETLINK, _IFINFOMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0),
+                                "network interfaces"):
+        if rtype != RTM_NEWLINK or len(payload) < _IFINFOMSG.size:
+            continue
+        index = _IFINFOMSG.unpack_from(payload)[2]
+        attrs = _parse_attrs(payload[_IFINFOMSG.size:])
+        info = attrs.get(IFLA_LINKINFO)
+        kind = _str(_parse_attrs(info).get(IFLA_INFO_KIND)) if info else ""
+        out.append(Link(ifindex=index, name=_str(attrs.get(IFLA_IFNAME)),
+                        mac=bytes(attrs.get(IFLA_ADDRESS) or b""), kind=kind))
     return sorted(out, key=lambda link: link.ifindex)
 
 
 def local_addresses() -> list[tuple[int, int, int]]:
     """IPv4 addresses configured in this namespace: (ifindex, address as host-order int, prefixlen)."""
-    with _iproute() as ipr:
-        try:
-            msgs = ipr.get_addr(family=socket.AF_INET)
-        except Exception as exc:
-            raise KernelError(f"cannot list IPv4 addresses: {exc}") from exc
+    from ebpfw.netlink.attach import _parse_attrs
     out = []
-    for m in msgs:
-        addr = m.get_attr("IFA_LOCAL") or m.get_attr("IFA_ADDRESS")
-        if addr is None:
+    for rtype, payload in _dump(RTM_GETADDR, _IFADDRMSG.pack(socket.AF_INET, 0, 0, 0, 0),
+                                "IPv4 addresses"):
+        if rtype != RTM_NEWADDR or len(payload) < _IFADDRMSG.size:
             continue
-        out.append((m["index"], int(ipaddress.IPv4Address(addr)), m["prefixlen"]))
+        family, plen, _, _, index = _IFADDRMSG.unpack_from(payload)
+        if family != socket.AF_INET:
+            continue
+        attrs = _parse_attrs(payload[_IFADDRMSG.size:])
+        addr = attrs.get(IFA_LOCAL) or attrs.get(IFA_ADDRESS)
+        if addr is None or len(addr) != 4:
+            continue
+        out.append((index, int.from_bytes(addr, "big"), plen))
     return sorted(out)
 
 
