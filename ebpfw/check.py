@@ -331,6 +331,28 @@ class _Checker:
                     stack.append(iter(edges[dst]))
 
 
+def table_hooks(table: Table) -> dict[str, frozenset[str]]:
+    """chain_hooks of a table's chains (the built-in chains reaching each chain)."""
+    return chain_hooks({c.name: c for c in table.chains}, BUILTIN_CHAINS.get(table.name, ()))
+
+
+def check_rules(table: Table, rules: list[tuple[str, Rule]], hooks: dict[str, frozenset[str]], *,
+                allow_conntrack: bool = False, sets: Optional[Mapping[str, IpSet]] = None) -> None:
+    """check_ruleset's per-rule checks for some rules of `table` (chain name, rule), for a table
+    that passed check_ruleset before with the same chains and jump graph (so its chain,
+    hook and loop checks still hold): `hooks` are table_hooks(table). Raises as check_ruleset."""
+    checker = _Checker(allow_conntrack, sets)
+    checker.hooks = hooks
+    chains = {c.name: c for c in table.chains}
+    builtins = BUILTIN_CHAINS[table.name]
+    for name, rule in rules:
+        checker.rule(table, chains[name], rule, chains, builtins)
+    if checker.problems:
+        n = len(checker.problems)
+        problems = [msg for _, msg in sorted(checker.problems, key=lambda p: p[0])]
+        raise RulesetError(f"{n} problem{'s' if n != 1 else ''} in {checker.file}", problems=problems)
+
+
 def check_ruleset(rs: Ruleset, *, allow_conntrack: bool = False,
                   sets: Optional[Mapping[str, IpSet]] = None) -> None:
     """`sets` (from ebpfw.ipset.parse_ipsets): when given, every -m set must name one of them

@@ -136,6 +136,15 @@ class Groups:
     # interval bounds per port side [sport, dport] of the range groups (None: no range group on
     # that side): interval i is [bounds[i], bounds[i+1]), bounds[0] = 0, bounds[-1] = 65536
     ranges: list = field(default_factory=lambda: [None, None])
+    # how they were found, for an incremental update (compiler/incremental.py): every groupable
+    # rule's _keys, the chosen shapes, their port kinds, the bounds of both sides, per chosen
+    # shape its (entries without gid, grouped rules), and every shape's members in rule order
+    keys: dict = field(default_factory=dict)
+    chosen: list = field(default_factory=list)
+    kinds: dict = field(default_factory=dict)
+    all_ranges: list = field(default_factory=lambda: [None, None])
+    per_shape: list = field(default_factory=list)
+    by_shape: dict = field(default_factory=dict)
 
     def interval_ids(self, side: int) -> list[int] | None:
         """Port 0..65535 -> interval id for the datapath's table (None: no range group)."""
@@ -148,19 +157,32 @@ class Groups:
         return out
 
 
-def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None,
-                ifindex_of: dict | None = None) -> Groups:
-    """`ifindex_of` (interface name -> ifindex) lets rules with an exact `-i NAME` join groups."""
-    min_size = MIN_GROUP if min_size is None else min_size
-    by_shape: dict[GroupShape, list[tuple]] = defaultdict(list)
+def rule_keys(rules: list[Rule], ifindex_of: dict | None) -> dict[int, tuple]:
+    """rule number -> _keys(rule) of every groupable rule."""
+    out = {}
     for r, rule in enumerate(rules):
         k = _keys(rule, ifindex_of)
         if k is not None:
-            by_shape[k[0]].append((r,) + k[1:])
+            out[r] = k
+    return out
+
+
+def choose_shapes(keys: dict[int, tuple], min_size: int) -> tuple[list[GroupShape], dict]:
+    """The shapes that become groups (largest first, at most MAX_GROUPS, ties in order of
+    first appearance) and every shape's members [(rule, src, dst, pp, iif, ports)] in rule order."""
+    by_shape: dict[GroupShape, list[tuple]] = defaultdict(list)
+    for r in sorted(keys):
+        k = keys[r]
+        by_shape[k[0]].append((r,) + k[1:])
     chosen = sorted((s for s, members in by_shape.items() if len(members) >= min_size),
                     key=lambda s: -len(by_shape[s]))[:MAX_GROUPS]
-    # a port shape with a range among its rules keys on interval ids: the bounds of every rule
-    # of such shapes (single ports too) split that side's port space
+    return chosen, by_shape
+
+
+def port_kinds(chosen: list[GroupShape], by_shape: dict) -> tuple[dict, list]:
+    """Each chosen shape's port kind, and the interval bounds per port side: a port shape with a
+    range among its rules keys on interval ids, and the bounds of every rule of such shapes
+    (single ports too) split that side's port space."""
     kinds = {}
     bounds: list[set | None] = [None, None]
     for s in chosen:
@@ -175,46 +197,82 @@ def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | Non
                     if lo <= hi:
                         bounds[side].add(lo)
                         bounds[side].add(hi + 1)
-    ranges = [sorted(b) if b is not None else None for b in bounds]
-    entries: dict[tuple[int, int, int, int, int], list[int]] = {}
-    grouped: set[int] = set()
+    return kinds, [sorted(b) if b is not None else None for b in bounds]
+
+
+def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule_chain_id: list[int]) -> tuple:
+    """One group's keys, (src, dst, pp, iif) -> rule numbers, and the rules it takes, from its
+    members in rule order (`b`: its side's interval bounds for a range kind, else None): a key
+    lists at most MAX_IDS rules, and none after a final rule of the same chain."""
+    entries: dict[tuple[int, int, int, int], list[int]] = {}
+    grouped: list[int] = []
     closed: set[tuple] = set()    # (key..., chain) already ends at a final rule
-    for gid, shape in enumerate(chosen):
-        kind = kinds[shape]
-        b = ranges[SIDE[kind]] if kind in SIDE else None
-        for r, src, dst, pp, iif, ports in by_shape[shape]:
-            cid = rule_chain_id[r]
-            final = rules[r].target.kind in FINAL
-            if b is None:
-                values = sorted({lo for lo, _ in ports})
+    for r, src, dst, pp, iif, ports in members:
+        cid = rule_chain_id[r]
+        final = rules[r].target.kind in FINAL
+        if b is None:
+            values = sorted({lo for lo, _ in ports})
+        else:
+            ids: set[int] | None = set()
+            for lo, hi in ports:
+                if lo <= hi:
+                    first, last = bisect.bisect_right(b, lo) - 1, bisect.bisect_right(b, hi) - 1
+                    if last - first >= 4 * MAX_RANGE_KEYS:
+                        ids = None
+                        break
+                    ids.update(range(first, last + 1))
+            if ids is None:
+                continue         # far too wide: stays in the bit vectors
+            values = sorted(ids)
+        keys = [(src, dst, pp | v, iif) for v in values]
+        open_keys = [k for k in keys if (k + (cid,)) not in closed]
+        if len(open_keys) > (MAX_RANGE_KEYS if b is not None else len(keys)) \
+                or any(len(entries.get(k, ())) >= MAX_IDS for k in open_keys):
+            continue             # stays in the bit vectors
+        for key in open_keys:
+            ids_ = entries.get(key)
+            if ids_ is None:
+                entries[key] = [r]
             else:
-                ids: set[int] = set()
-                for lo, hi in ports:
-                    if lo <= hi:
-                        first, last = bisect.bisect_right(b, lo) - 1, bisect.bisect_right(b, hi) - 1
-                        if last - first >= 4 * MAX_RANGE_KEYS:
-                            ids = None
-                            break
-                        ids.update(range(first, last + 1))
-                if ids is None:
-                    continue         # far too wide: stays in the bit vectors
-                values = sorted(ids)
-            keys = [(gid, src, dst, pp | v, iif) for v in values]
-            open_keys = [k for k in keys if (k + (cid,)) not in closed]
-            if len(open_keys) > (MAX_RANGE_KEYS if b is not None else len(keys)) \
-                    or any(len(entries.get(k, ())) >= MAX_IDS for k in open_keys):
-                continue             # stays in the bit vectors
-            for key in open_keys:
-                entries.setdefault(key, []).append(r)
-                if final:
-                    closed.add(key + (cid,))
-            grouped.add(r)
-    used = sorted({k[0] for k in entries})
-    remap = {g: i for i, g in enumerate(used)}
-    shapes = [GroupShape(chosen[g].src_plen, chosen[g].dst_plen, chosen[g].proto, kinds[chosen[g]], chosen[g].iif)
-              for g in used]
+                ids_.append(r)
+            if final:
+                closed.add(key + (cid,))
+        grouped.append(r)
+    return entries, grouped
+
+
+def assemble(chosen: list[GroupShape], kinds: dict, ranges: list, per_shape: list, keys: dict,
+             by_shape: dict) -> Groups:
+    """Groups from the filled chosen shapes: shapes without entries are dropped and the others
+    numbered densely."""
+    shapes, entries, grouped = [], {}, set()
+    for s, (ent, members) in zip(chosen, per_shape):
+        if not ent:
+            continue
+        gid = len(shapes)
+        shapes.append(GroupShape(s.src_plen, s.dst_plen, s.proto, kinds[s], s.iif))
+        for k, v in ent.items():
+            entries[(gid,) + k] = v
+        grouped.update(members)
     sides = {SIDE[s.port] for s in shapes if s.port in SIDE}
-    return Groups(shapes=shapes,
-                  entries={(remap[k[0]],) + k[1:]: v for k, v in entries.items()},
-                  grouped=grouped,
-                  ranges=[ranges[i] if i in sides else None for i in (0, 1)])
+    return Groups(shapes=shapes, entries=entries, grouped=grouped,
+                  ranges=[ranges[i] if i in sides else None for i in (0, 1)],
+                  keys=keys, chosen=chosen, kinds=kinds, all_ranges=ranges, per_shape=per_shape,
+                  by_shape=by_shape)
+
+
+def fill_all(chosen: list, kinds: dict, ranges: list, by_shape: dict, rules: list[Rule],
+             rule_chain_id: list[int]) -> list:
+    return [fill_group(kinds[s], ranges[SIDE[kinds[s]]] if kinds[s] in SIDE else None, by_shape[s], rules,
+                       rule_chain_id) for s in chosen]
+
+
+def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None,
+                ifindex_of: dict | None = None) -> Groups:
+    """`ifindex_of` (interface name -> ifindex) lets rules with an exact `-i NAME` join groups."""
+    min_size = MIN_GROUP if min_size is None else min_size
+    keys = rule_keys(rules, ifindex_of)
+    chosen, by_shape = choose_shapes(keys, min_size)
+    kinds, ranges = port_kinds(chosen, by_shape)
+    per_shape = fill_all(chosen, kinds, ranges, by_shape, rules, rule_chain_id)
+    return assemble(chosen, kinds, ranges, per_shape, keys, by_shape)

@@ -433,12 +433,103 @@ def _marks_of(r: Rule, problems: list[str]) -> tuple[Optional[tuple], bool]:
     return (tv, tm, tn, tmode, flags, mv, mm, cv, cmask), skb
 
 
-def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
-                 sets: Optional[Mapping] = None) -> Plan:
-    """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
-    may name (ebpfw.ipset.IpSet; entries are not read). `ifnames` are the host's interface names, for -i/-o; given as
-    a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
-    `group=False` keeps every rule in the bit vectors (no hash groups)."""
+def rule_entry(r: Rule, chain_id: Mapping[str, int], sets: Optional[Mapping], hl_index: Mapping[str, int],
+               problems: list[str]) -> tuple:
+    """One rule's (kind, arg, flags, LOG options, -m limit, -m set, (hashlimit table, above),
+    marks, whether it needs skb->mark, -m recent), None where the rule has none, with its
+    problems appended to `problems`."""
+    t = r.target
+    log = None
+    if t.kind not in ACT:
+        problems.append(f"{r.pos}: target '{t.kind}' is not supported by the datapath yet, expected ACCEPT, "
+                        f"DROP, REJECT, LOG, RETURN or a user-defined chain, found '-j {t.kind}'")
+        kind = 0
+    else:
+        kind = ACT[t.kind]
+    if t.kind == "REJECT":
+        ext = t.ext if isinstance(t.ext, RejectTarget) else RejectTarget()
+        code = REJECT_CODES.get(ext.reject_with)
+        if code is None:
+            problems.append(f"{r.pos}: unknown reject type '{ext.reject_with}', expected one of "
+                            + ", ".join(REJECT_CODES))
+            code = 3
+        arg = code
+    elif t.kind == "LOG":
+        ext = t.ext if isinstance(t.ext, LogTarget) else LogTarget()
+        if ext.uid:
+            problems.append(f"{r.pos}: LOG --log-uid is not supported by the datapath (XDP and TC see no "
+                            "socket owner), expected LOG without --log-uid, found '--log-uid'")
+        log = ext
+        arg = 0
+    elif t.kind in ("JUMP", "GOTO"):
+        if t.chain not in chain_id or t.chain in BUILTINS:
+            problems.append(f"{r.pos}: jump to '{t.chain}', expected an existing user-defined chain")
+            arg = 0
+        else:
+            arg = chain_id[t.chain]
+    else:
+        arg = 0
+    f = 0
+    special = t.kind in ("MARK", "CONNMARK")     # a match or target with its own judgement
+    unsupported = False
+    for m in r.matches:
+        if isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)):
+            f |= RF_NEEDS_L4
+        if isinstance(m, TcpMatch):
+            f |= RF_TCP
+        elif isinstance(m, TcpmssMatch):
+            f |= RF_MSS
+        elif isinstance(m, MacMatch):
+            f |= RF_MAC
+        elif isinstance(m, _SPECIAL_MATCHES):
+            special = True
+        elif not isinstance(m, ENFORCED_MATCHES):
+            unsupported = True
+    lim = sm = hlv = mk = rc = None
+    skb = False
+    if special:
+        sm = _set_of(r, sets, problems)
+        if sm is not None:
+            f |= RF_SET
+            si = next(i for i, m in enumerate(r.matches) if isinstance(m, SetMatch))
+            if not any(isinstance(m, HOTDROP_MATCHES) for m in r.matches[:si]):
+                f |= RF_SETFIRST
+        lim = _limit_of(r, problems)
+        if lim is not None:
+            f |= RF_LIMIT
+        hl = _hashlimit_of(r, problems)
+        if hl is not None:
+            f |= RF_HASHLIMIT
+            hlv = (hl_index[hl.name], hl.above)
+        mk, skb = _marks_of(r, problems)
+        if mk is not None and mk[4]:
+            f |= RF_MARK
+        rc = _recent_of(r, problems)
+        if rc is not None:
+            f |= RF_RECENT
+    for m in r.matches if unsupported else ():
+        if isinstance(m, _SPECIAL_MATCHES):
+            continue
+        if isinstance(m, ConnlimitMatch):
+            problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
+                            "per address group, the connections whose packets this rule has seen, from a list it "
+                            "prunes lazily (at most 8 closed or vanished connections per packet, not twice in one "
+                            "jiffy) and ebpfw's conntrack keeps no such per-rule lists, so its count would not be "
+                            "equal; expected no -m connlimit, found '-m connlimit'")
+            continue
+        if not isinstance(m, ENFORCED_MATCHES):
+            name = type(m).__name__.removesuffix("Match").lower()
+            problems.append(f"{r.pos}: match '{name}' is not supported by the datapath yet, expected the "
+                            f"matches ebpfw-rules(5) lists, found '-m {name}'")
+    return kind, arg, f, log, lim, sm, hlv, mk, skb, rc
+
+
+_SPECIAL_MATCHES = (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch)
+
+
+def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
+                  sets: Optional[Mapping] = None) -> "CompileState":
+    """compile_plan, also returning what the compile found on the way."""
     chains, missing = _order_chains(table)
     problems: list[str] = []
     by_name = {c.name: c for c in chains}
@@ -483,85 +574,25 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     uses_conn = False
     recent: dict[int, RecentMatch] = {}
     for rn, r in enumerate(rules):
-        t = r.target
-        if t.kind not in ACT:
-            problems.append(f"{r.pos}: target '{t.kind}' is not supported by the datapath yet, expected ACCEPT, "
-                            f"DROP, REJECT, LOG, RETURN or a user-defined chain, found '-j {t.kind}'")
-            kinds.append(0)
-        else:
-            kinds.append(ACT[t.kind])
-        if t.kind == "REJECT":
-            ext = t.ext if isinstance(t.ext, RejectTarget) else RejectTarget()
-            code = REJECT_CODES.get(ext.reject_with)
-            if code is None:
-                problems.append(f"{r.pos}: unknown reject type '{ext.reject_with}', expected one of "
-                                + ", ".join(REJECT_CODES))
-                code = 3
-            args.append(code)
-        elif t.kind == "LOG":
-            ext = t.ext if isinstance(t.ext, LogTarget) else LogTarget()
-            if ext.uid:
-                problems.append(f"{r.pos}: LOG --log-uid is not supported by the datapath (XDP and TC see no "
-                                "socket owner), expected LOG without --log-uid, found '--log-uid'")
-            logs[rn] = ext
-            args.append(0)
-        elif t.kind in ("JUMP", "GOTO"):
-            if t.chain not in chain_id or t.chain in BUILTINS:
-                problems.append(f"{r.pos}: jump to '{t.chain}', expected an existing user-defined chain")
-                args.append(0)
-            else:
-                args.append(chain_id[t.chain])
-        else:
-            args.append(0)
-        f = RF_NEEDS_L4 if any(isinstance(m, (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch)) for m in r.matches) else 0
-        if any(isinstance(m, TcpMatch) for m in r.matches):
-            f |= RF_TCP
-        if any(isinstance(m, TcpmssMatch) for m in r.matches):
-            f |= RF_MSS
-        if any(isinstance(m, MacMatch) for m in r.matches):
-            f |= RF_MAC
-        sm = _set_of(r, sets, problems)
-        if sm is not None:
-            f |= RF_SET
-            setm[rn] = sm
-            si = next(i for i, m in enumerate(r.matches) if isinstance(m, SetMatch))
-            if not any(isinstance(m, HOTDROP_MATCHES) for m in r.matches[:si]):
-                f |= RF_SETFIRST
-        lim = _limit_of(r, problems)
+        kind, arg, f, log, lim, sm, hl, mk, skb, rc = rule_entry(r, chain_id, sets, hl_index, problems)
+        kinds.append(kind)
+        args.append(arg)
+        flags.append(f)
+        if log is not None:
+            logs[rn] = log
         if lim is not None:
-            f |= RF_LIMIT
             limits[rn] = lim
-        hl = _hashlimit_of(r, problems)
+        if sm is not None:
+            setm[rn] = sm
         if hl is not None:
-            f |= RF_HASHLIMIT
-            hashlimits[rn] = (hl_index[hl.name], hl.above)
-        mk, skb = _marks_of(r, problems)
+            hashlimits[rn] = hl
         if mk is not None:
             marks[rn] = mk
-            if mk[4]:
-                f |= RF_MARK
-            uses_conn = uses_conn or bool(mk[4] & MK_CONN) or t.kind == "CONNMARK"
+            uses_conn = uses_conn or bool(mk[4] & MK_CONN) or r.target.kind == "CONNMARK"
             if skb:
                 skb_mark.append(r)
-        rc = _recent_of(r, problems)
         if rc is not None:
-            f |= RF_RECENT
             recent[rn] = rc
-        flags.append(f)
-        for m in r.matches:
-            if isinstance(m, (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch)):
-                continue
-            if isinstance(m, ConnlimitMatch):
-                problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
-                                "per address group, the connections whose packets this rule has seen, from a list it "
-                                "prunes lazily (at most 8 closed or vanished connections per packet, not twice in one "
-                                "jiffy) and ebpfw's conntrack keeps no such per-rule lists, so its count would not be "
-                                "equal; expected no -m connlimit, found '-m connlimit'")
-                continue
-            if not isinstance(m, ENFORCED_MATCHES):
-                name = type(m).__name__.removesuffix("Match").lower()
-                problems.append(f"{r.pos}: match '{name}' is not supported by the datapath yet, expected the "
-                                f"matches ebpfw-rules(5) lists, found '-m {name}'")
 
     _recent_masks(recent, rules, problems)
     rule_chain_id = [chain_id[c] for c, _ in rule_chain]
@@ -570,22 +601,14 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
     # the bit vectors number only the residual rules (compact index k -> rule resid[k]), so
     # grouped rules cost neither vector bits nor walk steps
     resid = [r for r in range(n) if r not in groups.grouped]
-    nres = len(resid)
-    classes = _Classes((1 << nres) - 1)
-    atoms = F.collect_atoms([rules[r] for r in resid], problems)
-    if problems:
-        raise RulesetError(f"{len(problems)} problem(s) compiling the ruleset", problems=problems)
-
+    iface_names = set(ifnames) | {""}
     plan = Plan(
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
-        max_depth=_max_depth(chains, by_name), vectors=classes.vectors, log=logs, limits=limits,
+        max_depth=_max_depth(chains, by_name), vectors=[], log=logs, limits=limits,
         setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks, recent=recent,
     )
-    F.build_fields(plan, atoms, nres, classes, set(ifnames) | {""})
-    if uses_conn and plan.ct is None:
-        # -m connmark / CONNMARK need the connection: tracking on, no rule tests the state
-        plan.ct = [0] * F.CT_SLOTS
+    residual_fields(plan, rules, resid, iface_names, problems, uses_conn)
     if skb_mark:
         first = min(skb_mark, key=lambda r: r.pos.line)
         chain = next(c for (c, i), r in zip(rule_chain, rules) if r is first)
@@ -595,10 +618,60 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
         except Exception:              # a hand-made IR the printer cannot print
             text = f"-A {chain} ..."
         plan.skb_mark_rule = f"{first.pos}: {text}"
+    set_groups(plan, groups)
+    return CompileState(plan=plan, rules=rules, rule_chain_id=rule_chain_id, chain_id=chain_id, groups=groups,
+                        ifindex_of=ifindex_of, iface_names=iface_names, min_group=None if group else n + 1,
+                        sets=sets, hl_index=hl_index, uses_conn=uses_conn)
+
+
+def residual_fields(plan: Plan, rules: list[Rule], resid: list[int], iface_names: set[str],
+                    problems: list[str], uses_conn: bool) -> None:
+    """The field tables and vectors of the residual rules `resid` (ascending rule numbers);
+    raises the compile's RulesetError when there are problems. `uses_conn`: some rule reads or
+    sets the connection's mark (tracking is on even when no rule tests the state)."""
+    nres = len(resid)
+    classes = _Classes((1 << nres) - 1)
+    atoms = F.collect_atoms([rules[r] for r in resid], problems)
+    if problems:
+        raise RulesetError(f"{len(problems)} problem(s) compiling the ruleset", problems=problems)
+    plan.vectors = classes.vectors
+    F.build_fields(plan, atoms, nres, classes, iface_names)
+    if uses_conn and plan.ct is None:
+        # -m connmark / CONNMARK need the connection: tracking on, no rule tests the state
+        plan.ct = [0] * F.CT_SLOTS
     plan.resid = resid
+    plan.vectors = classes.vectors
+
+
+def set_groups(plan: Plan, groups) -> None:
     if groups.grouped:
         plan.group_shapes = groups.shapes
         plan.group_entries = groups.entries
         plan.group_ranges = groups.ranges
-    plan.vectors = classes.vectors
-    return plan
+    else:
+        plan.group_shapes, plan.group_entries, plan.group_ranges = [], {}, [None, None]
+
+
+@dataclass
+class CompileState:
+    """A plan and what compiling it found on the way, for compiler/incremental.py."""
+    plan: Plan
+    rules: list[Rule]                 # rule number -> rule
+    rule_chain_id: list[int]
+    chain_id: dict[str, int]
+    groups: object                    # groups.Groups
+    ifindex_of: Optional[dict]
+    iface_names: set[str]
+    min_group: Optional[int]
+    sets: Optional[Mapping]
+    hl_index: dict[str, int]
+    uses_conn: bool
+
+
+def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
+                 sets: Optional[Mapping] = None) -> Plan:
+    """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
+    may name (ebpfw.ipset.IpSet; entries are not read). `ifnames` are the host's interface names, for -i/-o; given as
+    a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
+    `group=False` keeps every rule in the bit vectors (no hash groups)."""
+    return compile_state(table, ifnames, group, sets).plan

@@ -207,6 +207,22 @@ class _Parser:
             s = s[m.end():]
         sec.rules.append((lineno, s, counters))
 
+    def parse_rule(self, sec: _Section, lineno: int, s: str) -> Optional[tuple[str, Rule, bool]]:
+        """(chain, rule, whether -c gave counters) of one rule line without its [p:b], or None
+        after recording its problem."""
+        try:
+            tokens = tokenize(s)
+        except TokenizeError as exc:
+            self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
+            return None
+        rp = _RuleParser(self.filename, lineno, sec, tokens)
+        try:
+            chain, rule = rp.parse()
+        except _LineProblem as exc:
+            self.raw_problem(lineno, str(exc))
+            return None
+        return chain, rule, rp.counters_given
+
     def commit(self, sec: _Section) -> None:
         builtins = BUILTIN_CHAINS.get(sec.name, ())
         for b in builtins:
@@ -220,18 +236,9 @@ class _Parser:
         for lineno, s, counters in sec.rules:
             hit = cache.get(s)
             if hit is None:
-                try:
-                    tokens = tokenize(s)
-                except TokenizeError as exc:
-                    self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
+                hit = self.parse_rule(sec, lineno, s)
+                if hit is None:
                     continue
-                rp = _RuleParser(self.filename, lineno, sec, tokens)
-                try:
-                    chain, rule = rp.parse()
-                except _LineProblem as exc:
-                    self.raw_problem(lineno, str(exc))
-                    continue
-                hit = (chain, rule, rp.counters_given)
                 if len(cache) < _RULE_CACHE_MAX:
                     cache[s] = hit
             chain, rule, counters_given = hit
@@ -575,6 +582,28 @@ def parse_iface(text: str, option: str, invert: bool) -> IfaceMatch:
         raise _LineProblem(f"interface name in {option} can never match (the kernel does not allow "
                            "'/' or white space in names)", "an interface name such as eth0 or eth+", text)
     return IfaceMatch(text, invert)
+
+
+def parse_rule_line(line: str, filename: str, lineno: int, table: str, chains) -> tuple[str, Rule]:
+    """One rule line of a table whose chains (declared and built-in) are `chains`, exactly as
+    parse_ruleset parses it inside that table: the rule has Pos(filename, lineno) and counters
+    only from -c. The line must not start with '[p:b]'. Raises RulesetError with its problem."""
+    s = line.rstrip("\r").strip()
+    parser = _Parser(filename)
+    names = frozenset(chains)
+    sec = _Section(table, Pos(filename, lineno), skip=False,
+                   chains={n: (None, Counters(), Pos(filename, lineno)) for n in names})
+    cache_key = (table, names)
+    cache = _RULE_CACHE.get(cache_key, {})
+    hit = cache.get(s)
+    if hit is None:
+        hit = parser.parse_rule(sec, lineno, s)
+        if hit is None:
+            raise RulesetError(f"1 problem in {filename}", problems=[parser.problems[0][1]])
+        if cache_key in _RULE_CACHE and len(cache) < _RULE_CACHE_MAX:
+            cache[s] = hit
+    chain, rule, _ = hit
+    return chain, replace(rule, pos=Pos(filename, lineno))
 
 
 def parse_ruleset(text: str, filename: str = "<stdin>") -> Ruleset:
