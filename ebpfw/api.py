@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import gc
+from dataclasses import replace
 import os
 import shutil
 import time
@@ -18,11 +19,16 @@ from pathlib import Path
 from typing import Optional
 
 from . import conntrack, state
-from .check import check_ruleset
+from .check import check_rules, check_ruleset, table_hooks
 from .compiler import compile_plan
+from .compiler.incremental import recompile
+from .compiler.plan import compile_state
 from .datapath import Datapath, Shape, shape_for
+from .datapath.maps import SlotBase
 from .errors import EbpfwError, KernelError, RulesetError, StateError
 from .iptables import parse_ruleset, save_ruleset
+from .iptables.parse import parse_rule_line
+from .iptables.save import format_rule
 from .netlink import attach as nl
 from .netlink import host
 from .ruleset import Counters, Ruleset, Table
@@ -218,6 +224,139 @@ def resolve_modes(plan, ifaces: list[str], mode: str, modes: dict[str, str]) -> 
     return ("tc" if mode == "auto" else mode), {i: ("tc" if m == "auto" else m) for i, m in modes.items()}
 
 
+# ---- what this process applied last: the base of the next apply's incremental path ----------------
+
+class _Session:
+    """The last ruleset this process applied in one namespace, and what each slot of its
+    programs holds. A later apply of a text that differs from it only in some rule lines
+    (changed in place, no jump changed) parses, checks and compiles only those lines
+    (compiler/incremental.py), and writes only the map entries that differ from what the
+    inactive slot holds (Datapath.write_slot's base)."""
+
+    def __init__(self, key, lines, rs, cstate, canonical, links_sig, sets, like: "Optional[_Session]" = None):
+        self.key = key                      # str(state_dir()): the namespace
+        self.lines = lines                  # the applied text, split on "\n"
+        self.rs = rs
+        self.cstate = cstate                # CompileState of the applied plan
+        self.canonical = canonical          # save_ruleset(rs) as lines (no "\n")
+        self.links_sig = links_sig          # ((name, ifindex), ...) the plan was compiled for
+        self.sets = sets                    # the set definitions it was compiled with
+        # the kernel side (set after the maps are written)
+        self.gen_dir: Optional[str] = None
+        self.applied_at: Optional[float] = None
+        self.token: Optional[str] = None
+        self.slots: dict[int, SlotBase] = {}
+        if like is not None:     # an in-place edit of `like`: same lines, chains, jumps, numbering
+            self.hooks, self.line_rule, self.canon_at = like.hooks, like.line_rule, like.canon_at
+            return
+        self.hooks = table_hooks(rs.table("filter"))
+        table = rs.table("filter")
+        number = {ci: r for r, ci in enumerate(cstate.plan.rule_chain)}
+        self.line_rule: dict[int, tuple[str, int, int]] = {}   # line -> (chain, index, rule number)
+        self.canon_at: dict[int, int] = {}                      # rule number -> canonical line
+        pos = 1 + len(table.chains)     # save_ruleset: "*filter", the chain lines, the rules
+        for c in table.chains:
+            for i, rule in enumerate(c.rules):
+                r = number[(c.name, i)]
+                self.line_rule[rule.pos.line] = (c.name, i, r)
+                self.canon_at[r] = pos
+                pos += 1
+
+
+_SESSION: Optional[_Session] = None
+SLOT_TOKEN = "slots.token"
+
+
+def _ignorable(line: str) -> bool:
+    s = line.strip()
+    return not s or s.startswith("#")
+
+
+def _incremental(sess: _Session, text: str, filename: str, links_sig, set_defs):
+    """(rs, CompileState, canonical lines) of `text` from the session, or None when it is not
+    an in-place edit of the session's rule lines (the caller then does the full work). The
+    result is the one the full path gives, except that unchanged rules keep the positions
+    (file name) of the text they were parsed from; positions only appear in problems, and
+    problems can only come from the changed rules."""
+    if links_sig != sess.links_sig or set_defs != sess.sets:
+        return None
+    lines = text.split("\n")
+    old = sess.lines
+    if len(lines) != len(old):
+        return None
+    diffs = [i for i, (a, b) in enumerate(zip(lines, old)) if a != b]
+    table = sess.rs.table("filter")
+    names = frozenset(c.name for c in table.chains)
+    edits: dict[str, dict[int, object]] = {}
+    changed: dict[int, object] = {}
+    problems: list[str] = []
+    for i in diffs:
+        at = sess.line_rule.get(i + 1)
+        if at is None:
+            if _ignorable(lines[i]) and _ignorable(old[i]):
+                continue
+            return None
+        s = lines[i].strip()
+        if not s.startswith("-"):
+            return None             # a [p:b] prefix, a chain line, ...: the full path
+        try:
+            chain, rule = parse_rule_line(lines[i], filename, i + 1, "filter", names)
+        except RulesetError as exc:
+            problems += exc.problems
+            continue
+        name, idx, r = at
+        if chain != name:
+            return None
+        was = table.chains[[c.name for c in table.chains].index(name)].rules[idx].target
+        if (was.kind in ("JUMP", "GOTO") or rule.target.kind in ("JUMP", "GOTO")) and was != rule.target:
+            return None
+        edits.setdefault(name, {})[idx] = (rule, r)
+        changed[r] = rule
+    if problems:
+        raise RulesetError(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {filename}",
+                           problems=problems)
+    from dataclasses import replace
+    chains = []
+    for c in table.chains:
+        e = edits.get(c.name)
+        if e:
+            rules = list(c.rules)
+            for idx, (rule, _) in e.items():
+                rules[idx] = rule
+            c = replace(c, rules=tuple(rules))
+        chains.append(c)
+    new_table = replace(table, chains=tuple(chains))
+    rs = replace(sess.rs, tables=tuple(new_table if t is table else t for t in sess.rs.tables))
+    check_rules(new_table, [(name, rule) for name, e in edits.items() for rule, _ in e.values()],
+                sess.hooks, allow_conntrack=True)
+    cstate = recompile(sess.cstate, changed) if changed else sess.cstate
+    if cstate is None:
+        return None
+    canonical = list(sess.canonical)
+    for name, e in edits.items():
+        for rule, r in e.values():
+            canonical[sess.canon_at[r]] = format_rule(name, rule)
+    return rs, cstate, canonical, lines
+
+
+def _read_token() -> Optional[str]:
+    try:
+        return (state.state_dir() / SLOT_TOKEN).read_text()
+    except OSError:
+        return None
+
+
+def _write_token() -> str:
+    """Mark that a slot is about to be written: a session's picture of the slots is only
+    trusted while the token is the one it wrote (no other process wrote a slot since)."""
+    token = f"{os.getpid()} {time.monotonic_ns()} {os.urandom(8).hex()}"
+    path = state.state_dir() / SLOT_TOKEN
+    tmp = path.with_name(f".{SLOT_TOKEN}.{os.getpid()}")
+    tmp.write_text(token)
+    os.replace(tmp, path)
+    return token
+
+
 @_gc_paused
 def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", counters: bool = False,
           modes: Optional[dict[str, str]] = None, expect_applied_at: Optional[float] = None,
@@ -235,8 +374,8 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             raise EbpfwError(f"unknown --mode {m!r}, expected one of {', '.join(MODES)}")
     if not ifaces:
         raise EbpfwError("no interface given, expected at least one --iface IF")
-    rs = _parse(text, filename)
-    table = _filter_table(rs, filename)
+    global _SESSION
+    state.wait_background()     # the previous apply of this process has finished (and its session)
     links = host.links()
     by_name = {l.name: l for l in links}
     missing = [i for i in ifaces if i not in by_name]
@@ -245,46 +384,91 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                          hint="`ip link` lists the interfaces; ebpfw applies to the namespace it runs in")
     if len(set(ifaces)) != len(ifaces):
         raise EbpfwError("an interface is given twice with --iface")
-    set_defs, set_load = _sets_for(rs, sets_text, sets_filename)
-    plan = compile_plan(table, {l.name: l.ifindex for l in links}, sets=set_defs)
+    links_sig = tuple((l.name, l.ifindex) for l in links)
+    key = str(state.state_dir())
+    sess = _SESSION if _SESSION is not None and _SESSION.key == key else None
+    fast = None
+    if sess is not None and sets_text is None:
+        set_defs, set_load = _sets_for(sess.rs, None, None)
+        fast = _incremental(sess, text, filename, links_sig, set_defs)
+    if fast is not None:
+        rs, cstate, canonical_lines, lines = fast
+        table = rs.table("filter")
+    else:
+        rs = _parse(text, filename)
+        table = _filter_table(rs, filename)
+        set_defs, set_load = _sets_for(rs, sets_text, sets_filename)
+        cstate = compile_state(table, {l.name: l.ifindex for l in links}, sets=set_defs)
+        canonical_lines = save_ruleset(rs).split("\n")[:-1]
+        lines = text.split("\n")
+    plan = replace(cstate.plan, set_ids={})     # _load_sets fills set_ids of this apply's copy
     mode, modes = resolve_modes(plan, ifaces, mode, modes)
     need = shape_for(plan, len(links))
     init = _initial_counters(plan, table) if counters else None
-    canonical = save_ruleset(rs)
+    canonical = "\n".join(canonical_lines) + "\n"
     pins = state.pin_dir(create=True)
     state.state_dir(create=True)
+    new_sess = _Session(key, lines, rs, cstate, canonical_lines, links_sig, set_defs,
+                        like=sess if fast is not None else None) \
+        if len(rs.tables) == 1 and sets_text is None else None
 
-    with state.ApplyLock():
+    lock = state.ApplyLock().acquire()
+    finish = None       # the old slot's clean-up, run after the lock is handed on
+    base = None         # what the written slot held, when this process knows it
+    try:
         cur = state.read_json(CURRENT)
         if expect_applied_at is not None and (cur or {}).get("applied_at", 0.0) != expect_applied_at:
             raise ChangedMeanwhile("another apply changed the enforced ruleset meanwhile; nothing was changed",
                                    hint="read the state again and retry")
+        _SESSION = None         # trusted again only once this apply has succeeded
         prev_ifaces = {r["name"]: r for r in cur["ifaces"]} if cur else {}
         targets = [(by_name[i], modes.get(i, mode)) for i in ifaces]
         judged = {by_name[i].ifindex for i in ifaces}
         addrs = host.local_addresses()
         cur_shape = Shape.from_json(cur["shape"]) if cur else None
         reuse = (cur is not None and cur_shape.fits(need) and Path(cur["gen_dir"]).is_dir())
+        # the slots as the last apply of this process left them, if no other process wrote
+        # one since (each writer changes the token first)
+        known = (sess is not None and cur is not None and sess.gen_dir == cur["gen_dir"]
+                 and sess.applied_at == cur.get("applied_at") and sess.token is not None
+                 and sess.token == _read_token())
         if reuse:
             dp = Datapath.open_pinned(Path(cur["gen_dir"]), cur_shape, with_progs=True)
             try:
                 _load_sets(plan, pins, set_defs, set_load)
                 _load_recent(plan, dp)
                 slot = 1 - dp.active()[0]
-                dp.write_slot(slot, plan, links, init)
+                base = sess.slots.get(slot) if known else None
+                token = _write_token()
+                dp.write_slot(slot, plan, links, init, base=base)
                 # the union while interfaces change, so no forwarded packet escapes judgement
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
                 # an interface re-created under the same name has a new ifindex: attach again
                 same = {(r["name"], r["ifindex"], r.get("mode")) for r in prev_ifaces.values()} == {
                     (link.name, link.ifindex, m) for link, m in targets}
                 records = list(prev_ifaces.values()) if same else _attach_all(dp, targets, prev_ifaces)
-                dp.flip(slot)
+                dp.flip(slot, cleanup=False)
+                flipped_at = time.monotonic()
                 dp.write_host(links, addrs, judged)
                 gen = cur["generation"]
                 gen_dir = cur["gen_dir"]
                 shape = cur_shape
-            finally:
-                dp.close()
+
+                def finish(dp=dp, slot=slot, flipped_at=flipped_at):
+                    try:
+                        dp.cleanup_after_flip(slot, flipped_at)
+                    except BaseException:
+                        global _SESSION
+                        _SESSION = None      # the old slot's keys may be left: no base for it
+                        raise
+                    finally:
+                        dp.close()
+            except BaseException:
+                if finish is None:
+                    dp.close()
+                raise
+            slots = dict(sess.slots) if known else {}
+            slots[slot] = SlotBase(plan, links)
         else:
             gen = (cur["generation"] + 1) if cur else 1
             gdir = pins / f"g{gen}"
@@ -295,6 +479,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             try:
                 _load_sets(plan, pins, set_defs, set_load)
                 _load_recent(plan, dp)
+                token = _write_token()
                 dp.write_slot(0, plan, links, init)
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
                 dp.flip(0)
@@ -309,6 +494,7 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             finally:
                 dp.close()
             gen_dir = str(gdir)
+            slots = {0: SlotBase(plan, links)}
         modes = {link.name: m for link, m in targets}
         for rec in records:
             rec["mode"] = modes[rec["name"]]
@@ -318,16 +504,35 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                 _detach_iface(old)
         _release_recent(plan, pins)
         (state.state_dir() / RULES_FILE).write_text(canonical)
+        applied_at = time.time()
         state.write_json_atomic(CURRENT, {
             "generation": gen, "gen_dir": gen_dir, "shape": shape.to_json(), "slot": slot,
             "ifaces": records, "rule_chain": plan.rule_chain, "chains": plan.chain_names,
-            "applied_at": time.time(), "source": filename,
+            "applied_at": applied_at, "source": filename,
         })
         if cur and cur["gen_dir"] != gen_dir:
             shutil.rmtree(cur["gen_dir"], ignore_errors=True)
+        if new_sess is not None:
+            new_sess.gen_dir, new_sess.applied_at, new_sess.token, new_sess.slots = gen_dir, applied_at, token, slots
+            _SESSION = new_sess
+    except BaseException:
+        try:
+            if finish is not None:
+                finish()      # the flip happened: still clean the old slot up, then give the lock back
+        finally:
+            lock.release()
+        raise
+    if finish is not None:
+        # the new ruleset enforces now; the old slot's group keys go GRACE_SECONDS after the
+        # flip, while this process still holds the apply lock
+        state.finish_in_background(lock, finish)
+    else:
+        lock.release()
     return {"generation": gen, "recompiled": not reuse,
             "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in records],
-            "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3)}
+            "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3),
+            # only the changed lines parsed and compiled / only changed map entries written
+            "incremental": fast is not None, "maps_diffed": reuse and base is not None}
 
 
 def _load_recent(plan, dp: Datapath) -> None:

@@ -20,6 +20,7 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,7 @@ class ApplyLock:
     def acquire(self) -> "ApplyLock":
         if self.fd is not None:
             raise EbpfwError("ApplyLock is not re-entrant")
+        wait_background()     # an apply of this process still finishing holds the lock
         self.path = state_dir(create=True) / LOCK_NAME
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -242,3 +244,31 @@ class ApplyLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# --- work that finishes an apply after it returned --------------------------------------------------
+
+_BACKGROUND: list[threading.Thread] = []
+
+
+def finish_in_background(lock: ApplyLock, work) -> None:
+    """Run `work()` in a thread that then releases `lock` (held by the caller). The next
+    ApplyLock of this process waits for it first, other processes wait on the lock, and the
+    interpreter waits for it at exit (it is not a daemon thread)."""
+    def run() -> None:
+        try:
+            work()
+        finally:
+            lock.release()
+
+    t = threading.Thread(target=run, name="ebpfw-apply-finish")
+    _BACKGROUND.append(t)
+    t.start()
+
+
+def wait_background() -> None:
+    """Wait until the work handed to finish_in_background is done."""
+    while _BACKGROUND:
+        t = _BACKGROUND.pop(0)
+        if t is not threading.current_thread():
+            t.join()

@@ -93,6 +93,31 @@ def _vec_bytes(v: int, nwords: int, nsum: int) -> bytes:
     return summary.to_bytes(nsum * 8, "little") + v.to_bytes(nwords * 8, "little")
 
 
+def _changed_u32(old: bytes, new: bytes) -> list[int]:
+    """Indexes of the u32 entries that differ between two equally long arrays (compared
+    4 KiB at a time, then entry by entry inside the blocks that differ)."""
+    out: list[int] = []
+    step = 4096
+    for off in range(0, len(new), step):
+        a, b = old[off:off + step], new[off:off + step]
+        if a != b:
+            first = off // 4
+            for i in range(0, len(b), 4):
+                if a[i:i + 4] != b[i:i + 4]:
+                    out.append(first + i // 4)
+    return out
+
+
+class SlotBase:
+    """What a slot holds: the plan and links write_slot last wrote into it, with its group keys
+    deleted after the flip away from it (see Datapath.write_slot)."""
+    __slots__ = ("plan", "links")
+
+    def __init__(self, plan, links):
+        self.plan = plan
+        self.links = list(links)
+
+
 class Datapath:
     def __init__(self, shape: Shape, maps: dict[str, int], progs: dict[str, int], bpf=None,
                  ct_maps: dict[str, int] | None = None):
@@ -213,13 +238,24 @@ class Datapath:
         a, g = CTL.unpack(raw)
         return a & 1, g
 
-    def flip(self, slot: int) -> int:
+    def flip(self, slot: int, cleanup: bool = True) -> int:
+        """Make `slot` the one packets read. With `cleanup` (default), wait GRACE_SECONDS and
+        delete the old slot's group keys; without it the caller must call
+        cleanup_after_flip(slot, flip time) before that slot is written again."""
         _, gen = self.active()
         bpfsys.update(self.maps["ebpfw_ctl"], U32.pack(0), CTL.pack(slot, gen + 1), "control map")
-        time.sleep(GRACE_SECONDS)
-        self.clear_groups(1 - slot)   # no packet reads the old slot any more
-        self.clear_hashlimit(1 - slot)
+        if cleanup:
+            self.cleanup_after_flip(slot, time.monotonic())
         return gen + 1
+
+    def cleanup_after_flip(self, slot: int, flipped_at: float) -> None:
+        """Once no packet can still be reading the old slot (GRACE_SECONDS after the flip),
+        delete its group keys: until the next write they would only cost memory."""
+        wait = flipped_at + GRACE_SECONDS - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self.clear_groups(1 - slot)
+        self.clear_hashlimit(1 - slot)
 
     # ---- writing one slot -------------------------------------------------------------------
     def _batch(self, name: str, keys: list[int], values: list[bytes]) -> None:
@@ -228,28 +264,57 @@ class Datapath:
         kb = array("I", keys).tobytes()
         bpfsys.update_batch(self.maps[name], kb, b"".join(values), len(keys), name)
 
-    def _fill_array(self, name: str, slot: int, per_slot: int, classes: list[int] | None) -> None:
+    def _fill_array(self, name: str, slot: int, per_slot: int, classes: list[int] | None,
+                    old: list[int] | None | bool = False) -> None:
+        """Write a u32 array table of `slot`; `old` (when not False) is what the slot holds
+        now (None: all zero), and only the entries that differ are written."""
         if classes is None:
             classes = [0] * per_slot
         base = slot * per_slot
+        if old is not False:
+            if old is None:
+                old = [0] * per_slot
+            if old is classes or old == classes:
+                return
+            idx = _changed_u32(array("I", old).tobytes(), array("I", classes).tobytes())
+            if len(idx) < per_slot // 2:
+                self._batch(name, [base + i for i in idx], [U32.pack(classes[i]) for i in idx])
+                return
         keys = array("I", range(base, base + per_slot)).tobytes()
         vals = array("I", classes).tobytes()
         bpfsys.update_batch(self.maps[name], keys, vals, per_slot, name)
 
-    def write_slot(self, slot: int, plan, links, initial_counters=None) -> None:
-        """Write every ruleset table of `plan` into `slot` (not yet active)."""
+    def write_slot(self, slot: int, plan, links, initial_counters=None, base: "SlotBase | None" = None) -> None:
+        """Write every ruleset table of `plan` into `slot` (not yet active). `base`, when
+        given, is what the slot holds now: it was written from base.plan and base.links by
+        this method and its group keys were deleted after the flip away from it (flip or
+        cleanup_after_flip). Then only the entries that differ are written; the slot's
+        content is the same as after a full write."""
         sh = self.shape
         if len(plan.vectors) > sh.vcap or plan.nrules > sh.rcap or len(plan.chain_names) > sh.ccap:
             raise KernelError("internal: the plan does not fit the loaded programs' shape")
         ncpu = bpfsys.possible_cpus()
+        bp = base.plan if base is not None else None
         # vectors
-        keys = [slot * sh.vcap + c for c in range(len(plan.vectors))]
-        vals = [_vec_bytes(v, sh.nwords, sh.nsum) for v in plan.vectors]
+        if bp is None:
+            changed = range(len(plan.vectors))
+        elif bp.vectors is plan.vectors:
+            changed = ()
+        else:
+            ov = bp.vectors
+            changed = [c for c, v in enumerate(plan.vectors) if c >= len(ov) or ov[c] != v]
+        keys = [slot * sh.vcap + c for c in changed]
+        vals = [_vec_bytes(plan.vectors[c], sh.nwords, sh.nsum) for c in changed]
         self._batch("ebpfw_vec", keys, vals)
         # rules and their counters
+        rows = list(zip(plan.rule_kind, plan.rule_flags, plan.rule_arg))
+        if bp is None or bp.nrules != plan.nrules:
+            changed = range(plan.nrules)
+        else:
+            orow = list(zip(bp.rule_kind, bp.rule_flags, bp.rule_arg))
+            changed = [r for r in range(plan.nrules) if rows[r] != orow[r]]
+        self._batch("ebpfw_rule", [slot * sh.rcap + r for r in changed], [RULE.pack(*rows[r]) for r in changed])
         keys = [slot * sh.rcap + r for r in range(plan.nrules)]
-        self._batch("ebpfw_rule", keys, [RULE.pack(k, f, a) for k, f, a in
-                                         zip(plan.rule_kind, plan.rule_flags, plan.rule_arg)])
         zero_pc = COUNTER.pack(0, 0) * ncpu
 
         def pc(p: int, b: int) -> bytes:
@@ -265,27 +330,30 @@ class Datapath:
         self._batch("ebpfw_pcnt", keys, [pc(*cc[c]) if cc else zero_pc for c in range(len(plan.chain_names))])
         # array-indexed fields (a field in the shape but not in the plan gets class 0 = all rules)
         f = set(sh.fields)
+
+        def was(attr: str):
+            return False if bp is None else getattr(bp, attr, None)
         if "proto" in f:
-            self._fill_array("ebpfw_proto", slot, PROTO_SLOTS, plan.proto)
+            self._fill_array("ebpfw_proto", slot, PROTO_SLOTS, plan.proto, was("proto"))
         if "sport" in f:
-            self._fill_array("ebpfw_sport", slot, PORT_SLOTS, plan.sport)
+            self._fill_array("ebpfw_sport", slot, PORT_SLOTS, plan.sport, was("sport"))
         if "dport" in f:
-            self._fill_array("ebpfw_dport", slot, PORT_SLOTS, plan.dport)
+            self._fill_array("ebpfw_dport", slot, PORT_SLOTS, plan.dport, was("dport"))
         if "xport" in f:
-            self._fill_array("ebpfw_xsport", slot, PORT_SLOTS, plan.xsport)
-            self._fill_array("ebpfw_xdport", slot, PORT_SLOTS, plan.xdport)
+            self._fill_array("ebpfw_xsport", slot, PORT_SLOTS, plan.xsport, was("xsport"))
+            self._fill_array("ebpfw_xdport", slot, PORT_SLOTS, plan.xdport, was("xdport"))
         if "tcpfl" in f:
-            self._fill_array("ebpfw_tcpfl", slot, TCPFL_SLOTS, plan.tcpfl)
+            self._fill_array("ebpfw_tcpfl", slot, TCPFL_SLOTS, plan.tcpfl, was("tcpfl"))
         if "icmp" in f:
-            self._fill_array("ebpfw_icmp", slot, PORT_SLOTS, plan.icmp)
+            self._fill_array("ebpfw_icmp", slot, PORT_SLOTS, plan.icmp, was("icmp"))
         if "ct" in f:
-            self._fill_array("ebpfw_ctcls", slot, CT_SLOTS, getattr(plan, "ct", None))
+            self._fill_array("ebpfw_ctcls", slot, CT_SLOTS, getattr(plan, "ct", None), was("ct"))
             self.write_ct_config()
         for name, per_slot in (("length", LENGTH_SLOTS), ("ttl", TTL_SLOTS), ("tos", TOS_SLOTS),
                                ("frag", FRAG_SLOTS), ("tcpmss", MSS_SLOTS), ("pkttype", PKTTYPE_SLOTS),
                                ("atsrc", ATYPE_SLOTS), ("atdst", ATYPE_SLOTS)):
             if name in f:
-                self._fill_array(f"ebpfw_{name}", slot, per_slot, getattr(plan, name, None))
+                self._fill_array(f"ebpfw_{name}", slot, per_slot, getattr(plan, name, None), was(name))
         if "mac" in f:
             self._write_mac(slot, getattr(plan, "mac", None))
         if "reject" in f:
@@ -308,21 +376,30 @@ class Datapath:
         if "recent" in f:
             self._write_recentm(slot, plan)
         # prefix tries: drop this slot's old prefixes, then insert the new ones
-        for name, entries in (("ebpfw_src", plan.src), ("ebpfw_dst", plan.dst)):
+        for name, attr in (("ebpfw_src", "src"), ("ebpfw_dst", "dst")):
             if name not in self.maps:
                 continue
+            entries = getattr(plan, attr)
             fd = self.maps[name]
             slot_be = struct.pack(">I", slot)
-            for k in bpfsys.keys(fd, LPM_KEY.size):
-                if k[4:8] == slot_be:
+            want = {LPM_KEY.pack(32 + plen, slot_be, struct.pack(">I", addr)): U32.pack(cls)
+                    for addr, plen, cls in entries or []}
+            if bp is None:
+                have = {k: None for k in bpfsys.keys(fd, LPM_KEY.size) if k[4:8] == slot_be}
+            else:
+                have = {LPM_KEY.pack(32 + plen, slot_be, struct.pack(">I", addr)): U32.pack(cls)
+                        for addr, plen, cls in getattr(bp, attr) or []}
+            for k in have:
+                if k not in want:
                     bpfsys.delete(fd, k)
-            for addr, plen, cls in entries or []:
-                key = LPM_KEY.pack(32 + plen, slot_be, struct.pack(">I", addr))
-                bpfsys.update(fd, key, U32.pack(cls), name)
+            for k, v in want.items():
+                if have.get(k) != v:
+                    bpfsys.update(fd, k, v, name)
         # interfaces
         iif_default = plan.iif[""] if plan.iif is not None else 0
         oif_default = plan.oif[""] if plan.oif is not None else 0
-        if "ebpfw_ifc" in self.maps:
+        same_ifc = (bp is not None and base.links == list(links) and bp.iif == plan.iif and bp.oif == plan.oif)
+        if "ebpfw_ifc" in self.maps and not same_ifc:
             fd = self.maps["ebpfw_ifc"]
             for k in bpfsys.keys(fd, IFC_KEY.size):
                 if IFC_KEY.unpack(k)[0] == slot:
@@ -332,9 +409,11 @@ class Datapath:
                 oc = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
                 bpfsys.update(fd, IFC_KEY.pack(slot, link.ifindex), IFC_VAL.pack(ic, oc), "ebpfw_ifc")
             bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
-        self._write_ranks(slot, plan)
+        if bp is None or bp.resid != plan.resid or bp.nrules != plan.nrules:
+            self._write_ranks(slot, plan)
         if "groups" in sh.fields:
-            self._write_groups(slot, plan)
+            self._write_groups(slot, plan, cleared=bp is not None,
+                               ranges_same=bp is not None and getattr(bp, "group_ranges", None) == plan.group_ranges)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
                       META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
 
@@ -485,12 +564,15 @@ class Datapath:
                             array("I", resid).tobytes(), len(resid), "ebpfw_unrank")
         bpfsys.update(self.maps["ebpfw_resn"], U32.pack(slot), U32.pack(len(resid)), "ebpfw_resn")
 
-    def _write_groups(self, slot: int, plan) -> None:
+    def _write_groups(self, slot: int, plan, cleared: bool = False, ranges_same: bool = False) -> None:
+        """`cleared`: the slot has no group keys (deleted after the flip away from it);
+        `ranges_same`: its port interval table already holds the plan's."""
         sh = self.shape
         shapes = plan.group_shapes
         if len(shapes) > sh.ngroups or len(plan.group_entries) > sh.gcap:
             raise KernelError("internal: the plan's groups do not fit the loaded programs' shape")
-        self.clear_groups(slot)
+        if not cleared:
+            self.clear_groups(slot)
         keys, vals = [], []
         for g in range(sh.ngroups):
             keys.append(slot * sh.ngroups + g)
@@ -506,7 +588,8 @@ class Datapath:
         vb = b"".join(GRP_VAL.pack(*(ids + none)[:GRP_IDS]) for ids in plan.group_entries.values())
         bpfsys.update_batch(self.maps["ebpfw_gent"], kb, vb, len(plan.group_entries), "ebpfw_gent")
         if "grange" in sh.fields:
-            self._write_ranges(slot, getattr(plan, "group_ranges", None) or [None, None])
+            if not ranges_same:
+                self._write_ranges(slot, getattr(plan, "group_ranges", None) or [None, None])
 
     def _write_ranges(self, slot: int, ranges: list) -> None:
         """Port -> interval id of the range groups, per side (a side without range groups: 0),
@@ -600,6 +683,75 @@ class Datapath:
             bpfsys.update(fd, k, v, "ebpfw_atype")
 
     # ---- reading ------------------------------------------------------------------------------
+    def slot_image(self, slot: int) -> dict[str, object]:
+        """Everything the datapath reads of `slot`, with the slot taken out of the keys: the
+        live part of each table (vectors up to the class count, rules, ranks and counters up
+        to the rule count, ...). Two slots written from the same plan have equal images."""
+        sh = self.shape
+        meta = bpfsys.lookup(self.maps["ebpfw_meta"], U32.pack(slot), META.size) or b""
+        nrules, nchains = META.unpack(meta)[:2] if meta else (0, 0)
+        resn = U32.unpack(bpfsys.lookup(self.maps["ebpfw_resn"], U32.pack(slot), 4) or b"\0\0\0\0")[0]
+        img: dict[str, object] = {"meta": meta, "resn": resn}
+
+        def arr(name: str, per_slot: int, count: int, size: int) -> bytes:
+            return bpfsys.lookup_array(self.maps[name], slot * per_slot, count, size) if count else b""
+
+        rules = arr("ebpfw_rule", sh.rcap, nrules, RULE.size)
+        img["rule"] = rules
+        img["cnt"] = self._percpu_range("ebpfw_cnt", slot * sh.rcap, nrules)
+        img["chain"] = arr("ebpfw_chain", sh.ccap, nchains, CHAIN.size)
+        img["pcnt"] = self._percpu_range("ebpfw_pcnt", slot * sh.ccap, nchains)
+        img["rank"] = arr("ebpfw_rank", sh.rcap + 1, nrules + 1, 4)
+        img["unrank"] = arr("ebpfw_unrank", sh.rcap, resn, 4)
+        used: set[int] = {0}
+        for name, per_slot in (("ebpfw_proto", PROTO_SLOTS), ("ebpfw_sport", PORT_SLOTS), ("ebpfw_dport", PORT_SLOTS),
+                               ("ebpfw_xsport", PORT_SLOTS), ("ebpfw_xdport", PORT_SLOTS),
+                               ("ebpfw_tcpfl", TCPFL_SLOTS), ("ebpfw_icmp", PORT_SLOTS), ("ebpfw_ctcls", CT_SLOTS),
+                               ("ebpfw_length", LENGTH_SLOTS), ("ebpfw_ttl", TTL_SLOTS), ("ebpfw_tos", TOS_SLOTS),
+                               ("ebpfw_frag", FRAG_SLOTS), ("ebpfw_tcpmss", MSS_SLOTS),
+                               ("ebpfw_pkttype", PKTTYPE_SLOTS), ("ebpfw_atsrc", ATYPE_SLOTS),
+                               ("ebpfw_atdst", ATYPE_SLOTS)):
+            if name in self.maps:
+                raw = arr(name, per_slot, per_slot, 4)
+                img[name] = raw
+                used.update(array("I", raw))
+        slot_be = struct.pack(">I", slot)
+        for name in ("ebpfw_src", "ebpfw_dst"):
+            if name in self.maps:
+                fd = self.maps[name]
+                img[name] = {k[:4] + k[8:]: bpfsys.lookup(fd, k, 4) for k in bpfsys.keys(fd, LPM_KEY.size)
+                             if k[4:8] == slot_be}
+                used.update(U32.unpack(v)[0] for v in img[name].values())
+        if "ebpfw_ifc" in self.maps:
+            fd = self.maps["ebpfw_ifc"]
+            img["ebpfw_ifc"] = {k[4:]: bpfsys.lookup(fd, k, IFC_VAL.size) for k in bpfsys.keys(fd, IFC_KEY.size)
+                                if IFC_KEY.unpack(k)[0] == slot}
+            for v in img["ebpfw_ifc"].values():
+                used.update(IFC_VAL.unpack(v))
+        if "ebpfw_mac" in self.maps:
+            fd = self.maps["ebpfw_mac"]
+            img["ebpfw_mac"] = {k[4:]: bpfsys.lookup(fd, k, 4) for k in bpfsys.keys(fd, MAC_KEY.size)
+                                if MAC_KEY.unpack(k)[0] == slot}
+            used.update(U32.unpack(v)[0] for v in img["ebpfw_mac"].values())
+        if meta:
+            used.update(META.unpack(meta)[2:])
+        # the vectors of every class some table names
+        fd = self.maps["ebpfw_vec"]
+        img["vec"] = {c: bpfsys.lookup(fd, U32.pack(slot * sh.vcap + c), sh.vec_bytes) for c in sorted(used)
+                      if c < sh.vcap}
+        if "ebpfw_gent" in self.maps:
+            fd = self.maps["ebpfw_gent"]
+            img["ebpfw_grp"] = arr("ebpfw_grp", sh.ngroups, sh.ngroups, GRP.size)
+            img["ebpfw_gent"] = {k[4:]: bpfsys.lookup(fd, k, GRP_VAL.size)
+                                 for k in bpfsys.hash_keys(fd, GRP_KEY.size, GRP_VAL.size)
+                                 if U32.unpack_from(k)[0] == slot}
+        if "ebpfw_grng" in self.maps:
+            img["ebpfw_grng"] = arr("ebpfw_grng", GRNG_SLOTS, GRNG_SLOTS, 8)
+        if "ebpfw_setm" in self.maps:
+            img["ebpfw_setm"] = arr("ebpfw_setm", sh.rcap, nrules, SETM.size)
+        # not compared: -m limit buckets and hashlimit tables start from the time of the write
+        return img
+
     def _percpu_range(self, name: str, first: int, count: int) -> list[tuple[int, int]]:
         ncpu = bpfsys.possible_cpus()
         raw = bpfsys.lookup_array(self.maps[name], first, count, COUNTER.size * ncpu)
