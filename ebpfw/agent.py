@@ -17,6 +17,8 @@ Contract:
     * only addresses or MAC addresses changed: rewrite the host view maps (local addresses,
       interface MACs/flags) through the pinned maps, under the apply lock.
   A full re-read also runs every RESYNC_SECONDS, and after a netlink buffer overrun.
+- Control socket: `ebpfw apply` hands its ruleset to the agent of its namespace over a
+  root-only unix socket (ebpfw.control), and the agent applies it between its other work.
 - SIGHUP: re-read configuration and ruleset and apply them atomically; if either is bad the
   problems are logged (FILE:LINE lines) and the old ruleset keeps enforcing.
 - SIGTERM/SIGINT: exit 0, leaving the programs enforcing (on_stop = "keep") or detaching
@@ -41,7 +43,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import api, state
+from . import api, control, state
 from .config import CT_ENV, Config, conntrack_env, load_config
 from .datapath import Datapath, Shape
 from .errors import EbpfwError
@@ -284,6 +286,20 @@ class Agent:
                     dp.close()
         self._remember(links, addrs)
 
+    def control_apply(self, req: dict) -> dict:
+        """An `ebpfw apply` handed over the control socket (ebpfw.control): the same api.apply
+        call, in this process, where the last applied ruleset is kept for incremental applies."""
+        ifaces, mode = req.get("ifaces"), req.get("mode", "auto")
+        if not isinstance(ifaces, list) or not all(isinstance(i, str) for i in ifaces) or not isinstance(mode, str):
+            raise EbpfwError("malformed control request, expected interface names and a mode")
+        name = str(req.get("filename") or "<ebpfw apply>")
+        res = api.apply(str(req.get("text", "")), name, ifaces, mode=mode, counters=bool(req.get("counters")),
+                        modes=req.get("modes") or None)
+        log.info("applied %s (from ebpfw apply): %d rules on %s; generation %s, %s, %.3f s", name, res["rules"],
+                 ", ".join(f"{i['name']} ({i['ingress']})" for i in res["ifaces"]), res["generation"],
+                 "new programs" if res["recompiled"] else "maps only", res["seconds"])
+        return res
+
     # -- reacting -------------------------------------------------------------------------------
     def sync(self) -> None:
         """Compare the host with what was last enforced and act on the difference."""
@@ -348,6 +364,13 @@ class Agent:
         log.info("configuration %s: ruleset %s, interfaces %s%s, on stop: %s", self.cfg.path, self.cfg.ruleset,
                  ", ".join(r.match + (f" ({r.mode})" if r.mode else "") for r in self.cfg.interfaces),
                  f", excluding {', '.join(self.cfg.exclude)}" if self.cfg.exclude else "", self.cfg.on_stop)
+        try:
+            ctl = control.listen()
+            if ctl is None:
+                log.warning("another agent serves %s; `ebpfw apply` goes to that one", control.socket_path())
+        except (OSError, EbpfwError) as exc:
+            ctl = None
+            log.warning("no control socket (ebpfw apply will apply by itself): %s", exc)
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)}
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
@@ -364,7 +387,11 @@ class Agent:
                 timeout = max(0.0, self.next_resync - time.monotonic())
                 if self.retry_at is not None:
                     timeout = min(timeout, max(0.0, self.retry_at - time.monotonic()))
-                ready, _, _ = select.select([sock, wake_r], [], [], min(timeout, 1.0))
+                ready, _, _ = select.select([sock, wake_r] + ([ctl] if ctl else []), [], [], min(timeout, 1.0))
+                if ctl is not None and ctl in ready:
+                    line = control.serve_one(ctl, self.control_apply)
+                    if line:
+                        log.warning("%s", line)
                 if wake_r in ready:
                     try:
                         os.read(wake_r, 256)
@@ -390,6 +417,8 @@ class Agent:
                     self.next_resync = time.monotonic() + RESYNC_SECONDS
         finally:
             sock.close()
+            if ctl is not None:
+                control.close(ctl)
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
                 signal.signal(s, h)

@@ -264,12 +264,20 @@ def apply(
         from .hostcli import confirmed_apply
         return confirmed_apply(text, name, list(iface), mode.value, counters, confirm)
     extra = {"sets_text": stext, "sets_filename": sname} if sets is not None else {}
-    with _busy("compiling and loading the ruleset (bcc builds programs when the shape changes)"):
-        res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters, **extra)
+    res = None
+    if sets is None and not os.environ.get("EBPFW_NO_AGENT"):
+        # a running agent keeps the last ruleset parsed and compiled: it applies an edit faster
+        from .control import try_apply
+        with _busy("handing the ruleset to the agent"):
+            res = try_apply(text, name, list(iface), mode.value, counters)
+    if res is None:
+        with _busy("compiling and loading the ruleset (bcc builds programs when the shape changes)"):
+            res = _api().apply(text, name, list(iface), mode=mode.value, counters=counters, **extra)
     where = ", ".join(f"{i['name']} ({i.get('ingress', '?')})" for i in res.get("ifaces", []))
     how = "new programs" if res.get("recompiled") else "maps updated, programs kept"
+    via = f" (by the agent, pid {res['agent_pid']})" if res.get("agent_pid") else ""
     print(f"applied {name}: {res.get('rules', 0)} rules on {where or 'no interface'}; "
-          f"generation {res.get('generation')}, {how}, {res.get('seconds', 0):.3f} s")
+          f"generation {res.get('generation')}, {how}, {res.get('seconds', 0):.3f} s{via}")
 
 
 @app.command()
