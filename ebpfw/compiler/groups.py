@@ -63,12 +63,23 @@ class GroupShape:
 NO_IFINDEX = 0xFFFFFFFE
 
 
+_PLEN: dict[int, int | None] = {}      # netmask -> prefix length (None: not a prefix)
+_MASK = {-1: 0, **{n: (0xFFFFFFFF << (32 - n)) & 0xFFFFFFFF if n else 0 for n in range(33)}}
+_SHAPES: dict[tuple, "GroupShape"] = {}
+
+
 def _prefix(net) -> tuple[int | None, int]:
     """(prefix length, address) of an address condition for a key: -1 when there is none (or it
     is /0), None when the mask is not a prefix (not groupable)."""
-    if net is None or net.prefixlen == 0:
+    if net is None:
         return -1, 0
-    return net.prefixlen, net.addr
+    m = net.mask
+    plen = _PLEN.get(m, -2)
+    if plen == -2:
+        plen = _PLEN[m] = net.prefixlen
+    if plen == 0:
+        return -1, 0
+    return plen, net.addr
 
 
 def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, int, int, int, list[tuple[int, int]]] | None:
@@ -123,8 +134,11 @@ def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, int, int, in
             return None
     if port_kind != PORT_NONE and not proto:
         return None
-    shape = GroupShape(src_plen, dst_plen, bool(proto), port_kind, ip.iface_in is not None)
-    return shape, src & shape.src_mask, dst & shape.dst_mask, proto << 24, iif, ports
+    sk = (src_plen, dst_plen, bool(proto), port_kind, ip.iface_in is not None)
+    shape = _SHAPES.get(sk)
+    if shape is None:
+        shape = _SHAPES[sk] = GroupShape(*sk)
+    return shape, src & _MASK[src_plen], dst & _MASK[dst_plen], proto << 24, iif, ports
 
 
 @dataclass
@@ -206,12 +220,15 @@ def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule
     lists at most MAX_IDS rules, and none after a final rule of the same chain."""
     entries: dict[tuple[int, int, int, int], list[int]] = {}
     grouped: list[int] = []
-    closed: set[tuple] = set()    # (key..., chain) already ends at a final rule
+    closed: dict[int, set] = {}   # chain -> keys already ending at a final rule there
+    get = entries.get
     for r, src, dst, pp, iif, ports in members:
         cid = rule_chain_id[r]
-        final = rules[r].target.kind in FINAL
         if b is None:
-            values = sorted({lo for lo, _ in ports})
+            if len(ports) == 1:
+                keys = [(src, dst, pp | ports[0][0], iif)]
+            else:
+                keys = [(src, dst, pp | v, iif) for v in sorted({lo for lo, _ in ports})]
         else:
             ids: set[int] | None = set()
             for lo, hi in ports:
@@ -223,20 +240,29 @@ def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule
                     ids.update(range(first, last + 1))
             if ids is None:
                 continue         # far too wide: stays in the bit vectors
-            values = sorted(ids)
-        keys = [(src, dst, pp | v, iif) for v in values]
-        open_keys = [k for k in keys if (k + (cid,)) not in closed]
-        if len(open_keys) > (MAX_RANGE_KEYS if b is not None else len(keys)) \
-                or any(len(entries.get(k, ())) >= MAX_IDS for k in open_keys):
+            keys = [(src, dst, pp | v, iif) for v in sorted(ids)]
+        cl = closed.get(cid)
+        open_keys = [k for k in keys if k not in cl] if cl else keys
+        if b is not None and len(open_keys) > MAX_RANGE_KEYS:
             continue             # stays in the bit vectors
-        for key in open_keys:
-            ids_ = entries.get(key)
+        full = False
+        for k in open_keys:
+            ids_ = get(k)
+            if ids_ is not None and len(ids_) >= MAX_IDS:
+                full = True
+                break
+        if full:
+            continue             # stays in the bit vectors
+        for k in open_keys:
+            ids_ = get(k)
             if ids_ is None:
-                entries[key] = [r]
+                entries[k] = [r]
             else:
                 ids_.append(r)
-            if final:
-                closed.add(key + (cid,))
+        if open_keys and rules[r].target.kind in FINAL:
+            if cl is None:
+                cl = closed[cid] = set()
+            cl.update(open_keys)
         grouped.append(r)
     return entries, grouped
 

@@ -31,7 +31,7 @@ from ..ruleset import (
 from . import protocols as P
 from .matches import MATCHES, PROTO_MATCHES, Ctx, Given, MatchSpec, OptionError
 from .targets import OTHER_TABLE_TARGETS, TARGETS, TargetSpec
-from .tokenize import Token, TokenizeError, tokenize
+from .tokenize import _SPACES, TokenizeError, tokenize
 
 SUPPORTED_TABLES = ("filter",)
 KNOWN_TABLES = ("filter", "nat", "mangle", "raw", "security")
@@ -80,7 +80,7 @@ class _Section:
     pos: Pos
     skip: bool
     chains: dict[str, tuple[Optional[str], Counters, Pos]] = field(default_factory=dict)
-    rules: list[tuple[int, list[Token], Optional[Counters]]] = field(default_factory=list)
+    rules: list[tuple[int, str, Optional[Counters]]] = field(default_factory=list)
 
 
 class _Parser:
@@ -210,12 +210,15 @@ class _Parser:
     def parse_rule(self, sec: _Section, lineno: int, s: str) -> Optional[tuple[str, Rule, bool]]:
         """(chain, rule, whether -c gave counters) of one rule line without its [p:b], or None
         after recording its problem."""
-        try:
-            tokens = tokenize(s)
-        except TokenizeError as exc:
-            self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
-            return None
-        rp = _RuleParser(self.filename, lineno, sec, tokens)
+        if '"' in s:
+            try:
+                words = [t.text for t in tokenize(s)]
+            except TokenizeError as exc:
+                self.problem(lineno, "unterminated double quote", 'a closing "', exc.text)
+                return None
+        else:                   # tokenize's fast path, without a Token per word
+            words = [w for w in _SPACES.split(s) if w]
+        rp = _RuleParser(self.filename, lineno, sec, words)
         try:
             chain, rule = rp.parse()
         except _LineProblem as exc:
@@ -242,7 +245,7 @@ class _Parser:
                 if len(cache) < _RULE_CACHE_MAX:
                     cache[s] = hit
             chain, rule, counters_given = hit
-            rule = replace(rule, pos=Pos(self.filename, lineno))
+            rule = _at(rule, Pos(self.filename, lineno))
             if counters is not None:
                 if counters_given:
                     self.problem(lineno, "counters given twice", "either [p:b] or -c", "-c")
@@ -256,6 +259,16 @@ class _Parser:
             chains.append(Chain(name=name, policy=pol, rules=tuple(rules[name]),  # type: ignore[arg-type]
                                 pos=pos, counters=ctrs))
         self.tables.append(Table(name=sec.name, chains=tuple(chains), pos=sec.pos))
+
+
+def _at(rule: Rule, pos: Pos) -> Rule:
+    """dataclasses.replace(rule, pos=pos), without its per-field __init__ (a tenth of a parse):
+    the other fields are the cached rule's, already built and checked."""
+    new = object.__new__(Rule)
+    d = new.__dict__
+    d.update(rule.__dict__)
+    d["pos"] = pos
+    return new
 
 
 # parsed rules by (table, declared chains) then line text; bounded, per process
@@ -281,10 +294,10 @@ class _Loaded:
 class _RuleParser:
     """One `-A CHAIN ...` line. Raises _LineProblem at the first problem."""
 
-    def __init__(self, filename: str, lineno: int, sec: _Section, tokens: list[Token]):
+    def __init__(self, filename: str, lineno: int, sec: _Section, words: list[str]):
         self.pos = Pos(filename, lineno)
         self.sec = sec
-        self.words = [t.text for t in tokens]
+        self.words = words
         self.i = 0
         self.ip: dict[str, object] = {}
         self.given: set[str] = set()
@@ -603,7 +616,7 @@ def parse_rule_line(line: str, filename: str, lineno: int, table: str, chains) -
         if cache_key in _RULE_CACHE and len(cache) < _RULE_CACHE_MAX:
             cache[s] = hit
     chain, rule, _ = hit
-    return chain, replace(rule, pos=Pos(filename, lineno))
+    return chain, _at(rule, Pos(filename, lineno))
 
 
 def parse_ruleset(text: str, filename: str = "<stdin>") -> Ruleset:

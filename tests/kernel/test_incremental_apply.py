@@ -115,9 +115,9 @@ def test_incremental_apply_writes_what_a_full_apply_writes(netns, ebpfw_env, tmp
         assert not step["full"]["incremental"] and not step["full"]["maps_diffed"], (i, step)
         assert step["differ"] == [], f"step {i}: the incremental slot differs from a full write in {step['differ']}"
     for step in out["steps"][1:]:
-        assert {"vec", "rule", "ebpfw_gent", "ebpfw_dport"} <= set(step["control"]), step["control"]
+        assert {"rule", "ebpfw_gent"} <= set(step["control"]), step["control"]
     sizes = out["steps"][0]["sizes"]
-    assert sizes["vec"] > 10 and sizes["ebpfw_gent"] > 100 and sizes["rule"] == 1200 * 8
+    assert sizes["vec"] >= 2 and sizes["ebpfw_gent"] > 100 and sizes["rule"] == 1200 * 8
     # -c: the counters of the changed rules with -c start from their values, as in a full apply
     assert out["steps"][3]["counted"] > 0
     assert out["steps"][0]["counted"] == 0
