@@ -14,9 +14,9 @@ Contract:
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import json
 import os
 import shutil
@@ -34,9 +34,16 @@ DEFAULT_STATE_DIR = "/var/lib/ebpfw"
 LOCK_NAME = "apply.lock"
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    # the symbols already in this process (libc among them): find_library("c") would run
+    # `ldconfig -p` in a subprocess on every call
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _fs_magic(path: Path) -> int:
     """statfs(2) f_type of `path` (os.statvfs does not expose it)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    libc = _libc()
     buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
     if libc.statfs(os.fsencode(str(path)), buf) != 0:
         e = ctypes.get_errno()

@@ -321,7 +321,11 @@ class Datapath:
             return COUNTER.pack(p, b) + COUNTER.pack(0, 0) * (ncpu - 1)
 
         rc = initial_counters.get("rules") if initial_counters else None
-        self._batch("ebpfw_cnt", keys, [pc(*rc[r]) if rc else zero_pc for r in range(plan.nrules)])
+        if rc:
+            self._batch("ebpfw_cnt", keys, [pc(*rc[r]) for r in range(plan.nrules)])
+        elif keys:
+            bpfsys.update_batch(self.maps["ebpfw_cnt"], array("I", keys).tobytes(), zero_pc * len(keys), len(keys),
+                                "ebpfw_cnt")
         # chains and policy counters
         keys = [slot * sh.ccap + c for c in range(len(plan.chain_names))]
         self._batch("ebpfw_chain", keys, [CHAIN.pack(s, e, p, 0) for (s, e), p in
