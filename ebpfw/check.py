@@ -252,6 +252,9 @@ class _Checker:
                          "kernel refuses it)", "those options only with --rcheck or --update", text)
             elif m.reap and not m.seconds:
                 self.add(pos, "recent --reap without --seconds", "--seconds N with --reap", text)
+            if m.hitcount >= 65536:
+                self.add(pos, "recent --hitcount above 65535 (the kernel refuses it: XT_RECENT_MAX_NSTAMPS)",
+                         "--hitcount 1-65535", text)
         if isinstance(m, SetMatch) and self.sets is not None:
             st = self.sets.get(m.name)
             if st is None:

@@ -250,6 +250,10 @@ EXT_CASES = [
      "c.rules:8: recent --set with --seconds, --hitcount, --reap or --rttl (the kernel refuses it), "
      "expected those options only with --rcheck or --update, found "
      "'-A INPUT -m recent --set --seconds 5 --name DEFAULT --mask 255.255.255.255 --rsource'"),
+    ("-A INPUT -m recent --rcheck --hitcount 65536\n",
+     "c.rules:8: recent --hitcount above 65535 (the kernel refuses it: XT_RECENT_MAX_NSTAMPS), expected "
+     "--hitcount 1-65535, found '-A INPUT -m recent --rcheck --hitcount 65536 --name DEFAULT --mask "
+     "255.255.255.255 --rsource'"),
     ("-A INPUT -m limit --limit 1/day\n",
      "c.rules:8: limit rate and burst overflow the kernel's token bucket (xt_limit: \"Overflow, try "
      "lower\"), expected a higher rate or a smaller --limit-burst (>= 1), found "
