@@ -168,6 +168,8 @@ class Plan:
             "actions": self.actions,
             # the first rule that reads or writes skb->mark: the ingress must run at TC
             "needs_tc": self.skb_mark_rule,
+            # the -m recent lists the rules name (kept across applies that keep the name)
+            "recent_lists": sorted({m.name for m in self.recent.values()}),
         }
 
     @property

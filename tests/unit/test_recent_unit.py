@@ -35,6 +35,7 @@ def test_ufw_limit_rules_compile_with_the_recent_flag():
     assert [bool(f & RF_RECENT) for f in plan.rule_flags] == [True, True]
     assert plan.recent[1] == RecentMatch("update", seconds=30, hitcount=6)
     assert "recent" in shape_for(plan, 2).fields
+    assert plan.summary()["recent_lists"] == ["DEFAULT"]
 
 
 def test_comment_after_recent_is_fine():
