@@ -229,6 +229,15 @@ def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule
                 keys = [(src, dst, pp | ports[0][0], iif)]
             else:
                 keys = [(src, dst, pp | v, iif) for v in sorted({lo for lo, _ in ports})]
+        elif len(ports) == 1:    # one range: its intervals are already in order
+            lo, hi = ports[0]
+            if lo > hi:
+                keys = []
+            else:
+                first, last = bisect.bisect_right(b, lo) - 1, bisect.bisect_right(b, hi) - 1
+                if last - first >= 4 * MAX_RANGE_KEYS:
+                    continue         # far too wide: stays in the bit vectors
+                keys = [(src, dst, pp | v, iif) for v in range(first, last + 1)]
         else:
             ids: set[int] | None = set()
             for lo, hi in ports:
