@@ -4,7 +4,8 @@ The same ruleset judges the same UDP script twice in a DUT namespace: first load
 iptables-legacy-restore, then (iptables flushed, which drops the kernel's list) with `ebpfw
 apply`. Two client addresses; --set, --update --seconds 2 --hitcount 3, --rcheck (with and
 without --seconds), --rttl and --remove, a pause of 2.5 s that takes the first burst out of the
-window. Every rule's packet counter must be equal, and so must the list: the addresses, TTLs
+window, and an OUTPUT --set --rdest fed by the DUT's own sockets (TC egress). Every rule's
+packet counter must be equal, and so must the lists: the addresses, TTLs
 and number of times in /proc/net/xt_recent/rc against `ebpfw recent list rc`. A second test
 fills a list with ip_list_tot + 1 sources and checks that both evict the same address."""
 
@@ -34,7 +35,18 @@ RULES = """*filter
 -A INPUT -p udp -m udp --dport 7102 -m recent --remove --name rc --mask 255.255.255.255 --rsource
 -A INPUT -p udp -m udp --dport 7103 -m recent --rcheck --rttl --name rc --mask 255.255.255.255 --rsource -j DROP
 -A INPUT -p udp -m udp --dport 7104 -m recent ! --rcheck --name rc --mask 255.255.255.255 --rsource -j DROP
+-A OUTPUT -p udp -m udp --dport 7300 -m recent --set --name out --mask 255.255.255.255 --rdest
 COMMIT
+"""
+
+# the DUT's own packets (OUTPUT, judged at TC egress): the TTL xt_recent keeps is the socket's
+OUT_SEND = """
+import socket, sys
+for ttl in (64, 9):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, ttl)
+    s.sendto(b"x", (sys.argv[1], 7300))
+    s.close()
 """
 
 # (source, port, ttl), then a pause, then more
@@ -64,8 +76,9 @@ send(B, 7104)                # B is gone: DROP
 """
 
 
-def _send(client: str) -> None:
+def _send(client: str, dut: str) -> None:
     run_in(client, [sys.executable, "-c", SEND, DUT, A, B], timeout=30)
+    run_in(dut, [sys.executable, "-c", OUT_SEND, A], timeout=30)
     time.sleep(0.2)
 
 
@@ -96,18 +109,20 @@ def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
     # the reference: the kernel's xt_recent
     run_in(dut, ["iptables-legacy-restore"], input=RULES)
     try:
-        _send(client)
+        _send(client, dut)
         ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
         ref_list = _proc_list(dut)
+        ref_out = _entries(run_in(dut, ["cat", "/proc/net/xt_recent/out"]).stdout)
     finally:
         run_in(dut, ["iptables-legacy", "-F"], check=False)
     rules = tmp_path / "r.v4"
     rules.write_text(RULES)
     try:
         ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
-        _send(client)
+        _send(client, dut)
         got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
         got_list = _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout)
+        got_out = _entries(ok(ebpfw(dut, "recent", "list", "out")).stdout)
         # a re-apply of a ruleset that still names the list keeps it
         ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
         assert _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout) == got_list
@@ -119,10 +134,12 @@ def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
     want = {k: ref[k][0] for k in lines}
     # the kernel did what the script expects: 7 (A, B) + 1 set, 3 + 0 dropped, 4 + 1 accepted, ...
     assert want == {lines[0]: 8, lines[1]: 3, lines[2]: 5, lines[3]: 1, lines[4]: 1, lines[5]: 1,
-                    lines[6]: 2}, ref
+                    lines[6]: 2, lines[7]: 2}, ref
     assert {k: got[k][0] for k in lines} == want, got
     assert ref_list == [(A, 64, 9)], ref_list
     assert got_list == ref_list
+    assert ref_out == [(A, 9, 2)], ref_out           # --set keeps the last packet's TTL
+    assert got_out == ref_out
 
 
 EVICT_RULES = """*filter
