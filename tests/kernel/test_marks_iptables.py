@@ -248,3 +248,29 @@ def test_connmark_matches_xt_connmark(netns, ebpfw_env, tmp_path):
     assert {k: got[k] for k in rule_lines} == {k: ref[k] for k in rule_lines}
     assert ref["-A INPUT -p udp -m connmark --mark 0x1 -j ACCEPT"][0] == 2
     assert " mark=32 " in listed and " mark=1 " in listed, listed
+
+
+def test_auto_mode_follows_the_ruleset(netns, ebpfw_env, tmp_path):
+    """--mode auto: TC ingress while the ruleset has marks, XDP again once it has none (a
+    maps-only re-apply too), and the ingress switch keeps judging with the new rules."""
+    dut, peer = netns("mka"), netns("mkb")
+    veth(dut, dut + "d", peer, peer + "p", "10.203.3.1/24", "10.203.3.2/24")
+    plain = tmp_path / "plain.rules"
+    plain.write_text("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                     "-A INPUT -p udp -m udp --dport 7000 -j DROP\nCOMMIT\n")
+    marks = tmp_path / "marks.rules"
+    marks.write_text(RULES)
+
+    def ingress() -> str:
+        st = json.loads(ok(ebpfw(dut, "status", "--json")).stdout)
+        return st["ifaces"][0]["ingress"]
+
+    try:
+        ok(ebpfw(dut, "apply", str(plain), "--iface", dut + "d"))
+        assert ingress().startswith("xdp")
+        ok(ebpfw(dut, "apply", str(marks), "--iface", dut + "d"))
+        assert ingress() == "tc"
+        ok(ebpfw(dut, "apply", str(plain), "--iface", dut + "d"))      # the programs fit: maps only
+        assert ingress().startswith("xdp")
+    finally:
+        ebpfw(dut, "detach", timeout=60)
