@@ -253,8 +253,9 @@ struct ctfrag_key {
 };
 struct ctfrag_val {
     __u32 label;
-    __u32 pad;
+    __u32 hasct;         /* the first fragment had a connection (known, or being made) ... */
     __u64 expires;
+    struct ebpfw_ct_key key;   /* ... at this key: the later fragments belong to it too */
 };
 BPF_TABLE("lru_hash", struct ctfrag_key, struct ctfrag_val, ebpfw_ctfrag, 8192);
 
@@ -645,13 +646,19 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
     struct ctfrag_key fk = { .saddr = p->saddr, .daddr = p->daddr, .id = p->ipid, .proto = p->proto };
     if (p->frag == 1) {
         struct ctfrag_val *fv = ebpfw_ctfrag.lookup(&fk);
-        if (fv && fv->expires > now)
+        if (fv && fv->expires > now) {
+            /* CONNMARK / -m connmark: the first fragment's connection, if it exists by now */
+            __builtin_memcpy(&w->key, &fv->key, sizeof(w->key));
+            w->hasct = fv->hasct;
             return fv->label;
+        }
         return EBPFW_CT_INVALID;
     }
     __u32 label = ct_label_packet(p, data, data_end, cfg, w, now);
     if (p->frag == 2) {
         struct ctfrag_val fv = { .label = label, .expires = now + 30 * NS_PER_SEC };
+        fv.hasct = (w->hasct || w->pending) ? 1 : 0;
+        __builtin_memcpy(&fv.key, &w->key, sizeof(fv.key));
         ebpfw_ctfrag.update(&fk, &fv);
     }
     return label;
@@ -660,8 +667,8 @@ static __always_inline __u32 ct_label(struct pkt *p, void *data, void *data_end)
 /* The mark of the packet's connection (CONNMARK, -m connmark): of the entry being prepared for
  * a first packet, or of the known entry. Read into *m (write = 0) or stored from *m (write =
  * 1) around the walk, which works on a copy in its scratch record (no table lookups in the
- * loop); returns 0 when the packet has no connection (INVALID; a fragment after the first:
- * ebpfw does not reassemble). */
+ * loop); returns 0 when the packet has no connection (INVALID; a later fragment whose first
+ * fragment was not seen, or made no connection). */
 static __always_inline int ct_mark_io(__u32 *m, int write)
 {
     __u32 zero = 0;

@@ -420,3 +420,25 @@ def test_random_connmark_rulesets_against_reference(dut):
                 seq.append(("OUTPUT", Pkt(s, c, proto=UDP, sport=dport, dport=sport, oif="va",
                                           mark=rng.choice([0, 2, 0x11]))))
         check_flows(w, links, text, seq)
+
+
+def test_later_fragments_belong_to_the_first_fragments_connection(dut):
+    """ebpfw judges fragments one by one (no reassembly); a later fragment gets the first one's
+    conntrack label and, for -m connmark / CONNMARK, its connection."""
+    w, links = dut
+    text = HEAD.format("DROP", "ACCEPT") + """-A INPUT -m connmark --mark 0x7 -j ACCEPT
+-A INPUT -p udp -m udp --dport 53 -j CONNMARK --set-xmark 0x7/0xffffffff
+-A INPUT -p udp -m udp --dport 53 -j ACCEPT
+COMMIT
+"""
+    load(w, text)
+    assert "error" not in w.call(op="ct_flush")
+    first = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=UDP, sport=4100, dport=53, iif="va", mf=True, payload=40)
+    got = run(w, links, "INPUT", first)
+    assert got["ret"] == TC_OK and [r[0] for r in got["rules"]] == [1, 2]
+    later = Pkt(ip("10.8.0.2"), ip("10.8.0.1"), proto=UDP, sport=4100, dport=53, iif="va", frag=6, payload=16)
+    got = run(w, links, "INPUT", later)
+    assert got["ret"] == TC_OK and [r[0] for r in got["rules"]] == [0]      # the connection's mark 0x7
+    alone = Pkt(ip("10.8.0.3"), ip("10.8.0.1"), proto=UDP, sport=4100, dport=53, iif="va", frag=6, payload=16)
+    got = run(w, links, "INPUT", alone)
+    assert got["ret"] == TC_SHOT and got["rules"] == []      # no first fragment seen: no connection
