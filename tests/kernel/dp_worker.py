@@ -22,6 +22,8 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
 Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to load first, and
   {"op": "set_add"|"set_del", "name": NAME, "element": TEXT} -> {"n": entries, "seconds": time}
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
+  {"op": "run_cpus", "frame": HEX, "ifindex": N, "repeat": N, "cpus": [0, 1]} -> {"rules": [[p, b]...]}
+    (the XDP program on several CPUs at once, for per-CPU safety tests)
 -m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": jiffies the tables were made}
 """
 
@@ -113,6 +115,26 @@ def main() -> None:
                 out = {"ret": ret, "rules": rules, "chains": chains, "stats": dp.read_stats(), "out": out_frame.hex()}
                 if req["prog"] != "xdp":
                     out["mark"] = struct.unpack_from("<I", ctx_out, 8)[0]
+            elif req["op"] == "run_cpus":
+                # the same frame through the XDP program `repeat` times on each CPU at once
+                import threading
+                frame = bytes.fromhex(req["frame"])
+                rets: dict = {}
+                go = threading.Barrier(len(req["cpus"]))
+
+                def on_cpu(cpu: int) -> None:
+                    os.sched_setaffinity(0, {cpu})
+                    go.wait()
+                    rets[cpu] = bpfsys.test_run(dp.progs["xdp"], frame, req["repeat"],
+                                                xdp_ctx(req["ifindex"], len(frame)))[0]
+                threads = [threading.Thread(target=on_cpu, args=(c,)) for c in req["cpus"]]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                slot = dp.active()[0]
+                rc = dp.read_counters(slot, plan.nrules, len(plan.chain_names))[0]
+                out = {"rets": rets, "rules": [list(c) for c in rc]}
             elif req["op"] == "hl_list":
                 slot = dp.active()[0]
                 out = {"entries": dp.hashlimit_entries(slot, plan.hl_tables), "j0": dp.hashlimit_j0(slot)}
