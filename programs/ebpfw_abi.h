@@ -245,8 +245,9 @@ struct ebpfw_logrl {
 
 
 /* ---- -m hashlimit (compiled in with EBPFW_F_HASHLIMIT, see programs/ebpfw.c) ----------------
- * xt_hashlimit revision 3: one table per --hashlimit-name (and slot), one token bucket per key.
- * Table id = slot * EBPFW_HL_NT + n; the config is the first rule's (iptables' check order). */
+ * xt_hashlimit revision 3: one table per --hashlimit-name, one token bucket per key. Table ids
+ * (0 .. 2 * EBPFW_HL_NT - 1) are shared by both slots: a name both rulesets use keeps its table
+ * across an apply; the config is that of the first rule (iptables' check order) that made it. */
 #define EBPFW_HLM_DIP 1       /* key parts: XT_HASHLIMIT_HASH_DIP .. SPT */
 #define EBPFW_HLM_DPT 2
 #define EBPFW_HLM_SIP 4
@@ -265,6 +266,9 @@ struct ebpfw_hlcfg {
     __u16 spmask;        /* 0xffff when the source port is part of the key, else 0 */
     __u16 dpmask;
     __u32 needports;     /* 1: a port is part of the key (a packet without them hotdrops) */
+    __u32 slots;         /* userspace only: bit s = slot s uses this table */
+    __u32 pad;
+    __u64 name;          /* userspace only: tag of the --hashlimit-name (ebpfw/datapath/abi.py) */
 };
 
 /* per rule (slot * EBPFW_RCAP + rule) */

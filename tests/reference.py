@@ -491,7 +491,8 @@ class Hashlimits:
         self.hz, self.now, self.size = hz, j0, size
         self.tables: dict[str, HashlimitTable] = {}
 
-    def prepare(self, table: Table) -> "Hashlimits":
+    def prepare(self, table: Table, j0: Optional[dict] = None) -> "Hashlimits":
+        """Make the tables `table` names; `j0` gives a table's creation jiffies by name (default: now)."""
         builtin = [c for n in ("INPUT", "FORWARD", "OUTPUT") for c in table.chains if c.name == n]
         user = sorted((c for c in table.chains if c.name not in ("INPUT", "FORWARD", "OUTPUT")),
                       key=lambda c: c.name.encode())
@@ -499,7 +500,8 @@ class Hashlimits:
             for r in c.rules:
                 for m in r.matches:
                     if isinstance(m, HashlimitMatch) and m.name not in self.tables:
-                        self.tables[m.name] = HashlimitTable(m, self.hz, self.now, self.size)
+                        self.tables[m.name] = HashlimitTable(m, self.hz, (j0 or {}).get(m.name, self.now),
+                                                             self.size)
         return self
 
     def match(self, m: HashlimitMatch, p: Pkt) -> bool:

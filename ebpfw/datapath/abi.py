@@ -128,8 +128,9 @@ def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
 
 # -m hashlimit (programs/ebpfw_abi.h: struct ebpfw_hlcfg, ebpfw_hlrule, ebpfw_hl_*)
 HL_NT = 64                                  # tables (distinct --hashlimit-name) per slot
-HL_CFG = struct.Struct("<QQQQQQIIHHI")      # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask, spmask,
-                                            # dpmask, needports
+HL_CFG = struct.Struct("<QQQQQQIIHHIIIQ")   # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask, spmask,
+                                            # dpmask, needports, slots, pad, name
+HL_SLOTS, HL_NAME = 11, 13                  # their indexes in HL_CFG
 HL_RULE = struct.Struct("<II")              # tid, inv
 HL_KEY = struct.Struct("<I4s4sHH")          # tid, src (be), dst (be), sport, dport
 HL_VAL = struct.Struct("<QQQQQ")            # expires, prev, credit, credit_cap, cost
@@ -138,6 +139,12 @@ XT_HASHLIMIT_SCALE_V2 = 1_000_000
 HASHLIMIT_MAX_SIZE = 1048576
 HASHLIMIT_GCINTERVAL = 1000                 # ms, iptables' default --hashlimit-htable-gcinterval
 U64 = (1 << 64) - 1
+
+
+def hl_name_hash(name: str) -> int:
+    """The 64-bit tag of a --hashlimit-name in struct ebpfw_hlcfg (never 0)."""
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") | 1
 
 
 def hashlimit_cpj(hz: int) -> int:

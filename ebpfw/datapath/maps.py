@@ -24,7 +24,8 @@ from .abi import (
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM,
-    HL_CFG, HL_KEY, HL_NT, HLM, HL_RULE, HL_VAL, hashlimit_cpj, hashlimit_credits, jiffies_now, msecs_to_jiffies,
+    HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
+    jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
 )
 
@@ -255,7 +256,6 @@ class Datapath:
         if wait > 0:
             time.sleep(wait)
         self.clear_groups(1 - slot)
-        self.clear_hashlimit(1 - slot)
 
     # ---- writing one slot -------------------------------------------------------------------
     def _batch(self, name: str, keys: list[int], values: list[bytes]) -> None:
@@ -434,9 +434,13 @@ class Datapath:
         self._batch("ebpfw_limit", keys, vals)
 
     def _write_hashlimit(self, slot: int, plan) -> None:
-        """This slot's hashlimit tables, as htable_create makes them: empty (the slot's old
-        buckets are deleted first), configured from plan.hl_tables, the collector's clock
-        starting now; and which table each hashlimit rule uses."""
+        """This slot's hashlimit tables and which one each hashlimit rule uses. As in the
+        kernel, where a restore's new rules find the table the old rules still hold by its
+        name: a table the active slot uses under the same name is shared as it is (its buckets,
+        its config, its collector's clock); another one is made as htable_create makes it
+        (empty, configured from plan.hl_tables, the collector starting now) in a table id
+        neither slot uses. Table ids are global (0 .. 2*HL_NT-1); `slots` in each config says
+        which slots use it."""
         sh = self.shape
         tables = getattr(plan, "hl_tables", []) or []
         rules = getattr(plan, "hashlimits", {}) or {}
@@ -444,7 +448,14 @@ class Datapath:
             raise KernelError(f"internal: {len(tables)} hashlimit tables, the programs hold {HL_NT}")
         if sum(t.max for t in tables) * 2 > sh.hl_cap:
             raise KernelError("internal: the plan's hashlimit tables do not fit the loaded programs' shape")
-        self.clear_hashlimit(slot)
+        ntid = 2 * HL_NT
+        raw = bpfsys.lookup_array(self.maps["ebpfw_hlcfg"], 0, ntid, HL_CFG.size)
+        cfgs = [list(HL_CFG.unpack_from(raw, t * HL_CFG.size)) for t in range(ntid)]
+        mine, other = 1 << slot, 1 << (1 - slot)
+        for c in cfgs:
+            c[HL_SLOTS] &= ~mine
+        active = {c[HL_NAME]: t for t, c in enumerate(cfgs) if c[HL_SLOTS] & other}
+        free = [t for t, c in enumerate(cfgs) if not c[HL_SLOTS]]
         hz = host_hz()
         cpj = hashlimit_cpj(hz)
         j0 = jiffies_now()
@@ -453,59 +464,70 @@ class Datapath:
             m = (0xFFFFFFFF << (32 - mask)) & 0xFFFFFFFF if mask else 0
             return int.from_bytes(m.to_bytes(4, "big"), "little")
 
-        keys = [slot * HL_NT + i for i in range(HL_NT)]
-        cfgs = []
-        for i in range(HL_NT):
-            if i < len(tables):
-                t = tables[i]
+        tids, fresh = [], []
+        for t in tables:
+            h = hl_name_hash(t.name)
+            tid = active.get(h)
+            if tid is None:
+                tid = free.pop(0)
+                fresh.append(tid)
                 ports = t.mode & (HLM["srcport"] | HLM["dstport"])
-                cfgs.append(HL_CFG.pack(hashlimit_credits(t.avg * t.burst, hz), hashlimit_credits(t.avg, hz), cpj,
-                                        msecs_to_jiffies(t.expire, hz), msecs_to_jiffies(t.gcinterval, hz), j0,
-                                        be(t.srcmask) if t.mode & HLM["srcip"] else 0,
-                                        be(t.dstmask) if t.mode & HLM["dstip"] else 0,
-                                        0xFFFF if t.mode & HLM["srcport"] else 0,
-                                        0xFFFF if t.mode & HLM["dstport"] else 0, 1 if ports else 0))
-            else:
-                cfgs.append(HL_CFG.pack(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
-        self._batch("ebpfw_hlcfg", keys, cfgs)
+                cfgs[tid] = [hashlimit_credits(t.avg * t.burst, hz), hashlimit_credits(t.avg, hz), cpj,
+                             msecs_to_jiffies(t.expire, hz), msecs_to_jiffies(t.gcinterval, hz), j0,
+                             be(t.srcmask) if t.mode & HLM["srcip"] else 0,
+                             be(t.dstmask) if t.mode & HLM["dstip"] else 0,
+                             0xFFFF if t.mode & HLM["srcport"] else 0,
+                             0xFFFF if t.mode & HLM["dstport"] else 0, 1 if ports else 0, 0, 0, h]
+            cfgs[tid][HL_SLOTS] |= mine
+            tids.append(tid)
+        self.clear_hashlimit(fresh)
+        self._batch("ebpfw_hlcfg", list(range(ntid)), [HL_CFG.pack(*c) for c in cfgs])
         empty = HL_RULE.pack(0, 0)
         self._batch("ebpfw_hlrule", [slot * sh.rcap + r for r in range(sh.rcap)],
-                    [HL_RULE.pack(slot * HL_NT + rules[r][0], int(rules[r][1])) if r in rules else empty
+                    [HL_RULE.pack(tids[rules[r][0]], int(rules[r][1])) if r in rules else empty
                      for r in range(sh.rcap)])
 
-    def clear_hashlimit(self, slot: int) -> int:
-        """Delete `slot`'s hashlimit buckets."""
-        if "ebpfw_hl" not in self.maps:
+    def clear_hashlimit(self, tids) -> int:
+        """Delete the buckets of table ids `tids`."""
+        if "ebpfw_hl" not in self.maps or not tids:
             return 0
         fd = self.maps["ebpfw_hl"]
-        mine = [k for k in bpfsys.hash_keys(fd, HL_KEY.size, HL_VAL.size) if U32.unpack_from(k)[0] // HL_NT == slot]
+        tids = set(tids)
+        mine = [k for k in bpfsys.hash_keys(fd, HL_KEY.size, HL_VAL.size) if U32.unpack_from(k)[0] in tids]
         bpfsys.delete_batch(fd, b"".join(mine), len(mine))
         return len(mine)
 
-    def hashlimit_entries(self, slot: int, tables: list) -> list[dict]:
-        """The buckets of `slot` (like /proc/net/ipt_hashlimit/NAME): table name, key, expires,
-        prev (jiffies), credit, credit_cap, cost."""
+    def hashlimit_tables(self, slot: int, names) -> dict:
+        """name -> (table id, jiffies when the table was made) of `slot`'s tables among `names`."""
+        ntid = 2 * HL_NT
+        raw = bpfsys.lookup_array(self.maps["ebpfw_hlcfg"], 0, ntid, HL_CFG.size)
+        by_hash = {hl_name_hash(n): n for n in names}
+        out = {}
+        for t in range(ntid):
+            c = HL_CFG.unpack_from(raw, t * HL_CFG.size)
+            if c[HL_SLOTS] & (1 << slot) and c[HL_NAME] in by_hash:
+                out[by_hash[c[HL_NAME]]] = (t, c[5])
+        return out
+
+    def hashlimit_entries(self, slot: int, names) -> list[dict]:
+        """The buckets of `slot`'s tables (like /proc/net/ipt_hashlimit/NAME): table name, key,
+        expires, prev (jiffies), credit, credit_cap, cost."""
         import socket
+        tables = {tid: name for name, (tid, _) in self.hashlimit_tables(slot, names).items()}
         fd = self.maps["ebpfw_hl"]
         out = []
         for k in bpfsys.hash_keys(fd, HL_KEY.size, HL_VAL.size):
             tid, src, dst, sport, dport = HL_KEY.unpack(k)
-            if tid // HL_NT != slot:
+            if tid not in tables:
                 continue
             v = bpfsys.lookup(fd, k, HL_VAL.size)
             if v is None:
                 continue
             expires, prev, credit, cap, cost = HL_VAL.unpack(v)
-            i = tid % HL_NT
-            out.append({"table": tables[i].name if i < len(tables) else str(i), "src": socket.inet_ntoa(src),
-                        "dst": socket.inet_ntoa(dst), "sport": sport, "dport": dport, "expires": expires,
-                        "prev": prev, "credit": credit, "credit_cap": cap, "cost": cost})
+            out.append({"table": tables[tid], "src": socket.inet_ntoa(src), "dst": socket.inet_ntoa(dst),
+                        "sport": sport, "dport": dport, "expires": expires, "prev": prev, "credit": credit,
+                        "credit_cap": cap, "cost": cost})
         return out
-
-    def hashlimit_j0(self, slot: int) -> int:
-        """The jiffies at which `slot`'s hashlimit tables were made (their collector's start)."""
-        raw = bpfsys.lookup(self.maps["ebpfw_hlcfg"], U32.pack(slot * HL_NT), HL_CFG.size)
-        return HL_CFG.unpack(raw)[5] if raw else 0
 
     def _write_marks(self, slot: int, marks: dict) -> None:
         """Every rule's struct ebpfw_markc of this slot (zero for rules without marks: they have

@@ -24,7 +24,7 @@ Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to 
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
   {"op": "run_cpus", "frame": HEX, "ifindex": N, "repeat": N, "cpus": [0, 1]} -> {"rules": [[p, b]...]}
     (the XDP program on several CPUs at once, for per-CPU safety tests)
--m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": jiffies the tables were made}
+-m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": {table: jiffies it was made}}
 """
 
 from __future__ import annotations
@@ -137,7 +137,9 @@ def main() -> None:
                 out = {"rets": rets, "rules": [list(c) for c in rc]}
             elif req["op"] == "hl_list":
                 slot = dp.active()[0]
-                out = {"entries": dp.hashlimit_entries(slot, plan.hl_tables), "j0": dp.hashlimit_j0(slot)}
+                names = [t.name for t in plan.hl_tables]
+                out = {"entries": dp.hashlimit_entries(slot, names),
+                       "j0": {n: v[1] for n, v in dp.hashlimit_tables(slot, names).items()}}
             elif req["op"] in ("set_add", "set_del"):
                 import time
                 t0 = time.perf_counter()

@@ -108,13 +108,25 @@ def _check_buckets(w, hl: Hashlimits) -> int:
     return len(ref)
 
 
+EMPTY = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+
+def load_fresh(w, text: str) -> dict:
+    """Load `text` with new hashlimit tables: two rulesets without hashlimit first, so that
+    neither slot holds a table any more (a name the active ruleset uses is kept by an apply)."""
+    for _ in range(2):
+        assert "error" not in w.call(op="load", rules=EMPTY)
+    r = w.call(op="load", rules=text)
+    assert "error" not in r, r.get("error")
+    return r
+
+
 def test_hashlimit_matches_reference(dut):
     w, links = dut
-    r = w.call(op="load", rules=RULES)
-    assert "error" not in r, r.get("error")
+    r = load_fresh(w, RULES)
     table = parse_ruleset(RULES, "t.rules").table("filter")
     rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
-    hl = Hashlimits(host_hz(), j0=w.call(op="hl_list")["j0"]).prepare(table)
+    hl = Hashlimits(host_hz()).prepare(table, j0=w.call(op="hl_list")["j0"])
     # the shared name: ZZZ's rule uses INPUT's first rule's table (4/sec, burst 3, per source)
     assert hl.tables["hla"].burst == 3 and hl.tables["hla"].mode == {"srcip"}
     rnd = random.Random(5)
@@ -132,8 +144,7 @@ def test_hashlimit_matches_reference(dut):
 def test_hashlimit_burst_then_refill_per_source(dut):
     """Plain behaviour with real time: each source has its own bucket of 3, one token every 250 ms."""
     w, links = dut
-    r = w.call(op="load", rules=RULES)
-    assert "error" not in r, r.get("error")
+    load_fresh(w, RULES)
 
     def send(src: str) -> bool:
         got = judge(w, links, "INPUT", Pkt(ip(src), ip("10.9.0.1"), UDP, dport=5000, iif="va"))
@@ -148,15 +159,26 @@ def test_hashlimit_burst_then_refill_per_source(dut):
     assert send(SOURCES[3])     # a new source starts full
 
 
-def test_hashlimit_reapply_starts_fresh(dut):
-    """A new ruleset (a flip to the other slot) gets empty tables, as a first iptables-restore."""
+def test_hashlimit_reapply_keeps_named_tables(dut):
+    """As iptables-restore, where the new rules find the tables the old rules still hold: a
+    name the active ruleset uses keeps its buckets and its first config across an apply (a
+    changed rate does not take effect); a name no ruleset holds any more starts afresh."""
     w, links = dut
-    for _ in range(2):
-        r = w.call(op="load", rules=RULES)
-        assert "error" not in r, r.get("error")
-        got = [judge(w, links, "INPUT", Pkt(ip("10.9.0.9"), ip("10.9.0.1"), TCP, dport=22, iif="va"))["ret"]
-               for _ in range(3)]
-        assert [g != XDP_DROP for g in got] == [True, True, False]      # 1/hour, burst 2
+
+    def three() -> list[bool]:
+        return [judge(w, links, "INPUT", Pkt(ip("10.9.0.9"), ip("10.9.0.1"), TCP, dport=22, iif="va"))["ret"]
+                != XDP_DROP for _ in range(3)]
+
+    load_fresh(w, RULES)
+    assert three() == [True, True, False]           # 1/hour, burst 2
+    assert "error" not in w.call(op="load", rules=RULES)
+    assert three() == [False] * 3                   # the same bucket, still empty
+    more = RULES.replace("--hashlimit-upto 1/hour --hashlimit-burst 2 --hashlimit-name hlnone",
+                         "--hashlimit-upto 1/hour --hashlimit-burst 5 --hashlimit-name hlnone")
+    assert "error" not in w.call(op="load", rules=more)
+    assert three() == [False] * 3                   # the table keeps burst 2 and its bucket
+    load_fresh(w, more)
+    assert three() == [True] * 3                    # a new table: burst 5
 
 
 def test_hashlimit_not_last_is_refused(dut):
@@ -177,8 +199,7 @@ def test_hashlimit_two_cpus_take_exactly_the_burst(dut):
     w, links = dut
     text = RULES.replace("-A INPUT -p udp -m udp --dport 5000 -m hashlimit --hashlimit-upto 4/sec --hashlimit-burst 3",
                          "-A INPUT -p udp -m udp --dport 5000 -m hashlimit --hashlimit-upto 1/min --hashlimit-burst 2000")
-    r = w.call(op="load", rules=text)
-    assert "error" not in r, r.get("error")
+    load_fresh(w, text)
     idx, mac = links["va"]
     frame = build_frame(Pkt(ip("10.9.0.2"), ip("10.9.0.1"), UDP, dport=5000, iif="va"), mac)
     cpus = sorted(os.sched_getaffinity(0))[:2]

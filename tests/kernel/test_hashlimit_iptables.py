@@ -67,9 +67,9 @@ for pause, sends in schedule:
 """
 
 
-def _send(client: str) -> None:
+def _send(client: str, schedule: list) -> None:
     import json
-    run_in(client, [sys.executable, "-c", SEND, json.dumps(SCHEDULE), json.dumps(SOURCES), f"{NET}.1"], timeout=30)
+    run_in(client, [sys.executable, "-c", SEND, json.dumps(schedule), json.dumps(SOURCES), f"{NET}.1"], timeout=30)
     time.sleep(0.2)
 
 
@@ -77,9 +77,9 @@ def _rule_counts(save_text: str) -> list[tuple[str, int]]:
     return [(k, v[0]) for k, v in counters(save_text).items() if k.startswith("-A ")]
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
-def test_hashlimit_matches_xt_hashlimit(netns, ebpfw_env, tmp_path):
+def _both(netns, tmp_path, phases: list[tuple[str, list]]) -> tuple[list, list]:
+    """Run the phases (ruleset, schedule) with iptables-legacy, then with ebpfw; the rule
+    counters after the last phase of each (a restore or an apply without counters zeroes them)."""
     client, dut = netns("hlc"), netns("hld")
     veth(client, client + "c", dut, dut + "d", f"{SOURCES[0]}/24", f"{NET}.1/24")
     for s in SOURCES[1:]:
@@ -87,22 +87,50 @@ def test_hashlimit_matches_xt_hashlimit(netns, ebpfw_env, tmp_path):
     # warm the neighbour entries so the first burst is not held back by ARP
     run_in(client, ["ping", "-c", "1", "-W", "1", f"{NET}.1"], check=False)
     # the reference: the kernel's xt_hashlimit
-    run_in(dut, ["iptables-legacy-restore"], input=RULES)
     try:
-        _send(client)
+        for text, schedule in phases:
+            run_in(dut, ["iptables-legacy-restore"], input=text)
+            _send(client, schedule)
         ref = _rule_counts(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
     finally:
         run_in(dut, ["iptables-legacy", "-F"], check=False)
         run_in(dut, ["iptables-legacy", "-X"], check=False)
-    rules = tmp_path / "r.v4"
-    rules.write_text(RULES)
     try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
-        _send(client)
+        for i, (text, schedule) in enumerate(phases):
+            rules = tmp_path / f"r{i}.v4"
+            rules.write_text(text)
+            ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+            _send(client, schedule)
         got = _rule_counts(ok(ebpfw(dut, "save", "--counters")).stdout)
     finally:
         ebpfw(dut, "detach", timeout=60)
+    return ref, got
+
+
+LEGACY = pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                            reason="iptables-legacy not installed")
+
+
+@LEGACY
+def test_hashlimit_matches_xt_hashlimit(netns, ebpfw_env, tmp_path):
+    ref, got = _both(netns, tmp_path, [(RULES, SCHEDULE)])
     # the kernel did what the schedule is made to show: buckets per source, refills, expiry
     ref_n = [n for _, n in ref]
     assert ref_n[0] == sum(ref_n[4:8]) and all(ref_n[4:8]) and ref_n[1] > 0 and ref_n[2] > 0, ref
+    assert [n for _, n in got] == ref_n, f"ebpfw {got}\nkernel {ref}"
+
+
+@LEGACY
+def test_restore_keeps_named_tables_like_xt_hashlimit(netns, ebpfw_env, tmp_path):
+    """A second restore (apply) that names the same tables with other rates: the kernel keeps
+    the tables, their buckets and their first config; so must ebpfw."""
+    # slow refill and a long expiry: an apply takes longer than a restore, which must not matter
+    slow = RULES.replace("--hashlimit-upto 2/sec --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name hlt",
+                         "--hashlimit-upto 1/min --hashlimit-burst 3 --hashlimit-mode srcip --hashlimit-name hlt "
+                         "--hashlimit-htable-expire 60000")
+    faster = slow.replace("--hashlimit-upto 1/min --hashlimit-burst 3", "--hashlimit-upto 50/sec --hashlimit-burst 20")
+    assert RULES != slow != faster
+    ref, got = _both(netns, tmp_path, [(slow, SCHEDULE[:1]), (faster, [(0.3, SCHEDULE[1][1])])])
+    ref_n = [n for _, n in ref]
+    assert ref_n[1] > 0, ref        # the old rate still refused packets
     assert [n for _, n in got] == ref_n, f"ebpfw {got}\nkernel {ref}"
