@@ -20,7 +20,7 @@ import pytest
 from ebpfw.datapath.abi import host_hz
 from ebpfw.iptables import parse_ruleset
 from reference import TCP, UDP, Hashlimits, Pkt, build_frame, evaluate
-from test_datapath import XDP_DROP, dut, ip, judge  # noqa: F401  (dut is the shared fixture)
+from test_datapath import TC_SHOT, XDP_DROP, dut, ip, judge  # noqa: F401  (dut is the shared fixture)
 
 pytestmark = pytest.mark.kernel
 
@@ -39,6 +39,8 @@ RULES = """*filter
 -A INPUT -j ACCEPT
 -A ZZZ -m hashlimit --hashlimit-upto 1/hour --hashlimit-burst 1 --hashlimit-name hla -j ACCEPT
 -A ZZZ -j DROP
+-A OUTPUT -p udp -m udp --dport 9000 -m hashlimit --hashlimit-upto 3/sec --hashlimit-burst 2 --hashlimit-mode dstip --hashlimit-dstmask 31 --hashlimit-name hlout -j ACCEPT
+-A OUTPUT -p udp -m udp --dport 9000 -j DROP
 COMMIT
 """
 SOURCES = ["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.7.5", "10.9.7.6"]
@@ -50,11 +52,15 @@ def _now(w) -> tuple[int, list]:
     return max((e["prev"] for e in got["entries"]), default=0), got["entries"]
 
 
-def _packets(rnd: random.Random, n: int) -> list[Pkt]:
+def _packets(rnd: random.Random, n: int) -> list[tuple[str, Pkt]]:
     out = []
     for _ in range(n):
         src = ip(rnd.choice(SOURCES))
         kind = rnd.random()
+        if kind < 0.1:
+            # sent by the host (TC egress): one bucket per destination pair (--hashlimit-dstmask 31)
+            out.append(("OUTPUT", Pkt(ip("10.9.0.1"), src, UDP, dport=9000, oif="va")))
+            continue
         if kind < 0.45:
             p = Pkt(src, ip("10.9.0.1"), UDP, sport=rnd.randrange(1024, 1030), dport=5000, iif="va")
         elif kind < 0.7:
@@ -66,19 +72,20 @@ def _packets(rnd: random.Random, n: int) -> list[Pkt]:
         else:
             # ESP with (payload >= 4: the SPI is the key's ports) or without (hotdrop) its header
             p = Pkt(src, ip("10.9.0.1"), 50, payload=rnd.choice([0, 8]), iif="va")
-        out.append(p)
+        out.append(("INPUT", p))
     return out
 
 
-def _run(w, links, table, hl: Hashlimits, rule_index: dict, packets: list[Pkt]) -> list[bool]:
+def _run(w, links, table, hl: Hashlimits, rule_index: dict, packets: list[tuple[str, Pkt]]) -> list[bool]:
     passed = []
-    for p in packets:
-        got = judge(w, links, "INPUT", p)
+    for hook, p in packets:
+        got = judge(w, links, hook, p)
         assert "error" not in got, got
         hl.now, _ = _now(w)
-        verdict, counted, _ = evaluate(table, "INPUT", p, hl=hl)
-        where = f"{p} at jiffies {hl.now}"
-        assert (got["ret"] == XDP_DROP) == (verdict == "DROP"), f"verdict differs for {where}"
+        verdict, counted, _ = evaluate(table, hook, p, hl=hl)
+        where = f"{hook} {p} at jiffies {hl.now}"
+        drop = got["ret"] == (TC_SHOT if hook == "OUTPUT" else XDP_DROP)
+        assert drop == (verdict == "DROP"), f"verdict differs for {where}"
         assert sorted(r[0] for r in got["rules"]) == sorted(rule_index[c] for c in counted), \
             f"rule counters differ for {where}"
         passed.append(verdict != "DROP")
