@@ -41,6 +41,7 @@ RULES = """*filter
 -A ZZZ -j DROP
 -A OUTPUT -p udp -m udp --dport 9000 -m hashlimit --hashlimit-upto 3/sec --hashlimit-burst 2 --hashlimit-mode dstip --hashlimit-dstmask 31 --hashlimit-name hlout -j ACCEPT
 -A OUTPUT -p udp -m udp --dport 9000 -j DROP
+-A FORWARD -i va -o vb -p udp -m hashlimit --hashlimit-upto 5/sec --hashlimit-burst 2 --hashlimit-mode srcip,srcport --hashlimit-name hlfwd -j ACCEPT
 COMMIT
 """
 SOURCES = ["10.9.0.2", "10.9.0.3", "10.9.0.4", "10.9.7.5", "10.9.7.6"]
@@ -60,6 +61,11 @@ def _packets(rnd: random.Random, n: int) -> list[tuple[str, Pkt]]:
         if kind < 0.1:
             # sent by the host (TC egress): one bucket per destination pair (--hashlimit-dstmask 31)
             out.append(("OUTPUT", Pkt(ip("10.9.0.1"), src, UDP, dport=9000, oif="va")))
+            continue
+        if kind < 0.2:
+            # routed through (FORWARD, judged at XDP ingress): one bucket per source and source port
+            out.append(("FORWARD", Pkt(src, ip("10.9.1.2"), UDP, sport=rnd.choice([3000, 3001]), dport=53,
+                                       iif="va", oif="vb")))
             continue
         if kind < 0.45:
             p = Pkt(src, ip("10.9.0.1"), UDP, sport=rnd.randrange(1024, 1030), dport=5000, iif="va")
@@ -137,7 +143,7 @@ def test_hashlimit_matches_reference(dut):
     # the shared name: ZZZ's rule uses INPUT's first rule's table (4/sec, burst 3, per source)
     assert hl.tables["hla"].burst == 3 and hl.tables["hla"].mode == {"srcip"}
     rnd = random.Random(5)
-    passed = _run(w, links, table, hl, rule_index, _packets(rnd, 120))
+    passed = _run(w, links, table, hl, rule_index, _packets(rnd, 140))
     assert 10 < sum(passed) < 110, "the bursts should both pass and exhaust buckets"
     assert _check_buckets(w, hl) >= 10
     time.sleep(0.3)      # about one token of 4/sec back, none of 2/sec or 1/hour
