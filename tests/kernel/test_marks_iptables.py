@@ -274,3 +274,78 @@ def test_auto_mode_follows_the_ruleset(netns, ebpfw_env, tmp_path):
         assert ingress().startswith("xdp")
     finally:
         ebpfw(dut, "detach", timeout=60)
+
+
+FORWARD_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:tag - [0:0]
+-A FORWARD -p udp -j tag
+-A FORWARD -m mark --mark 0x1/0xf -j ACCEPT
+-A FORWARD -m mark --mark 0x2/0xf -j DROP
+-A FORWARD -p udp -m udp --dport 7003 -m mark --mark 0x0 -j ACCEPT
+-A FORWARD -m mark --mark 0x30 -j ACCEPT
+-A tag -p udp -m udp --dport 7001 -j MARK --set-xmark 0x1/0xf
+-A tag -p udp -m udp --dport 7002 -j MARK --set-xmark 0x2/0xf
+-A tag -s 10.204.1.2/32 -p udp -m udp --dport 7004 -j MARK --set-xmark 0x30/0x30
+COMMIT
+"""
+FWD_SENDS = {7001: 2, 7002: 3, 7003: 4, 7004: 5, 7005: 1}
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_forward_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
+    """A router: MARK in a user chain of FORWARD, -m mark in FORWARD after it, real UDP from a
+    client to a server namespace through the DUT; per-rule counters equal to iptables-legacy's."""
+    client, dut, server = netns("mkf"), netns("mkr"), netns("mks")
+    veth(client, client + "c", dut, dut + "a", "10.204.1.2/24", "10.204.1.1/24")
+    veth(dut, dut + "b", server, server + "s", "10.204.2.1/24", "10.204.2.2/24")
+    run_in(dut, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    run_in(client, ["ip", "route", "add", "default", "via", "10.204.1.1"])
+    run_in(server, ["ip", "route", "add", "default", "via", "10.204.2.1"])
+    run_in(client, ["ping", "-c", "1", "-W", "1", "10.204.2.2"], check=False)   # neighbours on the way
+    run_in(server, ["ping", "-c", "1", "-W", "1", "10.204.1.2"], check=False)
+
+    def send() -> None:
+        # a listener on every port, so the server answers no ICMP port unreachable (rate limited
+        # per peer, so not the same number in both runs)
+        from netns import nsenter_argv
+        listener = subprocess.Popen(nsenter_argv(server) + [sys.executable, "-c", LISTEN, "10.204.2.2"],
+                                    stdout=subprocess.PIPE, text=True)
+        try:
+            assert listener.stdout.readline().strip() == "ready"
+            run_in(client, [sys.executable, "-c", SEND_IN, "10.204.2.2", json.dumps(FWD_SENDS)], timeout=30)
+            listener.communicate(timeout=30)
+        finally:
+            if listener.poll() is None:
+                listener.kill()
+                listener.wait()
+
+    run_in(dut, ["iptables-legacy-restore"], input=FORWARD_RULES)
+    try:
+        send()
+        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+        run_in(dut, ["iptables-legacy", "-X"], check=False)
+    rules = tmp_path / "fwd.rules"
+    rules.write_text(FORWARD_RULES)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "a", "--iface", dut + "b"))
+        send()
+        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    rule_lines = [k for k in ref if k.startswith("-A")]
+    assert len(rule_lines) == 8
+    # the kernel did what the ruleset says: 7001, 7003 and 7004 (0x30) through, 7002 dropped by its
+    # mark, 7005 to the policy
+    assert ref["-A FORWARD -p udp -j tag"][0] == 15
+    assert ref["-A FORWARD -m mark --mark 0x1/0xf -j ACCEPT"][0] == 2
+    assert ref["-A FORWARD -m mark --mark 0x2/0xf -j DROP"][0] == 3
+    assert ref["-A FORWARD -m mark --mark 0x30 -j ACCEPT"][0] == 5
+    assert ref[":FORWARD"][0] == 1
+    assert {k: got[k] for k in rule_lines} == {k: ref[k] for k in rule_lines}
+    assert got[":FORWARD"][0] == ref[":FORWARD"][0]
