@@ -242,7 +242,8 @@ def apply(
                                              help="Interface to enforce on (repeat for several).")],
     mode: Annotated[Mode, typer.Option("--mode", help="Ingress hook: xdp (native), xdp-generic, tc "
                                        "(clsact); auto keeps the XDP mode in use, else tries native "
-                                       "XDP, then generic XDP.", case_sensitive=False)] = Mode.auto,
+                                       "XDP, then generic XDP (tc for rulesets that use the packet's "
+                                       "mark).", case_sensitive=False)] = Mode.auto,
     counters: Annotated[bool, typer.Option("--counters", "-c", help="Start the counters from the "
                                            "file's [packets:bytes] (like iptables-restore -c).")] = False,
     confirm: Annotated[Optional[str], typer.Option("--confirm", metavar="DURATION", help="Put the previous "
