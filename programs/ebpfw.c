@@ -93,9 +93,6 @@ BPF_ARRAY(ebpfw_tcpfl, __u32, NSLOTS * EBPFW_TCPFL_SLOTS);
 #ifdef EBPFW_F_ICMP
 BPF_ARRAY(ebpfw_icmp, __u32, NSLOTS * EBPFW_PORT_SLOTS);
 #endif
-#if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
-BPF_HASH(ebpfw_ifc, struct ebpfw_ifc_key, struct ebpfw_ifc_val, NSLOTS * EBPFW_IFC_CAP);
-#endif
 #ifdef EBPFW_F_LENGTH
 BPF_ARRAY(ebpfw_length, __u32, NSLOTS * EBPFW_LENGTH_SLOTS);
 #endif
@@ -162,6 +159,10 @@ struct pkt {
     __u8  rttl;       /* the TTL xt_recent reads: as received (INPUT, FORWARD), as sent (OUTPUT),
                        * plus one at egress for a packet without a socket (recent_mt's ttl++) */
     __u8  pad[3];     /* per-CPU map values are multiples of 8 bytes */
+    /* the interfaces' classes per slot, from their ebpfw_ifinfo entries (note_iif, note_oif) */
+    __u32 ifc_in[NSLOTS];
+    __u32 ifc_out[NSLOTS];
+    __u32 ifc_grp[NSLOTS];
 };
 
 /* xt_tcpmss hotdrops a TCP header it cannot read: class "all" plus EBPFW_RF_MSS in walk() */
@@ -952,6 +953,42 @@ static __always_inline int parse(void *data, void *data_end, __u32 wire_len, str
     return 0;
 }
 
+/* The classes of the packet's interfaces in both slots (the slot is read later, in classify),
+ * from their ebpfw_ifinfo entries; without one (no interface, or one that appeared after the
+ * apply) the slots' defaults, as for an interface name no rule mentions. Userspace writes every
+ * slot's classes into every entry (a slot's defaults until a ruleset there names the interface). */
+static __always_inline void note_iif(struct pkt *p, struct ebpfw_ifinfo *ii)
+{
+    if (ii) {
+        p->ifc_in[0] = ii->in_class[0];
+        p->ifc_in[1] = ii->in_class[1];
+        p->ifc_grp[0] = ii->grp_class[0];
+        p->ifc_grp[1] = ii->grp_class[1];
+        return;
+    }
+    __u32 s0 = 0, s1 = 1;
+    struct ebpfw_meta *m0 = ebpfw_meta.lookup(&s0);
+    struct ebpfw_meta *m1 = ebpfw_meta.lookup(&s1);
+    p->ifc_in[0] = m0 ? m0->iif_default : 0;
+    p->ifc_grp[0] = m0 ? m0->gin_default : 0;
+    p->ifc_in[1] = m1 ? m1->iif_default : 0;
+    p->ifc_grp[1] = m1 ? m1->gin_default : 0;
+}
+
+static __always_inline void note_oif(struct pkt *p, struct ebpfw_ifinfo *oi)
+{
+    if (oi) {
+        p->ifc_out[0] = oi->out_class[0];
+        p->ifc_out[1] = oi->out_class[1];
+        return;
+    }
+    __u32 s0 = 0, s1 = 1;
+    struct ebpfw_meta *m0 = ebpfw_meta.lookup(&s0);
+    struct ebpfw_meta *m1 = ebpfw_meta.lookup(&s1);
+    p->ifc_out[0] = m0 ? m0->oif_default : 0;
+    p->ifc_out[1] = m1 ? m1->oif_default : 0;
+}
+
 /* ---- classification --------------------------------------------------------------------- */
 static __always_inline struct ebpfw_vec *vec_of(__u32 slot, __u32 cls)
 {
@@ -1238,24 +1275,13 @@ static __always_inline int lookup_vecs(__u32 slot, struct pkt *p, __u32 iif, __u
     }
 #endif
 #if defined(EBPFW_F_IIF) || defined(EBPFW_F_OIF)
-    {
-        __u32 mk = slot;
-        struct ebpfw_meta *meta = ebpfw_meta.lookup(&mk);
-        if (!meta)
-            return -1;
-        struct ebpfw_ifc_key ik = { .slot = slot };
-        struct ebpfw_ifc_val *iv;
+    /* the classes came with the interfaces' ebpfw_ifinfo entries (note_iif, note_oif) */
 #ifdef EBPFW_F_IIF
-        ik.ifindex = iif;
-        iv = ebpfw_ifc.lookup(&ik);
-        GETVEC(v->iif, slot, iv ? iv->in_class : meta->iif_default);
+    GETVEC(v->iif, slot, p->ifc_in[slot & 1]);
 #endif
 #ifdef EBPFW_F_OIF
-        ik.ifindex = oif;
-        iv = ebpfw_ifc.lookup(&ik);
-        GETVEC(v->oif, slot, iv ? iv->out_class : meta->oif_default);
+    GETVEC(v->oif, slot, p->ifc_out[slot & 1]);
 #endif
-    }
 #endif
     /* the fields of issue 5 share one key on the stack (the BPF stack is 512 bytes) */
     __u32 *c;
@@ -2426,7 +2452,7 @@ struct ebpfw_grp_key {
     __u32 src;           /* network order, masked */
     __u32 dst;
     __u32 pp;            /* proto << 24 | port (or ICMP type) */
-    __u32 iif;           /* input ifindex, 0 when the group has no interface */
+    __u32 iif;           /* interface class of the input interface, 0 when the group has none */
 };
 struct ebpfw_grp_val {
     __u32 id[EBPFW_GRP_IDS];   /* rule numbers, 0xffffffff = none */
@@ -2491,9 +2517,9 @@ static __always_inline void hit_clear(struct hitvec *h, __u32 id)
 /* One hash lookup per group; the rules found become candidates of the walk. Their numbers are
  * listed so the scratch vector can be cleared after the walk (it is per CPU, and the walk of one
  * packet is not interleaved with another's on the same CPU: XDP and TC run with BHs off). */
-static __always_inline void group_hits(__u32 slot, struct pkt *p, __u32 iif, struct hitvec *h,
-                                       struct hit_list *hl)
+static __always_inline void group_hits(__u32 slot, struct pkt *p, struct hitvec *h, struct hit_list *hl)
 {
+    __u32 iif = p->ifc_grp[slot & 1];
     __u32 sa = ntohl(p->saddr), da = ntohl(p->daddr);
     hl->n = 0;
 #ifdef EBPFW_F_GRANGE
@@ -2633,7 +2659,7 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     if (!v.hits || !hl)
         return V_DROP;
     if (!resume)
-        group_hits(slot, p, iif, v.hits, hl);
+        group_hits(slot, p, v.hits, hl);
 #endif
     int verdict = walk(slot, chain_id, p, &v, resume);
     if (verdict == V_CONT || verdict == V_RECENT) {
@@ -3196,15 +3222,15 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
     stat_inc(EBPFW_STAT_SEEN);
     struct ethhdr *eth = data;
     int l2host = 1;
+    struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&ifindex);
     if (eth->h_dest[0] & 1) {
         l2host = 0;  /* broadcast / multicast */
-    } else {
-        struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&ifindex);
-        if (ii && mac_differs(ii->mac, eth->h_dest)) {
-            stat_inc(EBPFW_STAT_OTHERHOST);
-            return V_PASS;
-        }
+    } else if (ii && mac_differs(ii->mac, eth->h_dest)) {
+        stat_inc(EBPFW_STAT_OTHERHOST);
+        return V_PASS;
     }
+    note_iif(p, ii);
+    note_oif(p, 0);
     /* eth_type_trans(): what -m pkttype sees; ip_forward() only forwards PACKET_HOST */
     /* branch-free, so the verifier does not split every later state on the packet type */
     __u32 group = eth->h_dest[0] & 1;
@@ -3236,6 +3262,9 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
             chain = EBPFW_CHAIN_FORWARD;
             oif = fib.ifindex;
             p->ttl -= 1;   /* ip_forward() decrements the TTL before the FORWARD hook */
+#ifdef EBPFW_F_OIF
+            note_oif(p, ebpfw_ifinfo.lookup(&oif));
+#endif
         } else if (rc != BPF_FIB_LKUP_RET_NOT_FWDED && rc != BPF_FIB_LKUP_RET_FWD_DISABLED) {
             /* blackhole, unreachable, prohibit, fragmentation needed: no filter hook runs */
             stat_inc(EBPFW_STAT_NOHOOK);
@@ -3382,6 +3411,10 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
 {
     __u32 in = skb->ingress_ifindex;
     __u32 chain = EBPFW_CHAIN_OUTPUT;
+    __u32 pz = 0;
+    struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
+    if (!p)
+        return TC_ACT_OK;
     if (in != 0) {
         struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&in);
         if (ii && ii->attached_in) {
@@ -3389,16 +3422,15 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
             return TC_ACT_OK;
         }
         chain = EBPFW_CHAIN_FORWARD;
+        note_iif(p, ii);
+    } else {
+        note_iif(p, 0);   /* OUTPUT: no input interface */
     }
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     pull_headers(skb, data, data_end);
     data = (void *)(long)skb->data;
     data_end = (void *)(long)skb->data_end;
-    __u32 pz = 0;
-    struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
-    if (!p)
-        return TC_ACT_OK;
     int r = parse(data, data_end, skb->len, p, 0);
     if (r != 0) {
         stat_inc(r == 1 ? EBPFW_STAT_NOTIP : EBPFW_STAT_MALFORMED);
@@ -3409,6 +3441,12 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
      * interface is known unless a local socket sent the packet */
     if (!skb->sk)
         p->rttl += 1;
+#ifdef EBPFW_F_OIF
+    __u32 out = skb->ifindex;
+    note_oif(p, ebpfw_ifinfo.lookup(&out));
+#else
+    note_oif(p, 0);
+#endif
 #ifdef EBPFW_F_CT
     p->ctstate = ct_label(p, data, data_end);
     if (p->ctstate == EBPFW_CT_INVALID)

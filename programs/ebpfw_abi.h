@@ -75,24 +75,16 @@ struct ebpfw_ctl {
 struct ebpfw_meta {
     __u32 nrules;
     __u32 nchains;
-    __u32 iif_default;   /* class for an input interface not in ebpfw_ifc */
+    __u32 iif_default;   /* class for an interface without an ebpfw_ifinfo entry */
     __u32 oif_default;
+    __u32 gin_default;   /* interface class of the -i group keys, likewise */
+    __u32 pad;
 };
 
 struct ebpfw_lpm_key {
     __u32 prefixlen;     /* 32 (slot) + address prefix length */
     __u32 slot;          /* network byte order, so the trie splits on it first */
     __u32 addr;          /* network byte order */
-};
-
-struct ebpfw_ifc_key {
-    __u32 slot;
-    __u32 ifindex;
-};
-
-struct ebpfw_ifc_val {
-    __u32 in_class;
-    __u32 out_class;
 };
 
 /* -m mac: (slot, source MAC) -> class; the entry with is_default = 1 (mac all zero) is the
@@ -134,11 +126,15 @@ struct ebpfw_counter {
     __u64 bytes;
 };
 
-/* host view kept by userspace (not per slot) */
+/* host view kept by userspace, one entry per interface (ifindex), with the interface's classes
+ * in each slot's ruleset: looked up once per packet, it serves the MAC check and -i / -o */
 struct ebpfw_ifinfo {
     __u8  mac[6];
     __u8  attached_in;   /* our ingress program judges packets arriving here */
     __u8  pad;
+    __u32 in_class[2];   /* per slot: class of the iif field (-i of the bit-vector rules) */
+    __u32 out_class[2];  /* per slot: class of the oif field */
+    __u32 grp_class[2];  /* per slot: interface class of the -i group keys (compiler/groups.py) */
 };
 
 /* datapath statistics (per CPU), index = EBPFW_STAT_* */

@@ -17,10 +17,16 @@ packet's port to its interval id with one array lookup (`Groups.ranges`), and a 
 key per interval it covers. Like exact keys, an interval lists its rules only up to the first
 one that ends the chain, so overlapping ACCEPT/DROP ranges cost one entry per interval.
 
+An input interface (`-i eth0`, and wildcards such as `-i eth+`) joins the key as an *interface
+class*: the host's interface names (and "", any interface the host does not have) are split by
+the set of `-i` patterns of the grouped rules they match, each distinct set is a class (0: none),
+and a rule has one key per class its pattern is in. The datapath finds the class of the packet's
+input interface in the interface's ebpfw_ifinfo entry, which it reads anyway (`Groups.ifclass`).
+
 Rules stay in the bit-vector ("residual") part when they have anything a key cannot express
-(negations, interface wildcards, flags, conntrack, ...), when their shape has too few rules to
-be worth a lookup, when a key already lists MAX_IDS rules that can all be reached, or when a
-range rule would need more than MAX_RANGE_KEYS keys.
+(negations, flags, conntrack, ...), when their shape has too few rules to be worth a lookup,
+when a key already lists MAX_IDS rules that can all be reached, or when a range or interface
+rule would need more than MAX_RANGE_KEYS / MAX_IFACE_KEYS keys.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from ..ruleset import CommentMatch, IcmpMatch, MultiportMatch, Rule, TcpMatch, UdpMatch
+from .fields import iface_matches
 
 MAX_GROUPS = 16           # lookups per packet at most (compile-time bound of the datapath)
 MAX_IDS = 4               # rule numbers per key
 MAX_RANGE_KEYS = 512      # keys (covered intervals) a range rule may add; wider rules stay residual
+MAX_IFACE_KEYS = 64       # interface classes an -i pattern may key on
 MIN_GROUP = int(os.environ.get("EBPFW_GROUP_MIN", "32"))
 NO_ID = 0xFFFFFFFF
 PORT_NONE, PORT_SPORT, PORT_DPORT, PORT_ICMP, PORT_SRANGE, PORT_DRANGE = 0, 1, 2, 3, 4, 5
@@ -49,7 +57,7 @@ class GroupShape:
     dst_plen: int
     proto: bool            # the key includes the protocol
     port: int              # PORT_*
-    iif: bool = False      # the key includes the input interface (ifindex)
+    iif: bool = False      # the key includes the input interface's class
 
     @property
     def src_mask(self) -> int:
@@ -58,9 +66,6 @@ class GroupShape:
     @property
     def dst_mask(self) -> int:
         return 0 if self.dst_plen < 0 else (0xFFFFFFFF << (32 - self.dst_plen)) & 0xFFFFFFFF
-
-
-NO_IFINDEX = 0xFFFFFFFE
 
 
 _PLEN: dict[int, int | None] = {}      # netmask -> prefix length (None: not a prefix)
@@ -82,20 +87,20 @@ def _prefix(net) -> tuple[int | None, int]:
     return plen, net.addr
 
 
-def _keys(rule: Rule, ifindex_of: dict | None) -> tuple[GroupShape, int, int, int, list[tuple[int, int]]] | None:
-    """(shape, src, dst, proto << 24, iif) and the port ranges of a groupable rule, else None.
+def _keys(rule: Rule, ifindex_of: dict | None) -> tuple | None:
+    """(shape, src, dst, proto << 24, -i pattern or None, port ranges) of a groupable rule, else
+    None; -i rules only when the host's interfaces are known (`ifindex_of`: name -> ifindex).
     The shape's port kind is PORT_SPORT / PORT_DPORT for any port condition; find_groups turns
     it into the range kind when some rule of the shape has a range."""
     ip = rule.ip
     if ip.iface_out or ip.fragment is not None:
         return None
-    iif = 0
+    iif = None
     if ip.iface_in is not None:
-        # an exact input interface name joins the key (wildcards and negations do not)
-        if ifindex_of is None or ip.iface_in.invert or ip.iface_in.wildcard:
+        # the input interface pattern (a name or a wildcard) joins the key through its classes
+        if ifindex_of is None or ip.iface_in.invert:
             return None
-        # an interface the host does not have (yet): its key never matches
-        iif = ifindex_of.get(ip.iface_in.name, NO_IFINDEX)
+        iif = ip.iface_in.name
     if ip.src_invert or ip.dst_invert or ip.proto_invert:
         return None
     src_plen, src = _prefix(ip.src)
@@ -150,6 +155,10 @@ class Groups:
     # interval bounds per port side [sport, dport] of the range groups (None: no range group on
     # that side): interval i is [bounds[i], bounds[i+1]), bounds[0] = 0, bounds[-1] = 65536
     ranges: list = field(default_factory=lambda: [None, None])
+    # interface name -> interface class of the -i keys ("": an interface the host does not have)
+    ifclass: dict = field(default_factory=dict)
+    # -i pattern -> the interface classes it matches (what the -i groups were filled with)
+    pclasses: dict = field(default_factory=dict)
     # how they were found, for an incremental update (compiler/incremental.py): every groupable
     # rule's _keys, the chosen shapes, their port kinds, the bounds of both sides, per chosen
     # shape its (entries without gid, grouped rules), and every shape's members in rule order
@@ -214,16 +223,37 @@ def port_kinds(chosen: list[GroupShape], by_shape: dict) -> tuple[dict, list]:
     return kinds, [sorted(b) if b is not None else None for b in bounds]
 
 
-def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule_chain_id: list[int]) -> tuple:
+def iface_classes(chosen: list[GroupShape], by_shape: dict, ifnames) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Split the interface names (and "", any other) by the -i patterns of the chosen shapes'
+    rules they match: name -> class (0 = matches none) and pattern -> the classes it matches."""
+    patterns = {m[4] for s in chosen if s.iif for m in by_shape[s]}
+    if not patterns:
+        return {}, {}
+    ids: dict[frozenset, int] = {frozenset(): 0}
+    ifclass: dict[str, int] = {}
+    for name in sorted(set(ifnames or ()) | {""}):
+        ps = frozenset(p for p in patterns if iface_matches(name, p))
+        ifclass[name] = ids.setdefault(ps, len(ids))
+    of_pattern: dict[str, list[int]] = {p: [] for p in patterns}
+    for ps, c in ids.items():
+        for p in ps:
+            of_pattern[p].append(c)
+    return ifclass, {p: sorted(cs) for p, cs in of_pattern.items()}
+
+
+def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule_chain_id: list[int],
+               pclasses: dict | None = None) -> tuple:
     """One group's keys, (src, dst, pp, iif) -> rule numbers, and the rules it takes, from its
-    members in rule order (`b`: its side's interval bounds for a range kind, else None): a key
-    lists at most MAX_IDS rules, and none after a final rule of the same chain."""
+    members in rule order (`b`: its side's interval bounds for a range kind, else None; `pclasses`:
+    -i pattern -> interface classes, see iface_classes): a key lists at most MAX_IDS rules, and
+    none after a final rule of the same chain."""
     entries: dict[tuple[int, int, int, int], list[int]] = {}
     grouped: list[int] = []
     closed: dict[int, set] = {}   # chain -> keys already ending at a final rule there
     get = entries.get
-    for r, src, dst, pp, iif, ports in members:
+    for r, src, dst, pp, pattern, ports in members:
         cid = rule_chain_id[r]
+        iif = 0
         if b is None:
             if len(ports) == 1:
                 keys = [(src, dst, pp | ports[0][0], iif)]
@@ -250,6 +280,11 @@ def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule
             if ids is None:
                 continue         # far too wide: stays in the bit vectors
             keys = [(src, dst, pp | v, iif) for v in sorted(ids)]
+        if pattern is not None:
+            cs = (pclasses or {}).get(pattern, ())
+            if len(cs) > MAX_IFACE_KEYS:
+                continue         # matches too many kinds of interface: stays in the bit vectors
+            keys = [(s_, d_, p_, c) for s_, d_, p_, _ in keys for c in cs]
         cl = closed.get(cid)
         open_keys = [k for k in keys if k not in cl] if cl else keys
         if b is not None and len(open_keys) > MAX_RANGE_KEYS:
@@ -277,7 +312,7 @@ def fill_group(kind: int, b: list | None, members: list, rules: list[Rule], rule
 
 
 def assemble(chosen: list[GroupShape], kinds: dict, ranges: list, per_shape: list, keys: dict,
-             by_shape: dict) -> Groups:
+             by_shape: dict, ifclass: dict | None = None, pclasses: dict | None = None) -> Groups:
     """Groups from the filled chosen shapes: shapes without entries are dropped and the others
     numbered densely."""
     shapes, entries, grouped = [], {}, set()
@@ -292,22 +327,24 @@ def assemble(chosen: list[GroupShape], kinds: dict, ranges: list, per_shape: lis
     sides = {SIDE[s.port] for s in shapes if s.port in SIDE}
     return Groups(shapes=shapes, entries=entries, grouped=grouped,
                   ranges=[ranges[i] if i in sides else None for i in (0, 1)],
+                  ifclass=(ifclass or {}) if any(s.iif for s in shapes) else {}, pclasses=pclasses or {},
                   keys=keys, chosen=chosen, kinds=kinds, all_ranges=ranges, per_shape=per_shape,
                   by_shape=by_shape)
 
 
 def fill_all(chosen: list, kinds: dict, ranges: list, by_shape: dict, rules: list[Rule],
-             rule_chain_id: list[int]) -> list:
+             rule_chain_id: list[int], pclasses: dict | None = None) -> list:
     return [fill_group(kinds[s], ranges[SIDE[kinds[s]]] if kinds[s] in SIDE else None, by_shape[s], rules,
-                       rule_chain_id) for s in chosen]
+                       rule_chain_id, pclasses) for s in chosen]
 
 
 def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | None = None,
                 ifindex_of: dict | None = None) -> Groups:
-    """`ifindex_of` (interface name -> ifindex) lets rules with an exact `-i NAME` join groups."""
+    """`ifindex_of` (interface name -> ifindex, the host's interfaces) lets rules with `-i` join groups."""
     min_size = MIN_GROUP if min_size is None else min_size
     keys = rule_keys(rules, ifindex_of)
     chosen, by_shape = choose_shapes(keys, min_size)
     kinds, ranges = port_kinds(chosen, by_shape)
-    per_shape = fill_all(chosen, kinds, ranges, by_shape, rules, rule_chain_id)
-    return assemble(chosen, kinds, ranges, per_shape, keys, by_shape)
+    ifclass, pclasses = iface_classes(chosen, by_shape, ifindex_of)
+    per_shape = fill_all(chosen, kinds, ranges, by_shape, rules, rule_chain_id, pclasses)
+    return assemble(chosen, kinds, ranges, per_shape, keys, by_shape, ifclass, pclasses)

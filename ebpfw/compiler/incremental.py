@@ -14,8 +14,9 @@ What it reuses, and why that is exact:
 - the jump depth: unchanged while no changed rule jumps (the only input is the jump graph);
 - groups: every groupable rule's keys and every shape's members are kept; the changed rules
   move between member lists, the shapes are chosen again from the member counts (in the full
-  compile's order), and a group is filled again only when its members, its port kind or its
-  side's range interval bounds changed (a group depends on nothing else);
+  compile's order), and a group is filled again only when its members, its port kind, its
+  side's range interval bounds or (for -i groups) the interface classes changed (a group
+  depends on nothing else);
 - hashlimit tables, recent lists and marks depend on other rules (the first rule naming a
   table, the masks of a list, whether any rule uses the connection's mark), so an edit of a
   rule with -m hashlimit, -m recent, -m mark, -m connmark, -j MARK or -j CONNMARK (before or
@@ -107,19 +108,21 @@ def recompile(prev: CompileState, changed: dict[int, Rule]) -> Optional[CompileS
     chosen = sorted((s for s, m in by_shape.items() if len(m) >= min_size),
                     key=lambda s: (-len(by_shape[s]), by_shape[s][0][0]))[:G.MAX_GROUPS]
     pkinds, ranges = G.port_kinds(chosen, by_shape)
+    ifclass, pclasses = G.iface_classes(chosen, by_shape, prev.ifindex_of)
     filled = dict(zip(g0.chosen, g0.per_shape))
     per_shape = []
     for s in chosen:
         kind = pkinds[s]
         b = ranges[G.SIDE[kind]] if kind in G.SIDE else None
         if s in filled and s not in touched and g0.kinds.get(s) == kind \
-                and (b is None or b == g0.all_ranges[G.SIDE[kind]]):
+                and (b is None or b == g0.all_ranges[G.SIDE[kind]]) \
+                and (not s.iif or pclasses == g0.pclasses):
             per_shape.append(filled[s])
         else:
-            per_shape.append(G.fill_group(kind, b, by_shape[s], rules, prev.rule_chain_id))
+            per_shape.append(G.fill_group(kind, b, by_shape[s], rules, prev.rule_chain_id, pclasses))
     # by_shape in the full compile's order (shapes by first member), for the next edit
     by_shape = dict(sorted(by_shape.items(), key=lambda kv: kv[1][0][0]))
-    groups = G.assemble(chosen, pkinds, ranges, per_shape, keys, by_shape)
+    groups = G.assemble(chosen, pkinds, ranges, per_shape, keys, by_shape, ifclass, pclasses)
 
     n = old.nrules
     grouped = groups.grouped

@@ -138,6 +138,8 @@ class Plan:
     group_entries: dict = field(default_factory=dict)
     # interval bounds of the range groups per port side [sport, dport] (groups.Groups.ranges)
     group_ranges: list = field(default_factory=lambda: [None, None])
+    # interface name -> interface class of the -i group keys ("": any other interface)
+    group_ifclass: dict = field(default_factory=dict)
     # the residual rules (decided by the bit vectors), ascending: vector bit k is rule resid[k]
     resid: list = field(default_factory=list)
     # rule number -> struct ebpfw_markc fields (t_value, t_mask, t_nfmask, t_mode, m_flags,
@@ -650,8 +652,10 @@ def set_groups(plan: Plan, groups) -> None:
         plan.group_shapes = groups.shapes
         plan.group_entries = groups.entries
         plan.group_ranges = groups.ranges
+        plan.group_ifclass = groups.ifclass
     else:
         plan.group_shapes, plan.group_entries, plan.group_ranges = [], {}, [None, None]
+        plan.group_ifclass = {}
 
 
 @dataclass
@@ -674,6 +678,6 @@ def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool =
                  sets: Optional[Mapping] = None) -> Plan:
     """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
     may name (ebpfw.ipset.IpSet; entries are not read). `ifnames` are the host's interface names, for -i/-o; given as
-    a dict name -> ifindex, rules with an exact `-i NAME` can join exact-match groups.
+    a dict name -> ifindex, rules with `-i NAME` (or a wildcard) can join exact-match groups.
     `group=False` keeps every rule in the bit vectors (no hash groups)."""
     return compile_state(table, ifnames, group, sets).plan

@@ -29,14 +29,12 @@ ATYPE_CAP = 16384                          # routes in the addrtype trie (host v
 MAXSTEPS = 128
 
 CTL = struct.Struct("<II")                 # active, generation
-META = struct.Struct("<IIII")              # nrules, nchains, iif_default, oif_default
+META = struct.Struct("<IIIIII")            # nrules, nchains, iif_default, oif_default, gin_default, pad
 LPM_KEY = struct.Struct("<I4s4s")          # prefixlen, slot (be), addr (be)
-IFC_KEY = struct.Struct("<II")             # slot, ifindex
-IFC_VAL = struct.Struct("<II")             # in_class, out_class
 RULE = struct.Struct("<BxHI")              # kind, pad, flags (16 bits), arg
 CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
 COUNTER = struct.Struct("<QQ")             # packets, bytes
-IFINFO = struct.Struct("<6sBB")            # mac, attached_in, pad
+IFINFO = struct.Struct("<6sBB6I")          # mac, attached_in, pad, in_class[2], out_class[2], grp_class[2]
 U32 = struct.Struct("<I")
 GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, use_iif
 GRP_KEY = struct.Struct("<II4s4sII")       # slot, gid, src (be), dst (be), proto << 24 | port, iif
@@ -254,7 +252,9 @@ BASE_MAPS = ("ebpfw_ctl", "ebpfw_meta", "ebpfw_vec", "ebpfw_rule", "ebpfw_chain"
 FIELD_MAPS = {
     "src": ("ebpfw_src",), "dst": ("ebpfw_dst",), "proto": ("ebpfw_proto",),
     "sport": ("ebpfw_sport",), "dport": ("ebpfw_dport",), "xport": ("ebpfw_xsport", "ebpfw_xdport"),
-    "tcpfl": ("ebpfw_tcpfl",), "icmp": ("ebpfw_icmp",), "iif": ("ebpfw_ifc",), "oif": ("ebpfw_ifc",),
+    "tcpfl": ("ebpfw_tcpfl",), "icmp": ("ebpfw_icmp",),
+    # -i / -o classes live in the interfaces' ebpfw_ifinfo entries (one per slot)
+    "iif": (), "oif": (),
     # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),

@@ -20,7 +20,7 @@ from . import bpfsys
 from . import ct as ctdata
 from .abi import (
     ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
-    FRAG_SLOTS, IFC_KEY, IFC_VAL, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
+    FRAG_SLOTS, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
     PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM,
@@ -399,27 +399,34 @@ class Datapath:
             for k, v in want.items():
                 if have.get(k) != v:
                     bpfsys.update(fd, k, v, name)
-        # interfaces
+        # interfaces: their classes in this slot go into their ebpfw_ifinfo entries
         iif_default = plan.iif[""] if plan.iif is not None else 0
         oif_default = plan.oif[""] if plan.oif is not None else 0
-        same_ifc = (bp is not None and base.links == list(links) and bp.iif == plan.iif and bp.oif == plan.oif)
-        if "ebpfw_ifc" in self.maps and not same_ifc:
-            fd = self.maps["ebpfw_ifc"]
-            for k in bpfsys.keys(fd, IFC_KEY.size):
-                if IFC_KEY.unpack(k)[0] == slot:
-                    bpfsys.delete(fd, k)
+        gclass = getattr(plan, "group_ifclass", None) or {}
+        gin_default = gclass.get("", 0)
+        same_ifc = (bp is not None and base.links == list(links) and bp.iif == plan.iif and bp.oif == plan.oif
+                    and (getattr(bp, "group_ifclass", None) or {}) == gclass)
+        if not same_ifc:
+            fd = self.maps["ebpfw_ifinfo"]
             for link in links:
-                ic = plan.iif.get(link.name, iif_default) if plan.iif is not None else 0
-                oc = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
-                bpfsys.update(fd, IFC_KEY.pack(slot, link.ifindex), IFC_VAL.pack(ic, oc), "ebpfw_ifc")
-            bpfsys.update(fd, IFC_KEY.pack(slot, 0), IFC_VAL.pack(iif_default, oif_default), "ebpfw_ifc")
+                key = U32.pack(link.ifindex)
+                raw = bpfsys.lookup(fd, key, IFINFO.size)
+                if raw is None:
+                    vals = [(link.mac + b"\0" * 6)[:6], 0, 0, *self._default_classes()]
+                else:
+                    vals = list(IFINFO.unpack(raw))
+                vals[3 + slot] = plan.iif.get(link.name, iif_default) if plan.iif is not None else 0
+                vals[5 + slot] = plan.oif.get(link.name, oif_default) if plan.oif is not None else 0
+                vals[7 + slot] = gclass.get(link.name, gin_default)
+                bpfsys.update(fd, key, IFINFO.pack(*vals), "ebpfw_ifinfo")
         if bp is None or bp.resid != plan.resid or bp.nrules != plan.nrules:
             self._write_ranks(slot, plan)
         if "groups" in sh.fields:
             self._write_groups(slot, plan, cleared=bp is not None,
                                ranges_same=bp is not None and getattr(bp, "group_ranges", None) == plan.group_ranges)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
-                      META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default), "ebpfw_meta")
+                      META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default, gin_default, 0),
+                      "ebpfw_meta")
 
     def _write_limits(self, slot: int, limits: dict) -> None:
         """Every rule's bucket of this slot: full for a limit rule (a fresh rule in iptables
@@ -671,12 +678,26 @@ class Datapath:
                       "ebpfw_ctcfg")
 
     # ---- the host view ----------------------------------------------------------------------
+    def _default_classes(self) -> tuple[int, ...]:
+        """in_class[2], out_class[2], grp_class[2] of an interface no ruleset knew by name: each
+        slot's defaults (ebpfw_meta; 0 for a slot never written)."""
+        per = []
+        for slot in range(NSLOTS):
+            raw = bpfsys.lookup(self.maps["ebpfw_meta"], U32.pack(slot), META.size)
+            per.append(META.unpack(raw)[2:5] if raw is not None else (0, 0, 0))
+        return tuple(per[s][i] for i in range(3) for s in range(NSLOTS))
+
     def write_host(self, links, local_addrs, judged_ifindexes: set[int]) -> None:
+        """MAC and attachment of every interface (their per-slot classes, written by write_slot,
+        are kept; a new interface gets the slots' defaults), and the local addresses."""
         fd = self.maps["ebpfw_ifinfo"]
         want = {}
         for link in links:
             mac = (link.mac + b"\0" * 6)[:6]
-            want[U32.pack(link.ifindex)] = IFINFO.pack(mac, 1 if link.ifindex in judged_ifindexes else 0, 0)
+            key = U32.pack(link.ifindex)
+            raw = bpfsys.lookup(fd, key, IFINFO.size)
+            classes = IFINFO.unpack(raw)[3:] if raw is not None else self._default_classes()
+            want[key] = IFINFO.pack(mac, 1 if link.ifindex in judged_ifindexes else 0, 0, *classes)
         for k in bpfsys.keys(fd, 4):
             if k not in want:
                 bpfsys.delete(fd, k)
@@ -748,12 +769,15 @@ class Datapath:
                 img[name] = {k[:4] + k[8:]: bpfsys.lookup(fd, k, 4) for k in bpfsys.keys(fd, LPM_KEY.size)
                              if k[4:8] == slot_be}
                 used.update(U32.unpack(v)[0] for v in img[name].values())
-        if "ebpfw_ifc" in self.maps:
-            fd = self.maps["ebpfw_ifc"]
-            img["ebpfw_ifc"] = {k[4:]: bpfsys.lookup(fd, k, IFC_VAL.size) for k in bpfsys.keys(fd, IFC_KEY.size)
-                                if IFC_KEY.unpack(k)[0] == slot}
-            for v in img["ebpfw_ifc"].values():
-                used.update(IFC_VAL.unpack(v))
+        # the interfaces' classes in this slot (in, out, group)
+        fd = self.maps["ebpfw_ifinfo"]
+        img["ifclass"] = {}
+        for k in bpfsys.keys(fd, 4):
+            v = bpfsys.lookup(fd, k, IFINFO.size)
+            if v is not None:
+                c = IFINFO.unpack(v)[3:]
+                img["ifclass"][k] = (c[slot], c[2 + slot], c[4 + slot])
+                used.update((c[slot], c[2 + slot]))
         if "ebpfw_mac" in self.maps:
             fd = self.maps["ebpfw_mac"]
             img["ebpfw_mac"] = {k[4:]: bpfsys.lookup(fd, k, 4) for k in bpfsys.keys(fd, MAC_KEY.size)

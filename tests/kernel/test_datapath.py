@@ -251,6 +251,43 @@ COMMIT
     check_against_reference(w, links, text, cases, group=False)
 
 
+def test_interface_wildcard_groups(dut):
+    """-i with wildcards joins groups through interface classes (looked up with the interface's
+    ebpfw_ifinfo entry): overlapping patterns, a pattern matching no interface, INPUT and
+    FORWARD, next to residual -i/-o rules."""
+    w, links = dut
+    text = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -i v+ -p udp -m udp --dport 53 -j ACCEPT
+-A INPUT -i va -p udp -m udp --dport 53 -j DROP
+-A INPUT -i vb -p udp -m udp --dport 67 -j DROP
+-A INPUT -i va+ -p udp -m udp --dport 67
+-A INPUT -i va+ -p udp -m udp --dport 67 -j ACCEPT
+-A INPUT -i x+ -p udp -m udp --dport 68 -j ACCEPT
+-A INPUT -i lo -p udp -m udp --dport 68 -j ACCEPT
+-A INPUT -i va -s 10.9.0.2/32 -j DROP
+-A INPUT -i v+ -s 10.9.0.5/32 -j ACCEPT
+-A INPUT ! -i vb -p udp -m udp --dport 69 -j ACCEPT
+-A FORWARD -i v+ -p udp -m udp --dport 53 -j ACCEPT
+-A FORWARD -i vb -p udp -m udp --dport 53 -j DROP
+-A FORWARD -i va -o vb -p udp -m udp --dport 54 -j ACCEPT
+COMMIT
+"""
+    r = w.call(op="load", rules=text, group=True)
+    assert r.get("ok"), r
+    assert r["groups"] >= 2 and r["resid"] <= 2, r
+    b = ip("10.9.0.1")
+    cases = []
+    for s in ("10.9.0.2", "10.9.0.5", "10.9.0.7"):
+        for d in (53, 54, 67, 68, 69, 70):
+            cases.append(("INPUT", Pkt(ip(s), b, UDP, sport=1000, dport=d, iif="va")))
+            cases.append(("FORWARD", Pkt(ip(s), ip("10.9.1.2"), UDP, sport=1000, dport=d, iif="va", oif="vb")))
+    check_against_reference(w, links, text, cases, group=True)
+    check_against_reference(w, links, text, cases, group=False)
+
+
 def test_long_walk_continues_in_tail_calls(dut):
     """700 matching counting rules need more steps than one program verifies (256): the walk
     goes on in tail calls, every rule is counted once, and the verdict is the last rule's."""

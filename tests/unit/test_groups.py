@@ -38,7 +38,7 @@ def groups_of(rules: str, min_size: int = 2):
         for r in next(c for c in t.chains if c.name == name).rules:
             flat.append(r)
             chain_id.append(cid)
-    return flat, chain_id, G.find_groups(flat, chain_id, min_size, IFS)
+    return flat, chain_id, G.find_groups(flat, chain_id, min_size, list(IFS))
 
 
 _IDS: dict = {}
@@ -70,7 +70,8 @@ def lookup(g: G.Groups, pkt: dict) -> list[int]:
                         G.PORT_SRANGE: ids[0][pkt["sport"]] if ids[0] else -1,
                         G.PORT_DRANGE: ids[1][pkt["dport"]] if ids[1] else -1}[s.port]
         pp = ((pkt["proto"] << 24) if s.proto else 0) | port
-        key = (gid, pkt["src"] & s.src_mask, pkt["dst"] & s.dst_mask, pp, IFS.get(pkt["iif"], 0) if s.iif else 0)
+        ifc = g.ifclass.get(pkt["iif"], g.ifclass.get("", 0)) if s.iif else 0
+        key = (gid, pkt["src"] & s.src_mask, pkt["dst"] & s.dst_mask, pp, ifc)
         found.update(g.entries.get(key, ()))
     return sorted(found)
 
@@ -203,11 +204,44 @@ def test_negated_and_both_port_rules_are_not_grouped():
 
 def test_compiled_plan_keeps_range_rules_out_of_the_vectors():
     lines = "".join(f"-A INPUT -p tcp -m tcp --dport {1024 + 7 * i}:{1030 + 11 * i} -j ACCEPT\n" for i in range(40))
-    lines += "-A INPUT -i eth+ -p udp -j DROP\n"
+    lines += "-A INPUT ! -i eth+ -p udp -j DROP\n"
     plan = compile_plan(table_of(lines), IFS)
     assert plan.resid == [40]
     assert plan.group_ranges[1] is not None and plan.group_ranges[0] is None
     assert [s.port for s in plan.group_shapes] == [G.PORT_DRANGE]
+
+
+def test_interface_wildcards_key_on_interface_classes():
+    rules = ("-A INPUT -i eth+ -p udp -m udp --dport 53 -j ACCEPT\n"
+             "-A INPUT -i eth0 -p udp -m udp --dport 53 -j DROP\n"       # shadowed by eth+ on eth0
+             "-A INPUT -i eth1 -p udp -m udp --dport 67 -j DROP\n"
+             "-A INPUT -i e+ -p udp -m udp --dport 67 -j ACCEPT\n"
+             "-A INPUT -i wg0 -p udp -m udp --dport 53 -j ACCEPT\n"
+             "-A INPUT -i br+ -p udp -m udp --dport 53 -j ACCEPT\n"        # no such interface (yet)
+             "-A INPUT -i lo -p udp -m udp --dport 99 -j LOG\n"
+             "-A INPUT -i lo -p udp -m udp --dport 99 -j ACCEPT\n")
+    flat, cid, g = groups_of(rules)
+    assert [s.iif for s in g.shapes] == [True] and g.grouped == set(range(8))
+    # classes: by the set of patterns each name matches; "" (any other interface) matches none
+    assert g.ifclass[""] == 0 and len({g.ifclass[n] for n in ("lo", "eth0", "eth1", "wg0", "")}) == 5
+    assert lookup(g, pkt(proto=UDP, dport=53, iif="eth0")) == [0]
+    assert lookup(g, pkt(proto=UDP, dport=53, iif="eth1")) == [0]
+    assert lookup(g, pkt(proto=UDP, dport=67, iif="eth1")) == [2]
+    assert lookup(g, pkt(proto=UDP, dport=67, iif="newif")) == []
+    assert lookup(g, pkt(proto=UDP, dport=53, iif="newif")) == []
+    assert lookup(g, pkt(proto=UDP, dport=99, iif="lo")) == [6, 7]
+    check_groups(flat, cid, g, [pkt(proto=UDP, dport=d, iif=i) for d in (53, 67, 99)
+                                for i in ("lo", "eth0", "eth1", "wg0", "newif")])
+
+
+def test_negated_interface_stays_residual_and_unknown_host_keeps_interfaces_out():
+    rules = "".join(f"-A INPUT ! -i eth{i} -s 10.0.0.{i}/32 -j DROP\n" for i in range(4))
+    rules += "".join(f"-A INPUT -i eth{i} -s 10.1.0.{i}/32 -j DROP\n" for i in range(4))
+    flat, cid, g = groups_of(rules)
+    assert g.grouped == set(range(4, 8))
+    t = table_of(rules)
+    plan = compile_plan(t, ["lo", "eth0"])        # names only (check): -i rules are not grouped
+    assert len(plan.resid) == 8 and plan.group_ifclass == {}
 
 
 PORTS = st.sampled_from([1, 5, 10, 11, 20, 21, 22, 53, 80, 99, 100, 65535])
@@ -222,7 +256,7 @@ def port_rulesets(draw):
         if draw(st.booleans()):
             parts.append(f"-s {draw(st.sampled_from(['10.0.0.0/8', '10.0.0.1/32', '10.9.0.0/16']))}")
         if draw(st.integers(0, 3)) == 0:
-            parts.append(f"-i {draw(st.sampled_from(['eth0', 'lo', 'nosuch']))}")
+            parts.append(f"-i {draw(st.sampled_from(['eth0', 'lo', 'nosuch', 'eth+', 'e+', 'wg+']))}")
         proto = draw(st.sampled_from(["tcp", "udp"]))
         parts.append(f"-p {proto}")
         side = draw(st.sampled_from(["sport", "dport"]))
@@ -253,5 +287,5 @@ def test_random_port_rulesets(rules):
     flat, cid, g = groups_of(rules)
     probe = [pkt(proto=p, sport=s, dport=d, src=src, iif=i)
              for p in (TCP, UDP) for s in (1, 10, 21, 80, 100) for d in (5, 11, 22, 99, 65535)
-             for src in ("10.0.0.1", "10.9.3.3") for i in ("eth0", "lo")]
+             for src in ("10.0.0.1", "10.9.3.3") for i in ("eth0", "lo", "eth1", "wg0", "other")]
     check_groups(flat, cid, g, probe)
