@@ -2438,6 +2438,8 @@ struct ebpfw_grp {
     __u8  port;          /* EBPFW_GRP_PORT_* */
     __u8  active;
     __u8  use_iif;       /* the key includes the input interface */
+    __u32 boff;          /* the group's Bloom filter: first word in the slot's part of ebpfw_gbloom */
+    __u32 bmask;         /* bits - 1 (a power of two) */
 };
 #define EBPFW_GRP_PORT_NONE  0
 #define EBPFW_GRP_PORT_SPORT 1
@@ -2460,6 +2462,33 @@ struct ebpfw_grp_val {
 BPF_ARRAY(ebpfw_grp, struct ebpfw_grp, NSLOTS * EBPFW_NGROUPS);
 BPF_F_TABLE("hash", struct ebpfw_grp_key, struct ebpfw_grp_val, ebpfw_gent, NSLOTS * EBPFW_GCAP, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(ebpfw_hits, struct hitvec, 1);
+/* One Bloom filter (one hash function) per group over its keys: a packet whose key is not in it
+ * skips the hash lookup. Most packets miss most groups; a bit test is an inlined array access
+ * where a hash lookup hashes and compares the whole key. ebpfw/compiler/groups.py: bloom_hash
+ * computes the same hash. */
+#define EBPFW_GBLOOM (EBPFW_GCAP / 2)   /* words per slot: 32 bits per key the map holds */
+BPF_ARRAY(ebpfw_gbloom, __u64, NSLOTS * EBPFW_GBLOOM);
+
+static __always_inline __u64 gmix(__u64 v)
+{
+    v ^= v >> 33;
+    v *= 0xff51afd7ed558ccdULL;
+    v ^= v >> 33;
+    v *= 0xc4ceb9fe1a85ec53ULL;
+    v ^= v >> 33;
+    return v;
+}
+
+/* 0 when the key (src, dst host order and masked) is certainly not in group gd */
+static __always_inline int bloom_maybe(__u32 slot, struct ebpfw_grp *gd, __u32 g, __u32 src, __u32 dst,
+                                       __u32 pp, __u32 iif)
+{
+    __u64 h = gmix(((((__u64)src) << 32) | dst) ^ gmix(((((__u64)pp) << 32) | iif) + g));
+    __u32 b = (__u32)h & gd->bmask;
+    __u32 k = slot * EBPFW_GBLOOM + gd->boff + (b >> 6);
+    __u64 *w = ebpfw_gbloom.lookup(&k);
+    return w && ((*w >> (b & 63)) & 1);
+}
 #ifdef EBPFW_F_GRANGE
 /* Range groups: port -> elementary-interval id (compiler/groups.py), four 16-bit ids per entry;
  * per slot the source ports, then the destination ports. */
@@ -2570,6 +2599,8 @@ static __always_inline void group_hits(__u32 slot, struct pkt *p, struct hitvec 
         }
         k.pp = (gd->use_proto ? ((__u32)p->proto << 24) : 0) | port;
         k.iif = gd->use_iif ? iif : 0;
+        if (!bloom_maybe(slot, gd, g, sa & gd->smask, da & gd->dmask, k.pp, k.iif))
+            continue;
         struct ebpfw_grp_val *val = ebpfw_gent.lookup(&k);
         if (!val)
             continue;

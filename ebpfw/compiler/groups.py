@@ -348,3 +348,51 @@ def find_groups(rules: list[Rule], rule_chain_id: list[int], min_size: int | Non
     ifclass, pclasses = iface_classes(chosen, by_shape, ifindex_of)
     per_shape = fill_all(chosen, kinds, ranges, by_shape, rules, rule_chain_id, pclasses)
     return assemble(chosen, kinds, ranges, per_shape, keys, by_shape, ifclass, pclasses)
+
+
+# ---- the groups' Bloom filters (programs/ebpfw.c: bloom_maybe) -------------------------------
+_M64 = (1 << 64) - 1
+
+
+def _mix(v: int) -> int:
+    v ^= v >> 33
+    v = (v * 0xFF51AFD7ED558CCD) & _M64
+    v ^= v >> 33
+    v = (v * 0xC4CEB9FE1A85EC53) & _M64
+    v ^= v >> 33
+    return v
+
+
+def bloom_hash(gid: int, src: int, dst: int, pp: int, iif: int) -> int:
+    """The datapath's hash of a group key (src, dst: host order, masked)."""
+    return _mix(((src << 32) | dst) ^ _mix((((pp << 32) | iif) + gid) & _M64))
+
+
+def bloom_words(entries: dict, ngroups: int, words: int) -> tuple[list[tuple[int, int]], list[int]]:
+    """Lay the groups' Bloom filters out in `words` 64-bit words: per group (first word, bits - 1)
+    and the words. A group gets 32 bits per key (a power of two, 64 bits at least); when they do
+    not all fit, the largest filters are halved (more false positives, never a wrong answer)."""
+    count = [0] * ngroups
+    for k in entries:
+        count[k[0]] += 1
+    bits = []
+    for n in count:
+        b = 64
+        while b < 32 * n and b < (1 << 20):
+            b <<= 1
+        bits.append(b)
+    while sum(bits) > 64 * words:
+        i = max(range(ngroups), key=lambda j: bits[j])
+        if bits[i] == 64:
+            raise ValueError("internal: no room for the groups' Bloom filters")
+        bits[i] >>= 1
+    layout, off = [], 0
+    for b in bits:
+        layout.append((off, b - 1))
+        off += b // 64
+    out = [0] * words
+    for k in entries:
+        off, mask = layout[k[0]]
+        b = bloom_hash(*k) & mask
+        out[off + (b >> 6)] |= 1 << (b & 63)
+    return layout, out

@@ -36,7 +36,7 @@ CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
 COUNTER = struct.Struct("<QQ")             # packets, bytes
 IFINFO = struct.Struct("<6sBB6I")          # mac, attached_in, pad, in_class[2], out_class[2], grp_class[2]
 U32 = struct.Struct("<I")
-GRP = struct.Struct("<IIBBBB")             # smask, dmask, use_proto, port, active, use_iif
+GRP = struct.Struct("<IIBBBBII")           # smask, dmask, use_proto, port, active, use_iif, boff, bmask
 GRP_KEY = struct.Struct("<II4s4sII")       # slot, gid, src (be), dst (be), proto << 24 | port, iif
 GRP_IDS = 4
 GRP_VAL = struct.Struct(f"<{GRP_IDS}I")    # rule numbers, 0xffffffff = none
@@ -258,7 +258,7 @@ FIELD_MAPS = {
     # the table itself (ebpfw_ct) and its statistics (ebpfw_ctstat) are pinned outside the
     # generation directory, see Datapath.build
     "ct": ("ebpfw_ctcls", "ebpfw_ctcfg", "ebpfw_ctw", "ebpfw_ctfrag"),
-    "groups": ("ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch"),
+    "groups": ("ebpfw_grp", "ebpfw_gent", "ebpfw_hits", "ebpfw_htouch", "ebpfw_gbloom"),
     # port -> elementary-interval id of the range groups (compiler/groups.py)
     "grange": ("ebpfw_grng",),
     "length": ("ebpfw_length",), "ttl": ("ebpfw_ttl",), "tos": ("ebpfw_tos",), "frag": ("ebpfw_frag",),

@@ -15,6 +15,7 @@ import time
 from array import array
 from pathlib import Path
 
+from ..compiler.groups import bloom_words
 from ..errors import KernelError
 from . import bpfsys
 from . import ct as ctdata
@@ -606,14 +607,21 @@ class Datapath:
             raise KernelError("internal: the plan's groups do not fit the loaded programs' shape")
         if not cleared:
             self.clear_groups(slot)
+        # the groups' Bloom filters (compiler/groups.py: bloom_words)
+        words = sh.gcap // 2
+        layout, bloom = bloom_words(plan.group_entries, len(shapes), words)
+        base = slot * words
+        bpfsys.update_batch(self.maps["ebpfw_gbloom"], array("I", range(base, base + words)).tobytes(),
+                            array("Q", bloom).tobytes(), words, "ebpfw_gbloom")
         keys, vals = [], []
         for g in range(sh.ngroups):
             keys.append(slot * sh.ngroups + g)
             if g < len(shapes):
                 gs = shapes[g]
-                vals.append(GRP.pack(gs.src_mask, gs.dst_mask, 1 if gs.proto else 0, gs.port, 1, 1 if gs.iif else 0))
+                vals.append(GRP.pack(gs.src_mask, gs.dst_mask, 1 if gs.proto else 0, gs.port, 1, 1 if gs.iif else 0,
+                                     *layout[g]))
             else:
-                vals.append(GRP.pack(0, 0, 0, 0, 0, 0))
+                vals.append(GRP.pack(0, 0, 0, 0, 0, 0, 0, 0))
         self._batch("ebpfw_grp", keys, vals)
         none = [0xFFFFFFFF] * GRP_IDS
         kb = b"".join(GRP_KEY.pack(slot, gid, struct.pack(">I", src), struct.pack(">I", dst), pp, iif)
@@ -792,6 +800,7 @@ class Datapath:
         if "ebpfw_gent" in self.maps:
             fd = self.maps["ebpfw_gent"]
             img["ebpfw_grp"] = arr("ebpfw_grp", sh.ngroups, sh.ngroups, GRP.size)
+            img["ebpfw_gbloom"] = arr("ebpfw_gbloom", sh.gcap // 2, sh.gcap // 2, 8)
             img["ebpfw_gent"] = {k[4:]: bpfsys.lookup(fd, k, GRP_VAL.size)
                                  for k in bpfsys.hash_keys(fd, GRP_KEY.size, GRP_VAL.size)
                                  if U32.unpack_from(k)[0] == slot}

@@ -289,3 +289,27 @@ def test_random_port_rulesets(rules):
              for p in (TCP, UDP) for s in (1, 10, 21, 80, 100) for d in (5, 11, 22, 99, 65535)
              for src in ("10.0.0.1", "10.9.3.3") for i in ("eth0", "lo", "eth1", "wg0", "other")]
     check_groups(flat, cid, g, probe)
+
+
+def test_bloom_filters_hold_every_key_and_fit_their_words():
+    rules = "".join(f"-A INPUT -s 10.0.{i >> 8}.{i & 255}/32 -j DROP\n" for i in range(3000))
+    rules += "".join(f"-A INPUT -p tcp -m tcp --dport {1000 + 3 * i}:{1001 + 3 * i} -j ACCEPT\n" for i in range(40))
+    _, _, g = groups_of(rules)
+    for words in (4096, 512, 40):
+        layout, bloom = G.bloom_words(g.entries, len(g.shapes), words)
+        assert len(bloom) == words
+        ends = sorted((off, off + (mask + 1) // 64) for off, mask in layout)
+        assert all(a[1] <= b[0] for a, b in zip(ends, ends[1:])) and ends[-1][1] <= words
+        for k in g.entries:           # no false negatives: every key's bit is set
+            off, mask = layout[k[0]]
+            b = G.bloom_hash(*k) & mask
+            assert bloom[off + (b >> 6)] >> (b & 63) & 1
+    layout, bloom = G.bloom_words(g.entries, len(g.shapes), 4096)
+    assert [m + 1 for _, m in layout] == [131072, 2048]     # 32 bits per key, rounded up
+    # a key that is not there is mostly refused: few false positives at 32 bits per key
+    off, mask = layout[0]
+    fp = 0
+    for i in range(2000):
+        b = G.bloom_hash(0, (172 << 24) + i, 0, 0, 0) & mask
+        fp += bloom[off + (b >> 6)] >> (b & 63) & 1
+    assert fp < 200
