@@ -126,6 +126,7 @@ def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
 
 # -m hashlimit (programs/ebpfw_abi.h: struct ebpfw_hlcfg, ebpfw_hlrule, ebpfw_hl_*)
 HL_NT = 64                                  # tables (distinct --hashlimit-name) per slot
+HL_CAP_MAX = 1 << 18                        # buckets in the (preallocated) LRU map: 31 MB
 HL_CFG = struct.Struct("<QQQQQQIIHHIIIQ")   # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask, spmask,
                                             # dpmask, needports, slots, pad, name
 HL_SLOTS, HL_NAME = 11, 13                  # their indexes in HL_CFG
@@ -312,7 +313,7 @@ class Shape:
     gcap: int = 0             # group hash entries per slot
     mac_cap: int = 0          # (slot, MAC) entries per slot of -m mac; 0 when no rule uses it
     gwords: int = 0           # 64-rule words of the global numbering (0: old state, = nwords)
-    hl_cap: int = 0           # hashlimit buckets of both slots (sum of the tables' max, twice)
+    hl_cap: int = 0           # hashlimit buckets (twice the tables' max, at most HL_CAP_MAX)
 
     @property
     def nsum(self) -> int:
@@ -439,5 +440,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         gcap=_pow2(len(plan.group_entries) + len(plan.group_entries) // 4 + 1, 1024) if ngroups else 0,
         mac_cap=_pow2(len(plan.mac) + len(plan.mac) // 4 + 1, 64) if getattr(plan, "mac", None) is not None else 0,
         gwords=gwords,
-        hl_cap=_pow2(2 * sum(t.max for t in hl_tables), 1024) if hl_tables else 0,
+        hl_cap=min(_pow2(2 * sum(t.max for t in hl_tables), 1024), HL_CAP_MAX) if hl_tables else 0,
     )

@@ -454,8 +454,6 @@ class Datapath:
         rules = getattr(plan, "hashlimits", {}) or {}
         if len(tables) > HL_NT:
             raise KernelError(f"internal: {len(tables)} hashlimit tables, the programs hold {HL_NT}")
-        if sum(t.max for t in tables) * 2 > sh.hl_cap:
-            raise KernelError("internal: the plan's hashlimit tables do not fit the loaded programs' shape")
         ntid = 2 * HL_NT
         raw = bpfsys.lookup_array(self.maps["ebpfw_hlcfg"], 0, ntid, HL_CFG.size)
         cfgs = [list(HL_CFG.unpack_from(raw, t * HL_CFG.size)) for t in range(ntid)]

@@ -49,7 +49,7 @@ SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64
               fields=("src", "dst", "proto", "sport", "dport", "tcpfl", "icmp", "iif", "oif", "xport", "groups", "grange",
                       "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst", "reject", "log",
                       "limit", "set", "hashlimit", "mark", "recent"),
-              ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 20)
+              ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 14)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
 

@@ -12,7 +12,7 @@ from ebpfw.check import check_ruleset
 from ebpfw.compiler import compile_plan
 from ebpfw.compiler.plan import RF_HASHLIMIT
 from ebpfw.datapath.abi import (
-    hashlimit_cpj, hashlimit_credits, hashlimit_default_size, hashlimit_overflows, hashlimit_size_max,
+    HL_CAP_MAX, hashlimit_cpj, hashlimit_credits, hashlimit_default_size, hashlimit_overflows, hashlimit_size_max,
     msecs_to_jiffies, shape_for,
 )
 from ebpfw.errors import RulesetError
@@ -104,7 +104,10 @@ def test_shared_name_takes_the_first_rule_in_the_kernels_order():
     assert plan.hashlimits == {0: (0, True), 1: (1, False), 2: (0, False)}
     assert all(plan.rule_flags[r] & RF_HASHLIMIT for r in (0, 1, 2))
     shape = shape_for(plan, 2)
-    assert "hashlimit" in shape.fields and shape.hl_cap >= 2 * 2 * t.max
+    # the LRU map of buckets: twice the tables' htable-max, at most HL_CAP_MAX (preallocated)
+    assert "hashlimit" in shape.fields and shape.hl_cap == min(2 * 2 * t.max, HL_CAP_MAX)
+    one = _plan("-A INPUT -m hashlimit --hashlimit-upto 1/s --hashlimit-name a -j ACCEPT\n")
+    assert shape_for(one, 2).hl_cap == 2 * one.hl_tables[0].max
 
 
 @pytest.mark.parametrize("body,what", [
