@@ -133,9 +133,15 @@ def _attach_all(dp: Datapath, targets: list[tuple[host.Link, str]], prev_ifaces:
                 rec["created_clsact"] |= nl.attach_tc(link.ifindex, dp.progs["tc_ingress"], "ingress", "ebpfw_ingress")
                 rec["ingress"] = "tc"
             else:
-                if old and old.get("ingress") == "tc":
-                    nl.detach_tc(link.ifindex, "ingress")
                 rec["ingress"] = nl.attach_xdp(link.ifindex, dp.progs["xdp"], mode)
+                # the XDP program hands REJECTed packets to this TC ingress program, which
+                # answers them (XDP_TX answers are lost on veth and would skip OUTPUT)
+                if "tc_xdprej" in dp.progs:
+                    rec["created_clsact"] |= nl.attach_tc(link.ifindex, dp.progs["tc_xdprej"], "ingress",
+                                                          "ebpfw_ingress")
+                    rec["tc_reject"] = True
+                elif (old and (old.get("ingress") == "tc" or old.get("tc_reject"))):
+                    nl.detach_tc(link.ifindex, "ingress")
             rec["created_clsact"] |= nl.attach_tc(link.ifindex, dp.progs["tc_egress"], "egress", "ebpfw_egress")
             if old:
                 rec["created_clsact"] |= bool(old.get("created_clsact"))
@@ -163,6 +169,10 @@ def _restore_ifaces(done: list[dict], prev_ifaces: dict) -> None:
                     nl.attach_tc(rec["ifindex"], old_dp.progs["tc_ingress"], "ingress", "ebpfw_ingress")
                 else:
                     nl.attach_xdp(rec["ifindex"], old_dp.progs["xdp"], old["ingress"])
+                    if old.get("tc_reject") and "tc_xdprej" in old_dp.progs:
+                        nl.attach_tc(rec["ifindex"], old_dp.progs["tc_xdprej"], "ingress", "ebpfw_ingress")
+                    else:
+                        nl.detach_tc(rec["ifindex"], "ingress")
                 nl.attach_tc(rec["ifindex"], old_dp.progs["tc_egress"], "egress", "ebpfw_egress")
             else:
                 _detach_iface(rec)
@@ -184,6 +194,8 @@ def _detach_iface(rec: dict) -> list[str]:
     if rec.get("ingress", "").startswith("xdp"):
         if nl.detach_xdp(idx, rec["ingress"]):
             out.append(f"{rec['name']}: removed the XDP program ({rec['ingress']})")
+        if rec.get("tc_reject") and nl.detach_tc(idx, "ingress"):
+            out.append(f"{rec['name']}: removed the TC ingress filter that answers REJECT")
     elif nl.detach_tc(idx, "ingress"):
         out.append(f"{rec['name']}: removed the TC ingress filter")
     if nl.detach_tc(idx, "egress"):

@@ -2838,7 +2838,7 @@ static __always_inline void log_events(struct walkstate *ws, void *data, void *d
  * a TCP header cut short, a source that cannot be answered (0/8, broadcast, multicast); ICMP
  * errors also follow the per-peer rate limit net.ipv4.icmp_ratelimit (burst 6, as
  * inet_peer_xrlim_allow), not applied to answers delivered locally.
- * Where it goes: XDP: XDP_TX out of the ingress interface with the MACs swapped; TC ingress:
+ * Where it goes: XDP hands the packet to TC ingress (xdp_reject_handoff); TC ingress:
  * bpf_redirect to the same interface's egress; TC egress OUTPUT: to the local stack through
  * lo's ingress (as the kernel routes a reply to a local address); TC egress FORWARD: out of
  * the route back to the source (fib lookup). A helper failure drops the packet unanswered.
@@ -3134,32 +3134,39 @@ static __always_inline int rj_write_rst(void *data, void *data_end, struct rejin
     return 0;
 }
 
-/* XDP: rewrite the frame into the answer and XDP_TX it. */
-static __always_inline int xdp_reject(struct xdp_md *ctx, struct rejinfo *ri)
+/* XDP cannot send the answer itself: XDP_TX frames are lost on a veth whose peer runs no NAPI,
+ * and the answer must pass the OUTPUT judgement (TC egress). So the XDP program hands a
+ * rejected packet to the TC ingress program ebpfw_tc_xdprej (attached next to the XDP program
+ * whenever the ruleset has REJECT): XDP_PASS with this record in the XDP metadata, which the
+ * kernel keeps in front of the skb's data. Nothing else writes metadata in front of our frames;
+ * the TC program drops every packet that carries the record, answered or not. */
+#define RJ_META_MAGIC 0xeb4f7e1aU
+struct rejmeta {
+    __u32 magic;
+    __u32 arg;
+    __u8  hook;
+    __u8  l2host;
+    __u8  local;
+    __u8  pad;
+    __u32 pad2;
+};
+
+static __always_inline int xdp_reject_handoff(struct xdp_md *ctx, struct walkstate *ws)
 {
+    if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct rejmeta)))
+        goto fail;
     void *data = (void *)(long)ctx->data;
-    void *data_end = (void *)(long)ctx->data_end;
-    int flen = data_end - data;
-    if (ri->arg == EBPFW_REJ_TCP_RESET) {
-        if (flen > 54 && bpf_xdp_adjust_tail(ctx, 54 - flen))
-            goto fail;
-        data = (void *)(long)ctx->data;
-        data_end = (void *)(long)ctx->data_end;
-        if (rj_write_rst(data, data_end, ri) < 0)
-            goto fail;
-    } else {
-        int want = 42 + (int)ri->q;
-        if (bpf_xdp_adjust_head(ctx, -28))
-            goto fail;
-        if (flen + 28 != want && bpf_xdp_adjust_tail(ctx, want - (flen + 28)))
-            goto fail;
-        data = (void *)(long)ctx->data;
-        data_end = (void *)(long)ctx->data_end;
-        if (rj_write_icmp(data, data_end, ri) < 0)
-            goto fail;
-    }
-    stat_inc(EBPFW_STAT_REJECT_SENT);
-    return XDP_TX;
+    struct rejmeta *m = (void *)(long)ctx->data_meta;
+    if ((void *)(m + 1) > data)
+        goto fail;
+    m->magic = RJ_META_MAGIC;
+    m->arg = ws->arg;
+    m->hook = ws->hook;
+    m->l2host = ws->l2host;
+    m->local = ws->local;
+    m->pad = 0;
+    m->pad2 = 0;
+    return XDP_PASS;
 fail:
     stat_inc(EBPFW_STAT_REJECT_FAIL);
     return XDP_DROP;
@@ -3526,12 +3533,8 @@ int ebpfw_xdp_post(struct xdp_md *ctx)
 #endif
     __u32 v = ws->verdict;
 #ifdef EBPFW_F_REJECT
-    if (v == V_REJECT) {
-        struct rejinfo ri = {};
-        if (reject_prepare(ctx, p, data, data_end, ws, &ri))
-            return xdp_reject(ctx, &ri);
-        stat_inc(EBPFW_STAT_REJECT_QUIET);
-    }
+    if (v == V_REJECT)
+        return xdp_reject_handoff(ctx, ws);   /* ebpfw_tc_xdprej answers (or not) and drops it */
 #endif
     return (v == V_DROP || v == V_REJECT) ? XDP_DROP : XDP_PASS;
 }
@@ -3561,6 +3564,46 @@ int ebpfw_tc_post(struct __sk_buff *skb)
     return (v == V_DROP || v == V_REJECT) ? TC_ACT_SHOT : TC_ACT_OK;
 }
 #endif /* EBPFW_POST */
+
+/* TC ingress next to an XDP program: the rejected packets the XDP program handed over (see
+ * xdp_reject_handoff) get their answer here; everything else passes (the XDP program judged it). */
+int ebpfw_tc_xdprej(struct __sk_buff *skb)
+{
+#ifdef EBPFW_F_REJECT
+    struct rejmeta *m = (void *)(long)skb->data_meta;
+    if ((void *)(m + 1) > (void *)(long)skb->data || m->magic != RJ_META_MAGIC)
+        return TC_ACT_OK;
+    __u32 arg = m->arg, hook = m->hook, l2host = m->l2host, local = m->local;
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    if (!ws || !p)
+        return TC_ACT_SHOT;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    pull_headers(skb, data, data_end);
+    data = (void *)(long)skb->data;
+    data_end = (void *)(long)skb->data_end;
+    if (parse(data, data_end, skb->len, p, 0) != 0) {
+        stat_inc(EBPFW_STAT_REJECT_FAIL);
+        return TC_ACT_SHOT;
+    }
+    ws->arg = arg;
+    ws->hook = hook;
+    ws->iif = skb->ifindex;
+    ws->oif = 0;
+    ws->l2host = l2host;
+    ws->local = local;
+    ws->egress = 0;
+    struct rejinfo ri = {};
+    if (reject_prepare(skb, p, data, data_end, ws, &ri))
+        return tc_reject(skb, &ri);
+    stat_inc(EBPFW_STAT_REJECT_QUIET);
+    return TC_ACT_SHOT;
+#else
+    return TC_ACT_OK;
+#endif
+}
 
 #ifdef EBPFW_F_RECENT
 /* ---- the recent programs: tail-called when the walk reaches a -m recent rule -------------

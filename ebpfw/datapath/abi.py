@@ -282,6 +282,9 @@ FIELD_MAPS = {
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
 PROGRAMS = {"xdp": "ebpfw_xdp_ingress", "tc_ingress": "ebpfw_tc_ingress", "tc_egress": "ebpfw_tc_egress"}
+# attached at TC ingress next to the XDP program when the shape has REJECT: it answers the
+# packets the XDP program rejected (XDP hands them over in the XDP metadata)
+XDP_REJECT_PROGRAM = ("tc_xdprej", "ebpfw_tc_xdprej")
 # continuation programs for walks longer than one program's step budget: program -> its array
 CONT_PROGRAMS = {"ebpfw_xdp_cont": "ebpfw_jmpx", "ebpfw_tc_cont": "ebpfw_jmpt"}
 # tail-called after the verdict when the shape has REJECT or LOG: program -> its array

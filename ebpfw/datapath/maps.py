@@ -22,7 +22,8 @@ from . import ct as ctdata
 from .abi import (
     ATYPE_CAP, ATYPE_KEY, ATYPE_SLOTS, ATYPE_VAL, CHAIN, COUNTER, CT_SLOTS, CT_STAT, CT_STATS, CT_TABLE, CTL,
     FRAG_SLOTS, IFINFO, LENGTH_SLOTS, LPM_KEY, MAC_KEY, META, MSS_SLOTS, NSLOTS, PKTTYPE_SLOTS,
-    PORT_SLOTS, PROGRAMS, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS, U32, Shape,
+    PORT_SLOTS, PROGRAMS, XDP_REJECT_PROGRAM, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS,
+    U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM,
     HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
@@ -167,6 +168,13 @@ class Datapath:
             except Exception as exc:
                 raise KernelError(f"the kernel refused program {fn}: {exc}",
                                   hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
+        if "reject" in shape.fields:
+            key, fn = XDP_REJECT_PROGRAM
+            try:
+                progs[key] = bpf.load_func(fn.encode(), BPF.SCHED_CLS).fd
+            except Exception as exc:
+                raise KernelError(f"the kernel refused program {fn}: {exc}",
+                                  hint="rerun with EBPFW_DEBUG=1 for the verifier log") from exc
         maps = {name: bpf.get_table(name).get_fd() for name in shape.maps()}
         # the continuation programs live in program arrays (pinned with the maps, which keeps them)
         # and so do the programs the verdict tail-calls for REJECT and LOG
@@ -210,6 +218,9 @@ class Datapath:
         progs = {}
         if with_progs:
             for key in PROGRAMS:
+                progs[key] = bpfsys.get(str(directory / f"prog_{key}"))
+            key = XDP_REJECT_PROGRAM[0]
+            if "reject" in shape.fields and (directory / f"prog_{key}").exists():
                 progs[key] = bpfsys.get(str(directory / f"prog_{key}"))
         ct_maps = {}
         if "ct" in shape.fields:

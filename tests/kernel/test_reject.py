@@ -23,7 +23,9 @@ from dpclient import Worker
 
 pytestmark = pytest.mark.kernel
 
-XDP_DROP, XDP_TX = 1, 3
+XDP_DROP, XDP_PASS = 1, 2
+META_MAGIC = 0xEB4F7E1A      # programs/ebpfw.c, struct rejmeta
+CHAIN_INPUT, CHAIN_FORWARD = 0, 1
 TC_SHOT, TC_REDIRECT = 2, 7
 CLIENT_MAC = b"\x02\0\0\0\0\x01"
 
@@ -93,9 +95,25 @@ def loaded(dut):
 
 
 def run_in_xdp(w, links, p: Pkt, frame: bytes | None = None) -> dict:
+    """The XDP program on va, then (for a REJECT verdict) the TC ingress side that answers.
+    The XDP program does not answer itself: it passes the packet with a handoff record in the
+    XDP metadata (magic, rule arg, hook, l2host, local), which BPF_PROG_TEST_RUN returns in
+    front of the frame; the TC side (ebpfw_tc_xdprej, attached next to XDP) builds the answer
+    with the same code as the TC ingress program, which this runs on the same frame (a test run
+    of a TC program cannot carry XDP metadata). Returns the XDP run, with "ret" the TC verdict
+    and "out" the TC output when the packet was handed over."""
     idx, mac = links["va"]
     frame = frame if frame is not None else build_frame(p, mac, CLIENT_MAC)
-    return w.call(op="run", prog="xdp", frame=frame.hex(), ifindex=idx)
+    got = w.call(op="run", prog="xdp", frame=frame.hex(), ifindex=idx)
+    out = bytes.fromhex(got["out"])
+    if got["ret"] != XDP_PASS or len(out) != len(frame) + 16:
+        assert out == frame or got["ret"] == XDP_DROP, got
+        return got
+    magic, arg, hook, l2host, local = struct.unpack("<IIBBB", out[:11])
+    assert magic == META_MAGIC and out[16:] == frame, got
+    assert hook in (CHAIN_INPUT, CHAIN_FORWARD)
+    tc = w.call(op="run", prog="tc_ingress", frame=frame.hex(), ifindex=idx, ingress_ifindex=idx)
+    return {**got, "ret": tc["ret"], "out": tc["out"], "stats": tc["stats"], "handoff": (arg, hook, l2host, local)}
 
 
 def check_icmp_answer(out: bytes, orig: bytes, code: int, src: str, dst: str, mac_dst: bytes, mac_src: bytes,
@@ -125,7 +143,7 @@ def test_icmp_reject_types_at_xdp_input(loaded, dport, code):
     p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), UDP, dport=dport, iif="va", payload=33)
     frame = build_frame(p, links["va"][1], CLIENT_MAC)
     got = run_in_xdp(w, links, p, frame)
-    assert got["ret"] == XDP_TX, got
+    assert got["ret"] == TC_REDIRECT, got
     check_icmp_answer(bytes.fromhex(got["out"]), frame, code, "10.9.0.1", "10.9.0.2", CLIENT_MAC, links["va"][1])
     rule = r["rule_chain"].index(["INPUT", list(CODES).index(dport) + 1])
     assert got["rules"] == [[rule, 1, p.ip_len]]        # counted once, as iptables counts it
@@ -141,7 +159,7 @@ def test_icmp_quote_is_cut_at_576_bytes(loaded, payload):
     frame = frame[:24] + b"\0\0" + frame[26:]
     frame = frame[:24] + struct.pack("!H", 0xFFFF - csum(frame[14:34])) + frame[26:]
     got = run_in_xdp(w, links, p, frame)
-    assert got["ret"] == XDP_TX, got
+    assert got["ret"] == TC_REDIRECT, got
     check_icmp_answer(bytes.fromhex(got["out"]), frame, 3, "10.9.0.1", "10.9.0.2", CLIENT_MAC, links["va"][1],
                       tos_in=0x1F)
 
@@ -183,7 +201,7 @@ def test_tcp_reset_seq_ack_rules(loaded, flags, payload, want_seq, want_ack, wan
     w, links, _, _ = loaded
     frame = tcp_frame(links, flags, 1000, 777, payload)
     got = run_in_xdp(w, links, None, frame)
-    assert got["ret"] == XDP_TX, got
+    assert got["ret"] == TC_REDIRECT, got
     check_rst(bytes.fromhex(got["out"]), "10.9.0.1", "10.9.0.2", 1, 4444, want_seq, want_ack, want_flags,
               CLIENT_MAC, links["va"][1])
 
@@ -205,7 +223,7 @@ def test_no_answer_where_the_kernel_stays_silent(loaded):
     p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), ICMP, icmp_type=8, iif="va")
     frame = build_frame(p, links["va"][1], CLIENT_MAC)
     got = run_in_xdp(w, links, p, frame)
-    assert got["ret"] == XDP_TX
+    assert got["ret"] == TC_REDIRECT
     check_icmp_answer(bytes.fromhex(got["out"]), frame, 3, "10.9.0.1", "10.9.0.2", CLIENT_MAC, links["va"][1])
     # L2 broadcast
     p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), UDP, dport=13, iif="va")
@@ -219,7 +237,7 @@ def test_no_answer_where_the_kernel_stays_silent(loaded):
     frame[24:26] = struct.pack("!H", 0xFFFF - csum(bytes(frame[14:34])))
     got = run_in_xdp(w, links, p, bytes(frame))
     quiet.append(got["ret"])
-    assert quiet == [XDP_DROP] * 6
+    assert quiet == [TC_SHOT] * 6
     after = got["stats"]
     assert after["reject_quiet"] - before["reject_quiet"] == 6
     assert after["reject_failed"] == before["reject_failed"]
@@ -230,12 +248,12 @@ def test_forward_reject_answers_from_the_route_back(loaded):
     p = Pkt(ip("10.9.0.2"), ip("10.9.1.2"), UDP, dport=999, iif="va", oif="vb", payload=5)
     frame = build_frame(p, links["va"][1], CLIENT_MAC)
     got = run_in_xdp(w, links, p, frame)
-    assert got["ret"] == XDP_TX, got
+    assert got["ret"] == TC_REDIRECT, got
     check_icmp_answer(bytes.fromhex(got["out"]), frame, 3, "10.9.0.1", "10.9.0.2", CLIENT_MAC, links["va"][1])
     assert got["rules"] == [[r["rule_chain"].index(["FORWARD", 0]), 1, p.ip_len]]
     # a RST for a forwarded connection comes from the original destination
     got = run_in_xdp(w, links, None, tcp_frame(links, 0x02, 5, 0, dst="10.9.1.2"))
-    assert got["ret"] == XDP_TX, got
+    assert got["ret"] == TC_REDIRECT, got
     check_rst(bytes.fromhex(got["out"]), "10.9.1.2", "10.9.0.2", 1, 4444, 0, 6, 0x14, CLIENT_MAC, links["va"][1])
 
 
@@ -280,13 +298,13 @@ def test_icmp_errors_follow_the_per_peer_rate_limit(dut):
         for _ in range(9):
             p = Pkt(ip("10.9.0.77"), ip("10.9.0.1"), UDP, dport=13, iif="va")
             rets.append(run_in_xdp(w, links, p)["ret"])
-        assert rets == [XDP_TX] * 6 + [XDP_DROP] * 3
+        assert rets == [TC_REDIRECT] * 6 + [TC_SHOT] * 3
         # another peer has its own bucket; RSTs are not limited
         p = Pkt(ip("10.9.0.78"), ip("10.9.0.1"), UDP, dport=13, iif="va")
-        assert run_in_xdp(w, links, p)["ret"] == XDP_TX
+        assert run_in_xdp(w, links, p)["ret"] == TC_REDIRECT
         for _ in range(8):
             got = run_in_xdp(w, links, None, tcp_frame(links, 0x02, 1, 0, src="10.9.0.77"))
-            assert got["ret"] == XDP_TX
+            assert got["ret"] == TC_REDIRECT
         assert got["stats"]["reject_ratelimited"] >= 3
     finally:
         nsh.run_in(d, "sysctl -qw net.ipv4.icmp_ratelimit=0")

@@ -54,5 +54,4 @@ def build() -> Case:
 
 KNOWN = ("ebpfw's REJECT answers are not counted in OUTPUT (iptables sends them through "
          "LOCAL_OUT, where OUTPUT rules see them and may drop them); answers to OUTPUT come "
-         "from the destination and skip INPUT (iptables: from the host, through INPUT); and in "
-         "native XDP mode on veth the XDP_TX answers are lost (REJECT acts as DROP)")
+         "from the destination and skip INPUT (iptables: from the host, through INPUT)")

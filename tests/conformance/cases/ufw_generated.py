@@ -53,8 +53,8 @@ def build_limit_reject() -> Case:
     case.source = "(rulesets/ufw-generated.rules)"
     case.known_difference = (
         "ufw-user-limit REJECTs from the 6th connection on, and ebpfw's REJECT answers are not "
-        "counted in OUTPUT (iptables sends them through LOCAL_OUT) and are lost with native XDP on "
-        "veth (see the reject case); ufw_generated:build_limit_drop compares the rest strictly")
+        "counted in OUTPUT (iptables sends them through LOCAL_OUT; see the reject case); "
+        "ufw_generated:build_limit_drop compares the rest strictly")
     return case
 
 
