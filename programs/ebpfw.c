@@ -2842,7 +2842,8 @@ static __always_inline void log_events(struct walkstate *ws, void *data, void *d
  * bpf_redirect to the same interface's egress; TC egress OUTPUT: to the local stack through
  * lo's ingress (as the kernel routes a reply to a local address); TC egress FORWARD: out of
  * the route back to the source (fib lookup). A helper failure drops the packet unanswered.
- * Not done: the answer is not judged by OUTPUT (iptables passes it through OUTPUT), L4
+ * The answers redirected to an egress are judged there by OUTPUT (see struct rjpend); the
+ * answers to OUTPUT, sent into lo, are not (ebpfw does not see lo). Not done: L4
  * checksums of the original are not verified (the kernel stays silent for a bad one), IP
  * options are not echoed, and the global ICMP rate limit (icmp_msgs_per_sec) is not applied.
  */
@@ -2874,7 +2875,7 @@ struct rejinfo {
     __u8  tos;
     __u8  ttl;
     __u8  tflags;         /* RST's TCP flags */
-    __u8  pad;
+    __u8  ctorig;         /* the original's ctstate (EBPFW_F_CT): how OUTPUT labels the answer */
     __u32 ifindex;        /* TC: where to redirect */
     __u32 rflags;         /* TC: bpf_redirect flags */
 };
@@ -2927,6 +2928,9 @@ static __always_inline int reject_prepare(void *ctx, struct pkt *p, void *data, 
     __u32 hook = ws->hook, l2host = ws->l2host, local = ws->local, ifindex = ws->iif, at_egress = ws->egress;
     __u32 arg = ws->arg;
     ri->arg = arg;
+#ifdef EBPFW_F_CT
+    ri->ctorig = p->ctstate;
+#endif
     ri->ttl = cfg->ttl ? cfg->ttl : 64;
     if (p->frag == 1 || !l2host)
         return 0;
@@ -3147,12 +3151,16 @@ struct rejmeta {
     __u8  hook;
     __u8  l2host;
     __u8  local;
-    __u8  pad;
+    __u8  ct;             /* the packet's ctstate (EBPFW_F_CT) */
     __u32 pad2;
 };
 
-static __always_inline int xdp_reject_handoff(struct xdp_md *ctx, struct walkstate *ws)
+static __always_inline int xdp_reject_handoff(struct xdp_md *ctx, struct walkstate *ws, struct pkt *p)
 {
+    __u8 ct = 0;
+#ifdef EBPFW_F_CT
+    ct = p->ctstate;
+#endif
     if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(struct rejmeta)))
         goto fail;
     void *data = (void *)(long)ctx->data;
@@ -3164,12 +3172,72 @@ static __always_inline int xdp_reject_handoff(struct xdp_md *ctx, struct walksta
     m->hook = ws->hook;
     m->l2host = ws->l2host;
     m->local = ws->local;
-    m->pad = 0;
+    m->ct = ct;
     m->pad2 = 0;
     return XDP_PASS;
 fail:
     stat_inc(EBPFW_STAT_REJECT_FAIL);
     return XDP_DROP;
+}
+
+/* The kernel sends its answers through LOCAL_OUT: OUTPUT judges them, RELATED to the original's
+ * connection, which the kernel attaches to the answer (nf_send_reset and icmp_glue_bits call
+ * nf_ct_attach), or labelled by conntrack when the original had none (INVALID). An answer
+ * tc_reject redirects to an interface's egress is judged there by ebpfw_tc_egress as OUTPUT:
+ * the redirect runs synchronously on this CPU right after the program returns, before any other
+ * egress program, so this per-CPU record names the answer to the next egress run, which takes
+ * it (one shot) and checks it against the packet (interface, addresses, length, IP id and
+ * checksum). */
+struct rjpend {
+    __u32 ifindex;      /* 0: none */
+    __u32 saddr;
+    __u32 daddr;
+    __u16 tot_len;
+    __u16 id;
+    __u16 check;
+    __u8  proto;
+    __u8  ct;           /* the original's ctstate */
+};
+BPF_PERCPU_ARRAY(ebpfw_rjpend, struct rjpend, 1);
+
+static __always_inline void rj_note_pending(void *data, void *data_end, __u32 ifindex, __u8 ct)
+{
+    __u32 zero = 0;
+    struct rjpend *pd = ebpfw_rjpend.lookup(&zero);
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    if (!pd || (void *)(ip + 1) > data_end)
+        return;
+    pd->ifindex = ifindex;
+    pd->saddr = ip->saddr;
+    pd->daddr = ip->daddr;
+    pd->tot_len = ip->tot_len;
+    pd->id = ip->id;
+    pd->check = ip->check;
+    pd->proto = ip->protocol;
+    pd->ct = ct;
+}
+
+/* At egress: the original's ctstate when this packet is the answer tc_reject just redirected
+ * here, else -1. */
+static __always_inline int rj_take_pending(struct __sk_buff *skb)
+{
+    __u32 zero = 0;
+    struct rjpend *pd = ebpfw_rjpend.lookup(&zero);
+    if (!pd || pd->ifindex == 0)
+        return -1;
+    __u32 want = pd->ifindex;
+    pd->ifindex = 0;
+    if (want != skb->ifindex)
+        return -1;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    struct iphdr *ip = data + sizeof(struct ethhdr);
+    if ((void *)(ip + 1) > data_end)
+        return -1;
+    if (ip->saddr == pd->saddr && ip->daddr == pd->daddr && ip->tot_len == pd->tot_len &&
+        ip->id == pd->id && ip->check == pd->check && ip->protocol == pd->proto)
+        return pd->ct;
+    return -1;
 }
 
 /* TC: rewrite the skb into the answer and redirect it. */
@@ -3199,6 +3267,8 @@ static __always_inline int tc_reject(struct __sk_buff *skb, struct rejinfo *ri)
             goto fail;
     }
     stat_inc(EBPFW_STAT_REJECT_SENT);
+    if (!(ri->rflags & BPF_F_INGRESS))
+        rj_note_pending(data, data_end, ri->ifindex, ri->ctorig);   /* OUTPUT judges it at that egress */
     return bpf_redirect(ri->ifindex, ri->rflags);
 fail:
     stat_inc(EBPFW_STAT_REJECT_FAIL);
@@ -3453,6 +3523,15 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
     if (!p)
         return TC_ACT_OK;
+#ifdef EBPFW_F_REJECT
+    /* a REJECT answer built by this datapath: locally generated, OUTPUT judges it */
+    int ctorig = rj_take_pending(skb);
+    int answer = ctorig >= 0;
+    if (answer)
+        in = 0;
+#else
+    int ctorig = -1, answer = 0;
+#endif
     if (in != 0) {
         struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&in);
         if (ii && ii->attached_in) {
@@ -3477,7 +3556,7 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     stat_inc(EBPFW_STAT_SEEN);
     /* recent_mt: "use TTL as seen before forwarding", ttl + 1 after the hook's output
      * interface is known unless a local socket sent the packet */
-    if (!skb->sk)
+    if (!skb->sk && !answer)
         p->rttl += 1;
 #ifdef EBPFW_F_OIF
     __u32 out = skb->ifindex;
@@ -3486,9 +3565,22 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     note_oif(p, 0);
 #endif
 #ifdef EBPFW_F_CT
-    p->ctstate = ct_label(p, data, data_end);
-    if (p->ctstate == EBPFW_CT_INVALID)
-        ctstat_inc(EBPFW_CTSTAT_INVALID);
+    if (answer && ctorig != EBPFW_CT_INVALID) {
+        /* the kernel attaches the original's connection to its answer (nf_send_reset, and
+         * icmp_glue_bits for an error): RELATED (or RELATED_REPLY), which OUTPUT's conntrack
+         * keeps; the answer never creates or changes a connection. An original without one
+         * (INVALID) leaves the answer to conntrack, as ct_label below does. */
+        struct ctwork *w = ebpfw_ctw.lookup(&pz);
+        if (w) {
+            w->pending = 0;
+            w->hasct = 0;
+        }
+        p->ctstate = EBPFW_CT_RELATED;
+    } else {
+        p->ctstate = ct_label(p, data, data_end);
+        if (p->ctstate == EBPFW_CT_INVALID)
+            ctstat_inc(EBPFW_CTSTAT_INVALID);
+    }
 #endif
     post_note(chain, chain == EBPFW_CHAIN_FORWARD ? in : 0, skb->ifindex, 1, 1, 1);
     /* locally generated: the socket's mark (SO_MARK), as the OUTPUT hook sees it */
@@ -3534,7 +3626,7 @@ int ebpfw_xdp_post(struct xdp_md *ctx)
     __u32 v = ws->verdict;
 #ifdef EBPFW_F_REJECT
     if (v == V_REJECT)
-        return xdp_reject_handoff(ctx, ws);   /* ebpfw_tc_xdprej answers (or not) and drops it */
+        return xdp_reject_handoff(ctx, ws, p);   /* ebpfw_tc_xdprej answers (or not) and drops it */
 #endif
     return (v == V_DROP || v == V_REJECT) ? XDP_DROP : XDP_PASS;
 }
@@ -3573,7 +3665,7 @@ int ebpfw_tc_xdprej(struct __sk_buff *skb)
     struct rejmeta *m = (void *)(long)skb->data_meta;
     if ((void *)(m + 1) > (void *)(long)skb->data || m->magic != RJ_META_MAGIC)
         return TC_ACT_OK;
-    __u32 arg = m->arg, hook = m->hook, l2host = m->l2host, local = m->local;
+    __u32 arg = m->arg, hook = m->hook, l2host = m->l2host, local = m->local, ct = m->ct;
     __u32 zero = 0;
     struct walkstate *ws = ebpfw_walk.lookup(&zero);
     struct pkt *p = ebpfw_pkt.lookup(&zero);
@@ -3588,6 +3680,9 @@ int ebpfw_tc_xdprej(struct __sk_buff *skb)
         stat_inc(EBPFW_STAT_REJECT_FAIL);
         return TC_ACT_SHOT;
     }
+#ifdef EBPFW_F_CT
+    p->ctstate = ct;
+#endif
     ws->arg = arg;
     ws->hook = hook;
     ws->iif = skb->ifindex;

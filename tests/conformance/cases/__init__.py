@@ -29,6 +29,7 @@ EXTRA_CASES = [
     "malformed:build_ip_options",
     "malformed:build_truncated",
     "reject",
+    "reject:build_output_judged",
     "ufw_generated:build_limit_drop",
     "ufw_generated:build_limit_reject",
 ]

@@ -16,8 +16,8 @@ Three cases share the script:
                        ebpfw (docs/CONFORMANCE.md, cases/reject.py) that would hide the rest
   build_limit_drop()   the same ruleset with ufw-user-limit's REJECT made DROP: eight
                        connections, every counter and delivery compared strictly
-  build_limit_reject() the ruleset as ufw wrote it with the eight connections: differs from
-                       iptables only by REJECT's answers (xfail with that reason)"""
+  build_limit_reject() the ruleset as ufw wrote it with the eight connections, compared
+                       strictly: the resets of the 6th-8th pass OUTPUT on both sides"""
 
 from .common import (CLI, DUT_LAN, DUT_WAN, SRV, Case, Connect, Listen, Send, Udp, icmp, ruleset,
                      tcp, udp)
@@ -51,10 +51,6 @@ def build_limit_drop() -> Case:
 def build_limit_reject() -> Case:
     case = _case("ufw-generated-limit-reject", ruleset("ufw-generated.rules"), SSH_BURST, {})
     case.source = "(rulesets/ufw-generated.rules)"
-    case.known_difference = (
-        "ufw-user-limit REJECTs from the 6th connection on, and ebpfw's REJECT answers are not "
-        "counted in OUTPUT (iptables sends them through LOCAL_OUT; see the reject case); "
-        "ufw_generated:build_limit_drop compares the rest strictly")
     return case
 
 
