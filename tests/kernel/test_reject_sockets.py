@@ -133,3 +133,40 @@ def test_sockets_see_what_iptables_makes_them_see(netns, ebpfw_env, tmp_path, ip
         listener.kill()
         listener.wait(timeout=10)
         ebpfw(dut, "detach", timeout=60)
+
+
+def _ingress_filters(ns: str, dev: str) -> str:
+    return run_in(ns, f"tc filter show dev {dev} ingress", check=False).stdout
+
+
+def _connect(client: str, port: int) -> str:
+    return probe(client, DUT_IP, str(port), "5356")[f"tcp/{port}"]   # udp 5356: no rule, no listener
+
+
+def test_xdp_modes_attach_the_reject_filter_only_when_needed(netns, ebpfw_env, tmp_path):
+    """With REJECT in an XDP mode, a TC ingress filter answers what the XDP program rejects (a
+    datapath built without REJECT has none), a REJECT ruleset in tc mode replaces it by the
+    full TC ingress program, and detach leaves nothing of ebpfw's behind."""
+    client, dut = netns("rsc"), netns("rsd")
+    dev = dut + "d"
+    veth(client, client + "c", dut, dev, f"{CLIENT_IP}/24", f"{DUT_IP}/24")
+    rules, plain = tmp_path / "rules.v4", tmp_path / "plain.v4"
+    rules.write_text(RULES)
+    plain.write_text("\n".join(l.split(" -j REJECT")[0] + " -j DROP" if " -j REJECT" in l else l
+                               for l in RULES.splitlines()) + "\n")
+    assert "REJECT" not in plain.read_text() and plain.read_text().count("-j DROP") == RULES.count("-j REJECT")
+    ok(ebpfw(dut, "apply", str(plain), "--iface", dev, "--mode", "xdp"))
+    assert "ebpfw" not in _ingress_filters(dut, dev)
+    assert _connect(client, 9090) == "TimeoutError"
+    ok(ebpfw(dut, "apply", str(rules), "--iface", dev, "--mode", "xdp"))
+    assert "ebpfw_tc_xdprej" in _ingress_filters(dut, dev)
+    assert probe(client, DUT_IP, "9090", "5353") == {"tcp/9090": "ECONNREFUSED", "udp/5353": "ECONNREFUSED"}
+    ok(ebpfw(dut, "apply", str(rules), "--iface", dev, "--mode", "tc"))
+    assert "name ebpfw_tc_ingres " in _ingress_filters(dut, dev)   # program names: 15 characters
+    assert _connect(client, 9090) == "ECONNREFUSED"
+    ok(ebpfw(dut, "apply", str(rules), "--iface", dev, "--mode", "xdp-generic"))
+    assert "ebpfw_tc_xdprej" in _ingress_filters(dut, dev)
+    assert _connect(client, 9092) == "EHOSTUNREACH"
+    ok(ebpfw(dut, "detach"))
+    assert "ebpfw" not in _ingress_filters(dut, dev)
+    assert "prog/xdp" not in run_in(dut, f"ip -d link show dev {dev}").stdout
