@@ -2462,7 +2462,7 @@ struct ebpfw_grp_val {
 BPF_ARRAY(ebpfw_grp, struct ebpfw_grp, NSLOTS * EBPFW_NGROUPS);
 BPF_F_TABLE("hash", struct ebpfw_grp_key, struct ebpfw_grp_val, ebpfw_gent, NSLOTS * EBPFW_GCAP, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(ebpfw_hits, struct hitvec, 1);
-/* One Bloom filter (one hash function) per group over its keys: a packet whose key is not in it
+/* One Bloom filter (two bits per key) per group over its keys: a packet whose key is not in it
  * skips the hash lookup. Most packets miss most groups; a bit test is an inlined array access
  * where a hash lookup hashes and compares the whole key. ebpfw/compiler/groups.py: bloom_hash
  * computes the same hash. */
@@ -2487,6 +2487,12 @@ static __always_inline int bloom_maybe(__u32 slot, struct ebpfw_grp *gd, __u32 g
     __u32 b = (__u32)h & gd->bmask;
     __u32 k = slot * EBPFW_GBLOOM + gd->boff + (b >> 6);
     __u64 *w = ebpfw_gbloom.lookup(&k);
+    if (!w || !((*w >> (b & 63)) & 1))
+        return 0;
+    /* the second bit (the hash's upper half) is read only when the first one is set */
+    b = (__u32)(h >> 32) & gd->bmask;
+    k = slot * EBPFW_GBLOOM + gd->boff + (b >> 6);
+    w = ebpfw_gbloom.lookup(&k);
     return w && ((*w >> (b & 63)) & 1);
 }
 #ifdef EBPFW_F_GRANGE

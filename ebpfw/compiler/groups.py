@@ -370,8 +370,9 @@ def bloom_hash(gid: int, src: int, dst: int, pp: int, iif: int) -> int:
 
 def bloom_words(entries: dict, ngroups: int, words: int) -> tuple[list[tuple[int, int]], list[int]]:
     """Lay the groups' Bloom filters out in `words` 64-bit words: per group (first word, bits - 1)
-    and the words. A group gets 32 bits per key (a power of two, 64 bits at least); when they do
-    not all fit, the largest filters are halved (more false positives, never a wrong answer)."""
+    and the words. A key sets two bits (the two halves of its hash); a group gets 32 bits per key
+    (a power of two, 64 bits at least); when they do not all fit, the largest filters are halved
+    (more false positives, never a wrong answer)."""
     count = [0] * ngroups
     for k in entries:
         count[k[0]] += 1
@@ -393,6 +394,14 @@ def bloom_words(entries: dict, ngroups: int, words: int) -> tuple[list[tuple[int
     out = [0] * words
     for k in entries:
         off, mask = layout[k[0]]
-        b = bloom_hash(*k) & mask
-        out[off + (b >> 6)] |= 1 << (b & 63)
+        h = bloom_hash(*k)
+        for b in (h & mask, (h >> 32) & mask):
+            out[off + (b >> 6)] |= 1 << (b & 63)
     return layout, out
+
+
+def bloom_has(layout: list, words: list, key: tuple) -> bool:
+    """Whether the filters say the key may be there (what the datapath's bloom_maybe answers)."""
+    off, mask = layout[key[0]]
+    h = bloom_hash(*key)
+    return all(words[off + (b >> 6)] >> (b & 63) & 1 for b in (h & mask, (h >> 32) & mask))
