@@ -7,8 +7,9 @@ the text nf_log_syslog (net/netfilter/nf_log_syslog.c) writes for an IPv4 packet
 [FRAG:..] [OPT (..)] PROTO=.. ...` with the kernel's trailing space (no syslog level marker and
 no timestamp: dmesg adds those). `read_events()` drains the ring buffer of the applied ruleset
 (`follow=True`: keep polling until stopped) and yields the lines.
-Not exact: --log-uid is refused at compile time; MARK= is never printed (ebpfw sets no marks);
-the VLAN fields of --log-macdecode are not printed (the datapath sees untagged frames); a
+MARK= is the packet's mark when the LOG rule was reached (TC: skb->mark as MARK rules before it
+left it; XDP: 0, the packet has no mark before the stack), printed like the kernel's only when not
+zero and only when the dump was not cut short. Not exact: --log-uid is refused at compile time; the VLAN fields of --log-macdecode are not printed (the datapath sees untagged frames); a
 frame longer than 128 bytes is cut there, so long TCP/IP options print as in a truncated packet.
 The ring buffer is consumed: two readers share the events between them.
 """
@@ -35,10 +36,16 @@ def _ip(b: bytes) -> str:
     return str(ipaddress.IPv4Address(b))
 
 
+class _Cut(str):
+    """A dump that dump_ipv4_packet() ends early (`return` before its UID/MARK tail)."""
+
+
 def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta: int = 0) -> str:
-    """dump_ipv4_packet() over `pkt` (the IP packet as captured; `wire` bytes existed)."""
+    """dump_ipv4_packet() over `pkt` (the IP packet as captured; `wire` bytes existed). The
+    result is a _Cut where the kernel returns before printing MARK= (a truncated IP header or
+    options, an incomplete TCP/UDP header, truncated TCP options)."""
     if len(pkt) < 20:
-        return "TRUNCATED"
+        return _Cut("TRUNCATED")
     ver_ihl, tos, tot, ipid, frag, ttl, proto = struct.unpack_from("!BBHHHBB", pkt)
     out = f"SRC={_ip(pkt[12:16])} DST={_ip(pkt[16:20])} "
     out += f"LEN={tot} TOS=0x{tos & 0x1E:02X} PREC=0x{tos & 0xE0:02X} TTL={ttl - ttl_delta} ID={ipid} "
@@ -53,7 +60,7 @@ def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta
     ihl = (ver_ihl & 0xF) * 4
     if flags & LOGF_IPOPT and ihl > 20:
         if len(pkt) < ihl:
-            return out + "TRUNCATED"
+            return _Cut(out + "TRUNCATED")
         out += "OPT (" + pkt[20:ihl].hex().upper() + ") "
     l4 = pkt[ihl:]
     l4wire = wire - ihl
@@ -63,7 +70,7 @@ def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta
         if fragment:
             return out
         if len(l4) < 20:
-            return out + f"INCOMPLETE [{l4wire} bytes] "
+            return _Cut(out + f"INCOMPLETE [{l4wire} bytes] ")
         sp, dp, seq, ack, off, fl, win, _c, urg = struct.unpack_from("!HHIIBBHHH", l4)
         out += f"SPT={sp} DPT={dp} "
         if flags & LOGF_TCPSEQ:
@@ -77,7 +84,7 @@ def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta
         doff = (off >> 4) * 4
         if flags & LOGF_TCPOPT and doff > 20:
             if len(l4) < doff:
-                return out + "OPT (TRUNCATED)"
+                return _Cut(out + "OPT (TRUNCATED)")
             out += "OPT (" + l4[20:doff].hex().upper() + ") "
         return out
     if proto in (17, 136):
@@ -85,7 +92,7 @@ def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta
         if fragment:
             return out
         if len(l4) < 8:
-            return out + f"INCOMPLETE [{l4wire} bytes] "
+            return _Cut(out + f"INCOMPLETE [{l4wire} bytes] ")
         sp, dp, ulen = struct.unpack_from("!HHH", l4)
         return out + f"SPT={sp} DPT={dp} LEN={ulen} "
     if proto == 1:
@@ -130,7 +137,7 @@ def _dump_ipv4(pkt: bytes, flags: int, wire: int, inner: bool = False, ttl_delta
 
 def format_event(raw: bytes, names: dict[int, str]) -> str:
     """One ring buffer record -> the kernel's LOG line (see the module contract)."""
-    ts, rule, hook, slot, caplen, iif, oif, wire, egress, cfg, data = LOG_EV.unpack_from(raw)
+    ts, rule, hook, slot, caplen, iif, oif, wire, egress, mark, _pad, cfg, data = LOG_EV.unpack_from(raw)
     prefix, level, flags, _p, _p2 = LOG_CFG.unpack(cfg)
     frame = data[:caplen]
     out = prefix.split(b"\0", 1)[0].decode(errors="replace")
@@ -143,7 +150,10 @@ def format_event(raw: bytes, names: dict[int, str]) -> str:
             out += "MAC=" + frame[:14].hex(":") + "  "
     # at ingress the frame is as it arrived; the kernel's FORWARD hook sees the TTL decremented
     ttl_delta = 1 if hook == 1 and not egress else 0
-    out += _dump_ipv4(frame[14:], flags, wire - 14, ttl_delta=ttl_delta)
+    dump = _dump_ipv4(frame[14:], flags, wire - 14, ttl_delta=ttl_delta)
+    out += dump
+    if mark and not isinstance(dump, _Cut):
+        out += f"MARK=0x{mark:x} "
     return out
 
 

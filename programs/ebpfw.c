@@ -1544,6 +1544,7 @@ struct walkstate {
     __u32 slot;
     __u32 nlog;       /* LOG rules reached, in order */
     __u32 logs[EBPFW_MAXLOG];
+    __u32 logmark[EBPFW_MAXLOG];  /* the packet's mark when each was reached (EBPFW_F_MARK) */
     __u32 verdict;    /* V_* */
     __u32 hook;       /* EBPFW_CHAIN_* */
     __u32 iif;
@@ -2394,6 +2395,9 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             __u32 n = ws->nlog;
             if (n < EBPFW_MAXLOG) {
                 ws->logs[n] = r;
+#ifdef EBPFW_F_MARK
+                ws->logmark[n] = ws->mark;   /* nf_log prints the mark as the LOG rule sees it */
+#endif
                 ws->nlog = n + 1;
             } else {
                 stat_inc(EBPFW_STAT_LOG_LOST);
@@ -2757,7 +2761,7 @@ BPF_ARRAY(ebpfw_logcfg, struct ebpfw_logcfg, NSLOTS * EBPFW_RCAP);
 BPF_ARRAY(ebpfw_logrlc, struct ebpfw_logrl_cfg, 1);
 BPF_PERCPU_ARRAY(ebpfw_logrl, struct ebpfw_logrl, 1);
 
-static __always_inline void log_event(struct walkstate *ws, __u32 r, void *data, void *data_end)
+static __always_inline void log_event(struct walkstate *ws, __u32 r, __u32 mark, void *data, void *data_end)
 {
     __u32 slot = ws->slot & 1;
     __u32 zero = 0;
@@ -2795,6 +2799,7 @@ static __always_inline void log_event(struct walkstate *ws, __u32 r, void *data,
     ev->iif = ws->iif;
     ev->oif = ws->oif;
     ev->pad = ws->egress;   /* 1: the frame was seen at TC egress (FORWARD: TTL already decremented) */
+    ev->mark = mark;
     __builtin_memcpy(&ev->cfg, cfg, sizeof(struct ebpfw_logcfg));
     __u64 n = (__u64)(data_end - data);
     ev->wire_len = n;
@@ -2814,13 +2819,17 @@ static __always_inline void log_event(struct walkstate *ws, __u32 r, void *data,
 
 
 /* the events of every LOG rule the packet reached, in rule order */
-static __always_inline void log_events(struct walkstate *ws, void *data, void *data_end)
+static __always_inline void log_events(struct walkstate *ws, __u32 mark, void *data, void *data_end)
 {
     __u32 n = ws->nlog;
     for (int i = 0; i < EBPFW_MAXLOG; i++) {
         if (i >= n)
             break;
-        log_event(ws, ws->logs[i], data, data_end);
+        __u32 m = mark;
+#ifdef EBPFW_F_MARK
+        m = ws->logmark[i & (EBPFW_MAXLOG - 1)];
+#endif
+        log_event(ws, ws->logs[i], m, data, data_end);
     }
 }
 #endif
@@ -3627,7 +3636,7 @@ int ebpfw_xdp_post(struct xdp_md *ctx)
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
 #ifdef EBPFW_F_LOG
-    log_events(ws, data, data_end);
+    log_events(ws, 0, data, data_end);   /* no skb mark before the stack (XDP) */
 #endif
     __u32 v = ws->verdict;
 #ifdef EBPFW_F_REJECT
@@ -3648,7 +3657,7 @@ int ebpfw_tc_post(struct __sk_buff *skb)
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
 #ifdef EBPFW_F_LOG
-    log_events(ws, data, data_end);
+    log_events(ws, skb->mark, data, data_end);
 #endif
     __u32 v = ws->verdict;
 #ifdef EBPFW_F_REJECT

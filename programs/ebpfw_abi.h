@@ -224,7 +224,9 @@ struct ebpfw_logev {
     __u32 iif;                /* 0: none */
     __u32 oif;
     __u32 wire_len;           /* frame length */
-    __u32 pad;
+    __u32 pad;                /* 1: seen at TC egress */
+    __u32 mark;               /* the packet's mark when the LOG rule was reached */
+    __u32 pad2;
     struct ebpfw_logcfg cfg;
     __u8  data[EBPFW_LOG_CAP];  /* the frame from its MAC header */
 };

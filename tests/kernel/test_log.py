@@ -57,3 +57,38 @@ def test_log_lines_for_real_packets(netns, ebpfw_env, tmp_path, mode):
         listener.kill()
         listener.wait(timeout=10)
         ebpfw(dut, "detach", timeout=60)
+
+
+MARK_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN -j LOG --log-prefix "before: "
+-A INPUT -p tcp -m tcp --dport 8080 -j MARK --set-xmark 0x2a/0xffffffff
+-A INPUT -p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN -j LOG --log-prefix "after: "
+COMMIT
+"""
+
+
+def test_log_prints_the_mark_as_the_log_rule_sees_it(netns, ebpfw_env, tmp_path):
+    """nf_log ends the line with MARK=0x.. when the packet has a mark: a LOG rule before the
+    MARK rule prints none, one after it prints the new mark (marks force TC ingress)."""
+    client, dut = netns("lmc"), netns("lmd")
+    dev = dut + "d"
+    veth(client, client + "c", dut, dev, "10.213.1.2/24", "10.213.1.1/24")
+    listener = start_listener(dut, 8080)
+    try:
+        rules = tmp_path / "rules.v4"
+        rules.write_text(MARK_RULES)
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dev))
+        assert tcp(client, "10.213.1.1", 8080) == "open"
+        lines = ok(ebpfw(dut, "log")).stdout.splitlines()
+        before = [l for l in lines if l.startswith("before: ")]
+        after = [l for l in lines if l.startswith("after: ")]
+        assert len(before) == 1 and len(after) == 1, lines
+        assert "MARK=" not in before[0] and before[0].endswith("SYN URGP=0 "), before[0]
+        assert after[0].endswith("SYN URGP=0 MARK=0x2a "), after[0]
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)
+        ebpfw(dut, "detach", timeout=60)

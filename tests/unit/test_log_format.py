@@ -17,9 +17,9 @@ def ip_hdr(proto: int, l4: bytes, tos=0, ttl=64, ipid=7, frag=0x4000, src="10.0.
     return struct.pack("!BBHHHBBH", 0x45, tos, 20 + len(l4), ipid, frag, ttl, proto, 0) + a + l4
 
 
-def event(frame: bytes, prefix=b"", flags=0, hook=0, iif=3, oif=0, egress=0) -> bytes:
+def event(frame: bytes, prefix=b"", flags=0, hook=0, iif=3, oif=0, egress=0, mark=0) -> bytes:
     cfg = LOG_CFG.pack(prefix, 4, flags, 0, 0)
-    return LOG_EV.pack(1, 0, hook, 0, min(len(frame), LOG_CAP), iif, oif, len(frame), egress, cfg,
+    return LOG_EV.pack(1, 0, hook, 0, min(len(frame), LOG_CAP), iif, oif, len(frame), egress, mark, 0, cfg,
                        frame[:LOG_CAP].ljust(LOG_CAP, b"\0"))
 
 
@@ -59,3 +59,27 @@ def test_icmp_error_recurses_once_and_fragments():
     assert format_event(event(MAC + ip_hdr(1, echo, frag=0)), {3: "va"}).endswith("TYPE=8 CODE=0 ID=5 SEQ=1 ")
     frag = format_event(event(MAC + ip_hdr(1, echo, frag=0x2000 | 3)), {3: "va"})
     assert frag.endswith("ID=7 MF FRAG:3 PROTO=ICMP ")
+
+
+def test_mark_is_printed_last_in_hex_when_not_zero():
+    udp = struct.pack("!HHHH", 5353, 53, 12, 0) + b"abcd"
+    base = format_event(event(MAC + ip_hdr(17, udp)), {3: "eth0"})
+    assert base.endswith("PROTO=UDP SPT=5353 DPT=53 LEN=12 ")
+    assert format_event(event(MAC + ip_hdr(17, udp), mark=0x2a), {3: "eth0"}) == base + "MARK=0x2a "
+    # ICMP errors: the quoted packet is dumped without a mark of its own; the outer line ends in it
+    quoted = ip_hdr(17, udp)[:28]
+    icmp = struct.pack("!BBHI", 3, 3, 0, 0) + quoted
+    line = format_event(event(MAC + ip_hdr(1, icmp), mark=0xffffffff), {3: "eth0"})
+    assert line.count("MARK=") == 1 and line.endswith("] MARK=0xffffffff ")
+
+
+def test_mark_is_not_printed_where_the_kernel_returns_early():
+    # dump_ipv4_packet() returns before its MARK= tail for an incomplete TCP or UDP header
+    # (nf_log_dump_tcp_header / nf_log_dump_udp_header return 1); an incomplete ICMP header
+    # only breaks out of the switch, so the mark is still printed
+    for proto, l4 in ((6, b"\x00" * 10), (17, b"\x00" * 4)):
+        frame = MAC + ip_hdr(proto, l4)
+        line = format_event(event(frame, mark=7), {3: "eth0"})
+        assert "INCOMPLETE" in line and "MARK=" not in line
+    line = format_event(event(MAC + ip_hdr(1, b"\x08\x00\x00"), mark=7), {3: "eth0"})
+    assert "INCOMPLETE" in line and line.endswith("MARK=0x7 ")
