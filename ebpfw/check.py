@@ -52,9 +52,10 @@ def limit_overflows(avg: int, burst: int) -> bool:
 
 
 def hashlimit_overflows(avg: int, burst: int) -> bool:
-    """xt_hashlimit (revision 3): credits are avg / (1e6 / (HZ*CPJ)) truncated to u32."""
-    div = 1_000_000 // HZ_CPJ
-    return burst == 0 or ((avg * burst) // div) & U32 < (avg // div) & U32
+    """hashlimit_mt_check_common's ERANGE for revision 3 (what iptables 1.8.9 loads): its 64-bit
+    user2credits with this host's HZ (ebpfw.datapath.abi has the arithmetic the datapath uses)."""
+    from .datapath.abi import hashlimit_overflows as overflows, host_hz
+    return overflows(avg, burst, host_hz())
 
 
 def chain_hooks(chains: dict[str, Chain], builtins: tuple[str, ...]) -> dict[str, frozenset[str]]:

@@ -85,8 +85,36 @@ def judge(w: Worker, links: dict, hook: str, p: Pkt) -> dict:
                   ifindex=idx, ingress_ifindex=0)
 
 
+# Matches the datapath turns into classifier fields (judged together, before the walk sees a
+# rule), as opposed to the L4 matches that can hotdrop and the stateful ones judged in the walk.
+def _is_field_match(m) -> bool:
+    from ebpfw.ruleset import (AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IprangeMatch,
+                               LengthMatch, MacMatch, PkttypeMatch, TosMatch, TtlMatch)
+    return isinstance(m, (AddrtypeMatch, CommentMatch, ConntrackMatch, DscpMatch, IprangeMatch,
+                          LengthMatch, MacMatch, PkttypeMatch, TosMatch, TtlMatch))
+
+
+def fields_first(table):
+    """The table with every rule's classifier-field matches moved before its other matches.
+    For a well-formed packet this changes nothing (those matches are pure conditions). For a
+    packet an L4 match hotdrops it gives ebpfw's known difference (docs/CONFORMANCE.md, "hotdrop
+    and later matches"): iptables hotdrops at the tcp/udp/icmp/multiport match even when a
+    LATER match of the rule (iprange, length, ttl, conntrack...) would have failed; ebpfw's
+    field vectors judge those later matches before the walk reaches the rule, so it does not."""
+    import dataclasses as dc
+
+    def rule(r):
+        ms = [m for m in r.matches if _is_field_match(m)] + [m for m in r.matches if not _is_field_match(m)]
+        return dc.replace(r, matches=tuple(ms))
+    return dc.replace(table, chains=tuple(dc.replace(c, rules=tuple(rule(r) for r in c.rules))
+                                          for c in table.chains))
+
+
 def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple[str, Pkt]],
-                            group: bool = True) -> None:
+                            group: bool = True, known_difference=None) -> None:
+    """`known_difference(hook, pkt)`, when given, is called for a packet whose iptables verdict
+    depends on the hotdrop/later-match order above (the property test rejects such examples; the
+    hand test test_hotdrop_before_a_later_field_match_is_a_known_difference shows it)."""
     # -m recent lists start empty for every ruleset here (the datapath keeps them across loads)
     w.call(op="recent_reset")
     r = w.call(op="load", rules=text, group=group)
@@ -97,6 +125,12 @@ def check_against_reference(w: Worker, links: dict, text: str, cases: list[tuple
     rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
     for hook, p in cases:
         # --seconds in these tests are hours: every stamp is inside its window, whatever `now`
+        if known_difference is not None:
+            import copy
+            alt = evaluate(fields_first(table), hook, p, DUT_HOST, recent=copy.deepcopy(recent), now=0)
+            exact = evaluate(table, hook, p, DUT_HOST, recent=copy.deepcopy(recent), now=0)
+            if alt != exact:
+                known_difference(hook, p)
         verdict, counted, policy = evaluate(table, hook, p, DUT_HOST, recent=recent, now=0)
         got = judge(w, links, hook, p)
         assert "error" not in got, got
@@ -719,5 +753,20 @@ def packets(draw):
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(text=rulesets(), pkts=st.lists(packets(), min_size=1, max_size=8), group=st.booleans())
 def test_random_rulesets_match_reference(dut, text, pkts, group):
+    from hypothesis import reject
+
     w, links = dut
-    check_against_reference(w, links, text, pkts, group)
+    check_against_reference(w, links, text, pkts, group, known_difference=lambda hook, p: reject())
+
+
+@pytest.mark.xfail(strict=True, reason="known difference (docs/CONFORMANCE.md): a packet an L4 match "
+                   "hotdrops is not dropped when a later classifier match of the rule fails")
+def test_hotdrop_before_a_later_field_match_is_a_known_difference(dut):
+    w, links = dut
+    text = HEAD + ("-A INPUT -p tcp -m tcp --dport 1 -m iprange ! --src-range 10.9.0.1-10.9.0.100 -j ACCEPT\n"
+                   "COMMIT\n")
+    # a TCP fragment at offset 8: xt_tcp drops it ("evil TCP offset=1 frag") before iprange runs
+    p = Pkt(ip("10.9.0.2"), ip("10.9.0.1"), TCP, sport=1, dport=1, iif="va", frag=1)
+    seen = []
+    check_against_reference(w, links, text, [("INPUT", p)], known_difference=lambda h, q: seen.append(h))
+    assert seen == ["INPUT"]          # the helper recognises the case the property test skips
