@@ -1543,8 +1543,7 @@ struct walkstate {
     __u32 arg;        /* the REJECT rule's arg when walk() returns V_REJECT */
     __u32 slot;
     __u32 nlog;       /* LOG rules reached, in order */
-    __u32 logs[EBPFW_MAXLOG];
-    __u32 logmark[EBPFW_MAXLOG];  /* the packet's mark when each was reached (EBPFW_F_MARK) */
+    __u64 logs[EBPFW_MAXLOG];     /* rule number; EBPFW_F_MARK: the packet's mark at that rule << 32 */
     __u32 verdict;    /* V_* */
     __u32 hook;       /* EBPFW_CHAIN_* */
     __u32 iif;
@@ -2394,9 +2393,11 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             /* the event is written by the post program; the walk goes on */
             __u32 n = ws->nlog;
             if (n < EBPFW_MAXLOG) {
-                ws->logs[n] = r;
 #ifdef EBPFW_F_MARK
-                ws->logmark[n] = ws->mark;   /* nf_log prints the mark as the LOG rule sees it */
+                /* nf_log prints the mark as the LOG rule sees it; one store (the walk's stack is full) */
+                ws->logs[n] = ((__u64)ws->mark << 32) | r;
+#else
+                ws->logs[n] = r;
 #endif
                 ws->nlog = n + 1;
             } else {
@@ -2825,11 +2826,12 @@ static __always_inline void log_events(struct walkstate *ws, __u32 mark, void *d
     for (int i = 0; i < EBPFW_MAXLOG; i++) {
         if (i >= n)
             break;
+__u64 e = ws->logs[i];
         __u32 m = mark;
 #ifdef EBPFW_F_MARK
-        m = ws->logmark[i & (EBPFW_MAXLOG - 1)];
+        m = e >> 32;
 #endif
-        log_event(ws, ws->logs[i], m, data, data_end);
+        log_event(ws, (__u32)e, m, data, data_end);
     }
 }
 #endif
