@@ -10,7 +10,8 @@
 #
 # Sections (see bench/README.md and docs/PERFORMANCE.md):
 #   testrun  per-packet cost (BPF_PROG_TEST_RUN), kernel memory, verifier sizes  -> testrun.json
-#   update   apply latency (library, CLI) vs iptables-nft/legacy and nft; compile  -> update.json
+#   update   apply latency (library, CLI) vs iptables-nft/legacy and nft; compile  -> update.json;
+#            CLI through a running agent vs CLI alone                            -> cli_agent.json
 #   kit      throughput with real packets: the shared kit (bench/kit), section A (+ C in full)
 #
 # Safety: everything runs in namespaces created here (both veth ends inside them), with a
@@ -139,6 +140,8 @@ if [[ " $SECTIONS " == *" update "* ]]; then
 	log "section 3: update latency (ebpfw library and CLI, iptables-nft/legacy, nft), compile time"
 	step 300 "$PY" bench/update.py --n 10000 --reps "$UPD_REPS" --check-sizes "$UPD_CHECK" --out "$OUT" ||
 		log "update step failed (rc $?)"
+	step 180 "$PY" bench/cli_agent.py --n 10000 --reps 6 --out "$OUT" ||
+		log "cli_agent step failed (rc $?)"
 fi
 
 if [[ " $SECTIONS " == *" kit "* ]]; then
