@@ -26,6 +26,20 @@ if str(TESTS_DIR) not in sys.path:
 import netns as _netns  # noqa: E402  (needs the sys.path line above)
 
 
+def pytest_configure(config):
+    """A run stopped with SIGTERM (`timeout`, CI cancelling a job) must still delete its
+    namespaces and stop its helpers: turn SIGTERM into the KeyboardInterrupt pytest already
+    handles by tearing every fixture down (without this, pytest dies at once and leaves them)."""
+    import signal
+
+    def _stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM kills for real
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, _stop)
+
+
 @functools.lru_cache(maxsize=1)
 def _kernel_skip_reason() -> str | None:
     if os.geteuid() != 0:
