@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from .counters import Snapshot, delta, parse_save
-from .packets import (CRAFTED_TTL, Connect, Case, Send, Tagged, Udp, describe_ip, frame_ip,
+from .packets import (CRAFTED_TTL, Connect, Case, Send, SetOp, Tagged, Udp, describe_ip, frame_ip,
                       summarize)
 from .topology import (ADDR, CLI_IF, DUT_IN, DUT_OUT, DUT_ROUTES_TO_SRV, MAC, SRV_IF, Topology, TopologyError,
                        nsenter, run)
@@ -69,7 +69,12 @@ class IptablesSide:
     def version(self) -> str:
         return run([self.cmd, "--version"]).stdout.strip()
 
-    def load(self, ruleset: str) -> None:
+    def load(self, ruleset: str, sets: str = "") -> None:
+        if sets:
+            # rules naming the old sets go first, then the sets are replaced by the case's
+            self.unload()
+            self.topo.in_dut(["ipset", "destroy"], check=False)
+            self.topo.in_dut(["ipset", "restore"], input=sets)
         self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=ruleset)
         self.topo.in_dut([self.cmd, "-w", "-Z"])
         # a previous case may have left conntrack entries (no entries / no module is fine)
@@ -77,6 +82,9 @@ class IptablesSide:
 
     def snapshot(self) -> Snapshot:
         return parse_save(self.topo.in_dut([f"{self.cmd}-save", "-c", "-t", "filter"]).stdout)
+
+    def set_op(self, op: str, name: str, element: str) -> None:
+        self.topo.in_dut(["ipset", op, name] + ([element] if element else []))
 
     def unload(self) -> None:
         self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
@@ -140,11 +148,15 @@ class EbpfwSide:
     def version(self) -> str:
         return f"ebpfw (mode {self.mode})"
 
-    def import_ruleset(self, ruleset: str) -> Path:
+    def import_ruleset(self, ruleset: str, sets: str = "") -> Path:
         src = self.workdir / "case.rules"
         out = self.workdir / "case.ebpfw"
         src.write_text(ruleset)
-        proc = self._cli(["import", str(src), "-o", str(out)], in_dut=False, check=False)
+        extra = []
+        if sets:
+            (self.workdir / "case.sets").write_text(sets)
+            extra = ["--sets", str(self.workdir / "case.sets")]
+        proc = self._cli(["import", str(src), "-o", str(out)] + extra, in_dut=False, check=False)
         if proc.returncode != 0:
             text = (proc.stderr or proc.stdout).strip()
             if "Traceback (most recent call last)" in text:
@@ -153,13 +165,17 @@ class EbpfwSide:
             raise ImportRefused(text)
         return out
 
-    def load(self, ruleset: str) -> None:
-        out = self.import_ruleset(ruleset)
+    def load(self, ruleset: str, sets: str = "") -> None:
+        out = self.import_ruleset(ruleset, sets)
         if self.attached:
             # start from nothing so counters restart at zero like iptables-restore's do
             self.unload()
-        self._cli(["apply", str(out), "--iface", DUT_IN, "--iface", DUT_OUT, "--mode", self.mode])
+        extra = ["--sets", str(self.workdir / "case.sets")] if sets else []
+        self._cli(["apply", str(out), "--iface", DUT_IN, "--iface", DUT_OUT, "--mode", self.mode] + extra)
         self.attached = True
+
+    def set_op(self, op: str, name: str, element: str) -> None:
+        self._cli(["set", op, name] + ([element] if element else []))
 
     def snapshot(self) -> Snapshot:
         return parse_save(self._cli(["save", "--counters"]).stdout)
@@ -199,6 +215,8 @@ def _step_label(i: int, step, tagged: list[Tagged]) -> str:
         texts = [f"#{t.tag} {t.text}" for t in tagged[:3]]
         more = f" (+{len(tagged) - 3} more)" if len(tagged) > 3 else ""
         return f"step {i}: {step.role} sends " + "; ".join(texts) + more
+    if isinstance(step, SetOp):
+        return f"step {i}: set {step.op} {step.name} {step.element}".rstrip()
     kind = "tcp connect" if isinstance(step, Connect) else "udp datagram"
     return f"step {i}: {kind} from {step.role} to {step.dst}:{step.dport}"
 
@@ -292,7 +310,7 @@ def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
     for agent in topo.agents.values():
         agent.call("reset_listeners")
     _quiesce(topo, {})
-    side.load(case.ruleset)
+    side.load(case.ruleset, case.sets)
     for lis in case.listen:
         topo.agents[lis.role].call("tcp_listen", addr=lis.addr, port=lis.port)
     _quiesce(topo, {})
@@ -336,6 +354,8 @@ def run_case(side, case: Case, stepwise: bool = True) -> RunResult:
                 dst=step.dst, dport=step.dport, payload=step.payload.hex())
             if reply.get("send_error"):
                 notes.append(f"udp send failed: {reply['send_error']}")
+        elif isinstance(step, SetOp):
+            side.set_op(step.op, step.name, step.element)
         else:
             raise TypeError(f"unknown step type {type(step).__name__}")
         seen = sorted(_quiesce(topo, tags) + extra)

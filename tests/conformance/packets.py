@@ -55,7 +55,17 @@ class Udp:
     label: str = ""
 
 
-Step = Union[Send, Connect, Udp]
+@dataclass
+class SetOp:
+    """A live change of an ipset set between two packets: `ipset OP NAME [ELEMENT]` under
+    iptables, `ebpfw set OP NAME [ELEMENT]` under ebpfw (op: add, del, flush)."""
+    op: str
+    name: str
+    element: str = ""
+    label: str = ""
+
+
+Step = Union[Send, Connect, Udp, SetOp]
 
 
 @dataclass
@@ -77,6 +87,7 @@ class Case:
     known_difference: str = ""       # non-empty: ebpfw is known to differ here, and why
     expect_unhit: dict = field(default_factory=dict)
     source: str = ""                 # where the ruleset came from (a rulesets/ path)
+    sets: str = ""                   # `ipset save` text of the sets the ruleset names
 
 
 @dataclass(frozen=True)

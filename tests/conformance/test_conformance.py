@@ -80,7 +80,7 @@ def test_ebpfw_matches_iptables_extra(name, iptables_side, ebpfw_side, iptables_
 def _compare_case(case, mode, iptables_side, ebpfw_side, iptables_runs) -> None:
     ebpfw_side.mode = ebpfw_side.default_mode if mode == "default" else mode
     try:
-        ebpfw_side.import_ruleset(case.ruleset)
+        ebpfw_side.import_ruleset(case.ruleset, case.sets)
     except ImportRefused as exc:
         if case.stateful:
             first = str(exc).splitlines()

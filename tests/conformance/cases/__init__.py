@@ -32,6 +32,7 @@ EXTRA_CASES = [
     "reject:build_output_judged",
     "ufw_generated:build_limit_drop",
     "ufw_generated:build_limit_reject",
+    "sets",
 ]
 
 
