@@ -100,7 +100,7 @@ step() { # seconds cmd...
 if [ "$QUICK" = 1 ]; then
 	TR_SIZES=1,10,1000,10000 TR_RUNS=3 TR_TIMEOUT=120 TR_FIELDS=
 	UPD_REPS=2 UPD_CHECK=10000
-	KIT_ENV=(SECTIONS=A PATHS=input NS_A="1 10000" REPS=1 DUR=1 FILTERS_INPUT="ipt-nft ebpfw")
+	KIT_ENV=(SECTIONS=A PATHS=input NS_A="1 10000" REPS=1 DUR=1 FILTERS_INPUT="ipt-nft ebpfw ebpfw-drop")
 	KIT_LIMIT=150
 	KITM_ENV=()
 	DEADLINE=${DEADLINE:-300}
@@ -108,7 +108,7 @@ else
 	TR_SIZES=1,10,100,1000,10000,100000 TR_RUNS=7 TR_TIMEOUT=240 TR_FIELDS=--fields
 	UPD_REPS=5 UPD_CHECK=10000,100000
 	KIT_ENV=(SECTIONS=AC PATHS=input NS_A="1 1000 10000" REPS=3 NS_C=10000 REPS_C=3
-		FILTERS_INPUT="ipt-nft nft-set ebpfw ebpfw-tc")
+		FILTERS_INPUT="ipt-nft nft-set ebpfw ebpfw-tc ebpfw-drop")
 	KIT_LIMIT=420
 	DEADLINE=${DEADLINE:-900}
 	# second kit run: the same packets against ebpfw's mixed ruleset (kit/lib/filters.sh KIT_RULES)
