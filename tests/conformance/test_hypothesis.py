@@ -119,7 +119,11 @@ def rules_for(draw, chain: str, user_chains: list[str], may_in: bool, may_out: b
             else:
                 parts += ["-m", "iprange", f"{_neg(draw)}{which}", f"{lo}-{hi}"]
         if draw(st.integers(0, 3)) == 0:
-            parts += draw(header_matches(proto if proto and not neg else None, chain))
+            # right after -p, before the L4 matches: written after them, a failing header match
+            # would meet ebpfw's documented hotdrop-order difference (docs/CONFORMANCE.md)
+            hm = draw(header_matches(proto if proto and not neg else None, chain))
+            at = next((i + 2 for i, w in enumerate(parts) if w.endswith("-p")), len(parts))
+            parts[at:at] = hm
         if ct and draw(st.integers(0, 2)) == 0:
             states = draw(st.sampled_from(CT_SPECS))
             if draw(st.integers(0, 3)) == 0:
