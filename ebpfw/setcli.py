@@ -1,9 +1,13 @@
 """`ebpfw set ...`: live membership of the sets -m set rules name (ebpfw/sets.py).
 
-  ebpfw set add NAME ELEMENT [--exist]    add an element (ipset syntax: 10.0.0.1, 10.0.0.0/24,
-                                          10.0.0.1,tcp:22, a port for bitmap:port; ranges expand)
+  ebpfw set add NAME ELEMENT [timeout N] [--exist]
+                                          add an element (ipset syntax: 10.0.0.1, 10.0.0.0/24,
+                                          10.0.0.1,tcp:22, a port for bitmap:port; ranges expand);
+                                          in a set created with a timeout it expires after the
+                                          set's timeout or N seconds (0 = never); --exist renews it
   ebpfw set del NAME ELEMENT [--exist]    delete it
-  ebpfw set list [NAME]                   the loaded sets in `ipset save` format
+  ebpfw set list [NAME]                   the loaded sets in `ipset save` format (an element of a
+                                          set with timeouts shows the seconds it has left)
   ebpfw set flush NAME                    remove every element
 
 Each change is one map update the next packet sees; the sets outlive re-applies. Registered in
@@ -30,11 +34,17 @@ _edge = edge
 def add_cmd(
     name: Annotated[str, typer.Argument(metavar="NAME")],
     element: Annotated[str, typer.Argument(metavar="ELEMENT")],
-    exist: Annotated[bool, typer.Option("--exist", help="No error when the element is already there.")] = False,
+    options: Annotated[Optional[list[str]], typer.Argument(metavar="[timeout N]")] = None,
+    exist: Annotated[bool, typer.Option("--exist", help="No error when the element is already there "
+                                        "(its timeout is renewed).")] = False,
 ) -> None:
-    """Add ELEMENT to set NAME."""
+    """Add ELEMENT to set NAME (`timeout N`: it expires after N seconds, 0 = never)."""
     from . import sets
-    sets.add(name, element, exist)
+    from .errors import EbpfwError
+    opts = list(options or [])
+    if opts and (len(opts) != 2 or opts[0] != "timeout"):
+        raise EbpfwError(f"unexpected '{' '.join(opts)}' after the element, expected 'timeout N'")
+    sets.add(name, " ".join([element, *opts]), exist)
 
 
 @set_app.command("del")

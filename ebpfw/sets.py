@@ -7,7 +7,22 @@ an `add`/`del` is one map update that packets see at once. Key of an element (pr
 struct ebpfw_set_key): prefix length 64 + address prefix (64 for bitmap:port), then set id,
 proto << 16 | port (0 for hash:ip / hash:net; the port alone for bitmap:port) and the address,
 all big endian: a packet's key (full length) finds an element exactly as the kernel's set
-types test it (no `nomatch` elements; sets with timeouts are refused).
+types test it (no `nomatch` elements).
+
+Timeouts (ip_set_timeout.h): the value of an element is its expiry in CLOCK_BOOTTIME ns (the
+clock bpf_ktime_get_boot_ns() reads in the datapath), 0 = permanent. A set created with
+`timeout D` gives each added element D seconds unless the add says `timeout N`; `timeout 0` is
+permanent; an expired element does not match, is not listed and counts as absent for add/del
+(it is deleted lazily: on list, flush, add and when the set looks full). The kernel keeps
+jiffies: its element lives up to one jiffy (1/HZ) longer than here. hash:net and hash:net,port
+sets with timeouts are refused (the LPM trie finds only the longest prefix; an expired one
+would hide a shorter live prefix that ipset still matches).
+
+Upgrades: the pinned maps of older versions had a 4-byte value (no expiry) and a shorter
+definition record. `migrate_pins()` (called before the programs are built) renames such pins
+aside, and `restore_migrated()` (after the build created the new maps) copies their elements
+(permanent) and definitions over and removes the old pins, so an apply over an old pin keeps
+the live sets.
 
 `ebpfw apply --sets FILE` calls `load` with the sets of FILE (each set named there gets exactly
 the file's elements; other loaded sets stay as they are); without --sets the loaded sets stay
@@ -19,20 +34,43 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 from . import state
 from .datapath import bpfsys
-from .datapath.abi import NSETS, SETDEF, SETDEF_PIN, SETS_PIN
+from .datapath.abi import NSETS, SET_VAL, SETDEF, SETDEF_PIN, SETS_PIN
 from .errors import EbpfwError, RulesetError
 from .ipset import IpSet, IpSetEntry, parse_ipsets, save_ipsets
 
 TYPES = {"hash:ip": 1, "hash:net": 2, "hash:ip,port": 3, "hash:net,port": 4, "bitmap:port": 5}
 TYPE_NAMES = {v: k for k, v in TYPES.items()}
 KEY = struct.Struct("<I4s4s4s")            # prefixlen; id, pp, addr (big endian)
-VAL = struct.Struct("<I")
+VAL = SET_VAL
+NS = 1_000_000_000
+MAX_TIMEOUT = 2147483                     # IPSET_MAX_TIMEOUT: (UINT_MAX >> 1) / MSEC_PER_SEC
+DEF_TIMEOUT = 1                           # struct ebpfw_setdef flags: EBPFW_SETDEF_TIMEOUT
+
+
+def now_ns() -> int:
+    """The datapath's clock (bpf_ktime_get_boot_ns)."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def expiry_of(timeout: Optional[int], now: int) -> int:
+    """The value of an element with `timeout` seconds left (None or 0: permanent)."""
+    return now + timeout * NS if timeout else 0
+
+
+def remaining(expiry: int, now: int) -> Optional[int]:
+    """ip_set_timeout_get: the whole seconds left (at least 1), 0 for permanent, None when expired."""
+    if expiry == 0:
+        return 0
+    if now > expiry:
+        return None
+    return max(1, (expiry - now) // NS)
 
 
 def element_key(set_id: int, st_type: str, e: IpSetEntry) -> bytes:
@@ -54,11 +92,13 @@ def _entry_of(st_type: str, key: bytes) -> IpSetEntry:
 
 
 def refuse_unsupported(st: IpSet) -> None:
-    """RulesetError (FILE:LINE) for what the datapath does not reproduce: timeouts, IPv6."""
-    if st.timeout is not None or any(e.timeout is not None for e in st.entries):
+    """RulesetError (FILE:LINE) for what the datapath does not reproduce: timeouts in the net
+    types (an expired longest prefix would hide a shorter live one in the LPM trie), IPv6."""
+    if st.type.startswith("hash:net") and (st.timeout is not None or any(e.timeout is not None for e in st.entries)):
         raise RulesetError(f"set '{st.name}' has timeouts", problems=[
-            f"{st.pos}: set '{st.name}' with timeout is not supported by the datapath yet, expected a set "
-            "without timeout, found 'timeout'"])
+            f"{st.pos}: set '{st.name}' of type {st.type} with timeout is not supported (the datapath's "
+            "longest-prefix lookup cannot skip an expired prefix), expected a hash:net set without timeout "
+            "or a hash:ip set with timeout, found 'timeout'"])
     if st.family != "inet":
         raise RulesetError(f"set '{st.name}' is not IPv4", problems=[
             f"{st.pos}: set '{st.name}' of family {st.family}, expected family inet"])
@@ -98,7 +138,8 @@ class SetStore:
             raw = bpfsys.lookup_array(self.defs, 0, NSETS, SETDEF.size)
             out = {}
             for i in range(NSETS):
-                name_b, typ, count, maxelem, first, last, hashsize = SETDEF.unpack_from(raw, i * SETDEF.size)
+                name_b, typ, count, maxelem, first, last, hashsize, tmo, flags = SETDEF.unpack_from(
+                    raw, i * SETDEF.size)
                 if typ == 0:
                     continue
                 name = name_b.rstrip(b"\0").decode()
@@ -107,7 +148,8 @@ class SetStore:
                 st = IpSet(name=name, type=tname, pos=Pos("<loaded>", 0),  # type: ignore[arg-type]
                            hashsize=None if tname == "bitmap:port" else hashsize,
                            maxelem=None if tname == "bitmap:port" else maxelem,
-                           range=(first, last) if tname == "bitmap:port" else None)
+                           range=(first, last) if tname == "bitmap:port" else None,
+                           timeout=tmo if flags & DEF_TIMEOUT else None)
                 out[name] = (i, st, count)
             self._cache = out
         return self._cache
@@ -116,7 +158,8 @@ class SetStore:
         first, last = st.range or (0, 0)
         maxelem = (last - first + 1) if st.type == "bitmap:port" else (st.maxelem or 65536)
         bpfsys.update(self.defs, struct.pack("<I", set_id),
-                      SETDEF.pack(st.name.encode(), TYPES[st.type], count, maxelem, first, last, st.hashsize or 0),
+                      SETDEF.pack(st.name.encode(), TYPES[st.type], count, maxelem, first, last, st.hashsize or 0,
+                                  st.timeout or 0, DEF_TIMEOUT if st.timeout is not None else 0),
                       "set definitions")
         self._cache = None
 
@@ -130,6 +173,33 @@ class SetStore:
     def _keys_of(self, set_id: int) -> list[bytes]:
         idb = struct.pack(">I", set_id)
         return [k for k in bpfsys.keys(self.trie, KEY.size) if k[4:8] == idb]
+
+    def _expiry(self, key: bytes) -> Optional[int]:
+        """The element's expiry (0 = permanent), None when it is not in the trie."""
+        v = bpfsys.lookup(self.trie, key, VAL.size)
+        return None if v is None else VAL.unpack(v)[0]
+
+    def _live(self, set_id: int, now: int) -> dict[bytes, int]:
+        """The set's elements that have not expired (key -> expiry); expired ones are deleted."""
+        out = {}
+        for k in self._keys_of(set_id):
+            exp = self._expiry(k)
+            if exp is None:
+                continue
+            if remaining(exp, now) is None:
+                bpfsys.delete(self.trie, k)
+            else:
+                out[k] = exp
+        return out
+
+    def gc(self, name: str) -> int:
+        """Delete the expired elements of set NAME (and correct its count); returns how many."""
+        set_id, st, count = self._get(name)
+        before = len(self._keys_of(set_id))
+        live = self._live(set_id, now_ns())
+        if len(live) != count:
+            self._write_def(set_id, st, len(live))
+        return before - len(live)
 
     # ---- operations ------------------------------------------------------------------------------
     def load(self, sets: dict[str, IpSet]) -> dict[str, int]:
@@ -148,13 +218,14 @@ class SetStore:
                     raise EbpfwError(f"no room for set '{st.name}': at most {NSETS - 1} sets")
                 set_id = free[0]
                 used.add(set_id)
-            want = {element_key(set_id, st.type, e) for e in st.entries}
+            # `ipset save` prints the seconds left: each element expires that long from now
+            now = now_ns()
+            want = {element_key(set_id, st.type, e): expiry_of(e.timeout, now) for e in st.entries}
             for k in self._keys_of(set_id):
                 if k not in want:
                     bpfsys.delete(self.trie, k)
-            one = VAL.pack(1)
-            for k in want:
-                bpfsys.update(self.trie, k, one, f"set {st.name}")
+            for k, exp in want.items():
+                bpfsys.update(self.trie, k, VAL.pack(exp), f"set {st.name}")
             self._write_def(set_id, st, len(want))
             defs = self.definitions()
         return {n: d[0] for n, d in self.definitions().items()}
@@ -166,37 +237,54 @@ class SetStore:
         except RulesetError as exc:
             msg = "; ".join(p.split(": ", 1)[-1] for p in exc.problems)
             raise EbpfwError(f"bad element for {st.type} set '{st.name}': {msg}") from None
-        entries = list(parsed[st.name].entries)
-        if any(e.timeout is not None for e in entries):
-            raise EbpfwError("element timeouts are not supported by the datapath yet")
-        return entries
+        return list(parsed[st.name].entries)
 
     def add(self, name: str, element: str, exist: bool = False) -> int:
-        """Add ELEMENT (ipset syntax, ranges expand); returns how many entries were new.
-        An element already present is an error unless `exist` (ipset add -exist)."""
+        """Add ELEMENT (ipset syntax, ranges expand, optionally followed by `timeout N` in a set
+        created with a timeout); returns how many entries were new. An element already present
+        (and not expired) is an error unless `exist` (ipset add -exist), which renews its
+        timeout as ipset does."""
         set_id, st, count = self._get(name)
-        keys = [element_key(set_id, st.type, e) for e in self._parse_element(st, element)]
-        new = [k for k in keys if bpfsys.lookup(self.trie, k, VAL.size) is None]
+        entries = self._parse_element(st, element)
+        now = now_ns()
+        items = [(element_key(set_id, st.type, e), expiry_of(e.timeout, now)) for e in entries]
+        present = {k for k, _ in items if (x := self._expiry(k)) is not None and remaining(x, now) is not None}
+        new = [(k, x) for k, x in items if k not in present]
         if not new and not exist:
             raise EbpfwError(f"element {element} is already in set '{name}'", hint="use --exist to ignore")
         maxelem = (st.range[1] - st.range[0] + 1) if st.range else (st.maxelem or 65536)
+        if count + len(new) > maxelem and st.timeout is not None:
+            count = len(self._live(set_id, now))       # the kernel's gc frees expired elements first
+            if count + len(new) > maxelem:
+                self._write_def(set_id, st, count)
         if count + len(new) > maxelem:
             raise EbpfwError(f"set '{name}' is full ({count} of maxelem {maxelem})")
-        one = VAL.pack(1)
-        for k in new:
-            bpfsys.update(self.trie, k, one, f"set {name}")
-        if new:
-            self._write_def(set_id, st, count + len(new))
+        # an expired element still in the trie is replaced (it was counted already)
+        stale = sum(1 for k, _ in new if self._expiry(k) is not None)
+        for k, x in (items if exist else new):
+            bpfsys.update(self.trie, k, VAL.pack(x), f"set {name}")
+        if len(new) - stale:
+            self._write_def(set_id, st, count + len(new) - stale)
         return len(new)
 
     def delete(self, name: str, element: str, exist: bool = False) -> int:
         set_id, st, count = self._get(name)
         keys = [element_key(set_id, st.type, e) for e in self._parse_element(st, element)]
-        gone = sum(1 for k in keys if bpfsys.delete(self.trie, k))
+        now = now_ns()
+        gone = stale = 0
+        for k in keys:
+            x = self._expiry(k)
+            if x is not None and bpfsys.delete(self.trie, k):
+                if remaining(x, now) is None:
+                    stale += 1          # expired: deleted, but it was not there for ipset
+                else:
+                    gone += 1
         if not gone and not exist:
+            if stale:
+                self._write_def(set_id, st, max(0, count - stale))
             raise EbpfwError(f"element {element} is not in set '{name}'", hint="use --exist to ignore")
-        if gone:
-            self._write_def(set_id, st, max(0, count - gone))
+        if gone or stale:
+            self._write_def(set_id, st, max(0, count - gone - stale))
         return gone
 
     def flush(self, name: str) -> int:
@@ -206,8 +294,16 @@ class SetStore:
         return n
 
     def get(self, name: str) -> IpSet:
-        set_id, st, _ = self._get(name)
-        entries = sorted((_entry_of(st.type, k) for k in self._keys_of(set_id)),
+        """The set with its live elements, each with the seconds it has left when the set has
+        timeouts (as `ipset save` prints them); expired elements are deleted here."""
+        set_id, st, count = self._get(name)
+        now = now_ns()
+        live = self._live(set_id, now)
+        if len(live) != count:
+            self._write_def(set_id, st, len(live))
+        timed = st.timeout is not None
+        entries = sorted((replace(_entry_of(st.type, k), timeout=remaining(x, now) if timed else None)
+                          for k, x in live.items()),
                          key=lambda e: (e.addr or 0, e.prefixlen, e.proto or 0, e.port or 0))
         return replace(st, entries=tuple(entries))
 
@@ -252,3 +348,60 @@ def loaded_definitions(pins: Optional[Path] = None) -> dict[str, IpSet]:
     with SetStore(pins) as s:
         return {n: d[1] for n, d in s.definitions().items()}
 
+
+
+# ---- pins of an older layout (upgrades) -----------------------------------------------------------
+
+OLD_SUFFIX = ".old"
+
+
+def migrate_pins(pins: Path) -> None:
+    """Before the programs are built: rename pinned set maps whose layout differs from this
+    version's (value size: the expiry; definition record size) to NAME.old, so bcc creates new
+    ones; restore_migrated() moves their contents over after the build."""
+    tpath, dpath = pins / SETS_PIN, pins / SETDEF_PIN
+    if not tpath.exists() or not dpath.exists():
+        return
+    tfd, dfd = bpfsys.get(str(tpath)), bpfsys.get(str(dpath))
+    try:
+        same = (bpfsys.map_info(tfd).value_size == VAL.size and bpfsys.map_info(dfd).value_size == SETDEF.size)
+    finally:
+        os.close(tfd)
+        os.close(dfd)
+    if same:
+        return
+    for p in (tpath, dpath):
+        old = p.with_name(p.name + OLD_SUFFIX)
+        if old.exists():        # a previous migration did not finish: keep its older copy
+            p.unlink()
+        else:
+            os.rename(p, old)
+
+
+def restore_migrated(pins: Path, trie_fd: int, defs_fd: int) -> int:
+    """After the build: copy the elements (permanent: the old layout had no timeouts) and the
+    definitions of renamed old pins into the new maps, then delete the old pins. Returns how
+    many elements were copied."""
+    tpath, dpath = pins / (SETS_PIN + OLD_SUFFIX), pins / (SETDEF_PIN + OLD_SUFFIX)
+    if not tpath.exists() or not dpath.exists():
+        return 0
+    otfd, odfd = bpfsys.get(str(tpath)), bpfsys.get(str(dpath))
+    try:
+        osize = bpfsys.map_info(odfd).value_size
+        raw = bpfsys.lookup_array(odfd, 0, NSETS, osize)
+        for i in range(NSETS):
+            rec = raw[i * osize:(i + 1) * osize]
+            if struct.unpack_from("<I", rec, 32)[0] == 0:
+                continue
+            head = rec[:56].ljust(56, b"\0")          # name..hashsize: the part both layouts share
+            bpfsys.update(defs_fd, struct.pack("<I", i), head + b"\0" * (SETDEF.size - 56), "set definitions")
+        n = 0
+        for k in bpfsys.keys(otfd, KEY.size):
+            bpfsys.update(trie_fd, k, VAL.pack(0), "sets")
+            n += 1
+    finally:
+        os.close(otfd)
+        os.close(odfd)
+    tpath.unlink()
+    dpath.unlink()
+    return n

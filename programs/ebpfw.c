@@ -1737,7 +1737,15 @@ static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
  * Every set lives in one LPM trie pinned outside the generation directories (so live `ebpfw set
  * add|del` and re-applies keep it): key = (set id, proto << 16 | port, address), all big
  * endian, an element is a prefix of 64 bits (id and port part exact) plus its address prefix
- * (0 for bitmap:port). The per-rule table says which set and which packet sides to read. */
+ * (0 for bitmap:port). The per-rule table says which set and which packet sides to read.
+ * The value is the element's expiry (ipset `timeout`): CLOCK_BOOTTIME in ns (userspace reads
+ * the same clock with clock_gettime(CLOCK_BOOTTIME)), 0 = permanent. The kernel keeps
+ * add-time jiffies + timeout * HZ and an element is alive while jiffies <= that
+ * (ip_set_timeout_expired); this clock has ns precision, so an element expires here exactly
+ * `timeout` seconds after its add, and in the kernel up to one jiffy (1/HZ: 4 ms at HZ=250)
+ * later (a packet within that jiffy is the only possible difference). Sets of the net types
+ * have no timeouts (ebpfw/sets.py refuses them): the trie finds only the longest prefix, and an
+ * expired longest prefix must not hide a shorter live one. */
 struct ebpfw_set_key {
     __u32 prefixlen;
     __u32 id;             /* network order */
@@ -1766,13 +1774,16 @@ struct ebpfw_setdef {
     __u32 first;          /* bitmap:port range */
     __u32 last;
     __u32 hashsize;
+    __u32 timeout;        /* the set's default element timeout in seconds (create ... timeout) */
+    __u32 flags;          /* EBPFW_SETDEF_TIMEOUT: the set was created with a timeout */
 };
+#define EBPFW_SETDEF_TIMEOUT 1
 #define EBPFW_NSETS 256
 #ifdef EBPFW_SET_PATH
-BPF_TABLE_PINNED("lpm_trie", struct ebpfw_set_key, __u32, ebpfw_sets, EBPFW_SETS_CAP, EBPFW_SET_PATH, BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct ebpfw_set_key, __u64, ebpfw_sets, EBPFW_SETS_CAP, EBPFW_SET_PATH, BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct ebpfw_setdef, ebpfw_setdef, EBPFW_NSETS, EBPFW_SETDEF_PATH);
 #else
-BPF_F_TABLE("lpm_trie", struct ebpfw_set_key, __u32, ebpfw_sets, EBPFW_SETS_CAP, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct ebpfw_set_key, __u64, ebpfw_sets, EBPFW_SETS_CAP, BPF_F_NO_PREALLOC);
 BPF_ARRAY(ebpfw_setdef, struct ebpfw_setdef, EBPFW_NSETS);
 #endif
 BPF_ARRAY(ebpfw_setm, struct ebpfw_setm, NSLOTS * EBPFW_RCAP);
@@ -1810,6 +1821,15 @@ static __always_inline __u32 set_dport(struct pkt *p)
     return p->setdport;
 }
 
+/* an element found in the trie matches unless its timeout expired (ip_set_timeout_expired) */
+static __always_inline int set_live(__u64 *v)
+{
+    if (!v)
+        return 0;
+    __u64 expiry = *v;
+    return expiry == 0 || bpf_ktime_get_boot_ns() <= expiry;
+}
+
 static __always_inline int set_pass(__u32 rk)
 {
     struct ebpfw_setm *m = ebpfw_setm.lookup(&rk);
@@ -1831,19 +1851,19 @@ static __always_inline int set_pass(__u32 rk)
     k->addr = 0;
     if (kind == EBPFW_SETK_ADDR) {
         k->addr = m->src0 ? p->saddr : p->daddr;
-        member = ebpfw_sets.lookup(k) != 0;
+        member = set_live(ebpfw_sets.lookup(k));
     } else if (kind == EBPFW_SETK_ADDRPORT) {
         if (ports_ok(p)) {
             __u32 port = m->src1 ? set_sport(p) : set_dport(p);
             k->pp = bpf_htonl(((__u32)p->proto << 16) | port);
             k->addr = m->src0 ? p->saddr : p->daddr;
-            member = ebpfw_sets.lookup(k) != 0;
+            member = set_live(ebpfw_sets.lookup(k));
         }
     } else if (kind == EBPFW_SETK_PORT) {
         /* ip_set_get_ip_port: TCP and UDP only */
         if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) && p->l4 == L4_OK) {
             k->pp = bpf_htonl(m->src0 ? p->sport : p->dport);
-            member = ebpfw_sets.lookup(k) != 0;
+            member = set_live(ebpfw_sets.lookup(k));
         }
     }
     return member ^ (m->inv ? 1 : 0);

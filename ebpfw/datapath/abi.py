@@ -223,7 +223,8 @@ MARKC = struct.Struct("<IIIBBHIIII")
 # -m set (programs/ebpfw.c, ebpfw/sets.py)
 SET_KEY = struct.Struct("<I")              # prefixlen; then id, proto << 16 | port, addr big endian
 SETM = struct.Struct("<IBBBB")             # set id, kind, src0, src1, inv
-SETDEF = struct.Struct("<32sIIIIII")       # name, type, count, maxelem, first, last, hashsize
+SETDEF = struct.Struct("<32sIIIIIIII")     # name, type, count, maxelem, first, last, hashsize, timeout, flags
+SET_VAL = struct.Struct("<Q")              # the element's expiry: CLOCK_BOOTTIME ns, 0 = permanent
 SETK = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 SETS_PIN = "sets"                          # pin names under <pin_dir>, outside the generations
 SETDEF_PIN = "set_defs"

@@ -146,6 +146,8 @@ class Datapath:
         if "set" in shape.fields and ct_dir is not None:
             ct_dir.mkdir(parents=True, exist_ok=True)
             cflags += [f'-DEBPFW_SET_PATH="{ct_dir / SETS_PIN}"', f'-DEBPFW_SETDEF_PATH="{ct_dir / SETDEF_PIN}"']
+            from ..sets import migrate_pins
+            migrate_pins(ct_dir)      # pins of an older layout move aside; restored below
         if "recent" in shape.fields:
             from ..recent import host_params
             cflags.append(f"-DEBPFW_RECENT_ENTRIES={host_params()[0]}")
@@ -193,6 +195,9 @@ class Datapath:
             ct_maps = {name: bpf.get_table(name).get_fd() for name in ("ebpfw_ct", "ebpfw_ctstat")}
         if "set" in shape.fields:
             ct_maps.update({name: bpf.get_table(name).get_fd() for name in ("ebpfw_sets", "ebpfw_setdef")})
+            if ct_dir is not None:
+                from ..sets import restore_migrated
+                restore_migrated(ct_dir, ct_maps["ebpfw_sets"], ct_maps["ebpfw_setdef"])
         if "recent" in shape.fields:
             ct_maps["ebpfw_recent"] = bpf.get_table("ebpfw_recent").get_fd()
         return cls(shape, maps, progs, bpf, ct_maps)
