@@ -352,12 +352,12 @@ def loaded_definitions(pins: Optional[Path] = None) -> dict[str, IpSet]:
 
 # ---- pins of an older layout (upgrades) -----------------------------------------------------------
 
-OLD_SUFFIX = ".old"
+OLD_SUFFIX = "_old"         # bpffs refuses names with a dot
 
 
 def migrate_pins(pins: Path) -> None:
     """Before the programs are built: rename pinned set maps whose layout differs from this
-    version's (value size: the expiry; definition record size) to NAME.old, so bcc creates new
+    version's (value size: the expiry; definition record size) to NAME_old, so bcc creates new
     ones; restore_migrated() moves their contents over after the build."""
     tpath, dpath = pins / SETS_PIN, pins / SETDEF_PIN
     if not tpath.exists() or not dpath.exists():
