@@ -118,6 +118,10 @@ class SetStore:
             fds = (bpfsys.get(str(tpath)), bpfsys.get(str(dpath)))
         self.trie, self.defs = fds
         self._cache: Optional[dict[str, tuple[int, IpSet, int]]] = None
+        # pins of an older version (no expiry in the value, a shorter definition record): their
+        # definitions are readable (an apply compiles against them and then migrates them)
+        self._defsize = bpfsys.map_info(self.defs).value_size
+        self.old_layout = self._defsize != SETDEF.size or bpfsys.map_info(self.trie).value_size != VAL.size
 
     def close(self) -> None:
         if self._own:
@@ -135,11 +139,11 @@ class SetStore:
     def definitions(self) -> dict[str, tuple[int, IpSet, int]]:
         """name -> (id, the set without elements, element count)."""
         if self._cache is None:
-            raw = bpfsys.lookup_array(self.defs, 0, NSETS, SETDEF.size)
+            raw = bpfsys.lookup_array(self.defs, 0, NSETS, self._defsize)
             out = {}
             for i in range(NSETS):
-                name_b, typ, count, maxelem, first, last, hashsize, tmo, flags = SETDEF.unpack_from(
-                    raw, i * SETDEF.size)
+                rec = raw[i * self._defsize:(i + 1) * self._defsize].ljust(SETDEF.size, b"\0")
+                name_b, typ, count, maxelem, first, last, hashsize, tmo, flags = SETDEF.unpack_from(rec)
                 if typ == 0:
                     continue
                 name = name_b.rstrip(b"\0").decode()
@@ -164,6 +168,7 @@ class SetStore:
         self._cache = None
 
     def _get(self, name: str) -> tuple[int, IpSet, int]:
+        self._check_layout()
         d = self.definitions().get(name)
         if d is None:
             raise EbpfwError(f"set '{name}' does not exist, expected one of: "
@@ -201,10 +206,16 @@ class SetStore:
             self._write_def(set_id, st, len(live))
         return before - len(live)
 
+    def _check_layout(self) -> None:
+        if self.old_layout:
+            raise EbpfwError("the set maps were pinned by an older ebpfw (elements without timeouts)",
+                             hint="run `ebpfw apply` once: it migrates them, keeping every set and element")
+
     # ---- operations ------------------------------------------------------------------------------
     def load(self, sets: dict[str, IpSet]) -> dict[str, int]:
         """Make each set in `sets` hold exactly its elements (created when new, its type replaced
         when it changed); returns name -> id of every loaded set."""
+        self._check_layout()
         for st in sets.values():
             refuse_unsupported(st)
         defs = self.definitions()
