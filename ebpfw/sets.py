@@ -342,8 +342,9 @@ def flush(name: str) -> int:
 
 
 def list_sets(name: Optional[str] = None) -> str:
-    """The loaded sets (or one) in `ipset save` format."""
-    with _store() as s:
+    """The loaded sets (or one) in `ipset save` format (expired elements are deleted on the
+    way, so the list takes the apply lock like the changes do)."""
+    with state.ApplyLock(timeout=10), _store() as s:
         names = [name] if name else list(s.definitions())
         return save_ipsets([s.get(n) for n in names])
 
