@@ -34,7 +34,7 @@ _edge = edge
 def add_cmd(
     name: Annotated[str, typer.Argument(metavar="NAME")],
     element: Annotated[str, typer.Argument(metavar="ELEMENT")],
-    options: Annotated[Optional[list[str]], typer.Argument(metavar="[timeout N]")] = None,
+    options: Annotated[Optional[list[str]], typer.Argument(metavar="timeout N")] = None,
     exist: Annotated[bool, typer.Option("--exist", help="No error when the element is already there "
                                         "(its timeout is renewed).")] = False,
 ) -> None:
