@@ -64,6 +64,7 @@ def ebpfw_side():
                 side.unload()
             except Exception as exc:
                 warnings.warn(f"conformance: ebpfw detach failed: {exc}")
+            shutil.rmtree(side.workdir, ignore_errors=True)   # the case files it imported
         if topo is not None:
             left = topo.destroy()
             if left:
