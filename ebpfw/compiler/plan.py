@@ -230,46 +230,41 @@ def _max_depth(chains, by_name) -> int:
     return max([depth(c.name, frozenset()) for c in chains] or [0])
 
 
-def _limit_of(r: Rule, problems: list[str]) -> Optional[LimitMatch]:
-    """The rule's -m limit, when the datapath can reproduce it exactly: iptables evaluates a
-    rule's matches in order and xt_limit takes a token whenever it is reached, so the bucket
-    is only exact when every other condition is judged before it (limit is the last match,
-    comments aside) and there is one bucket per rule."""
-    lims = [i for i, m in enumerate(r.matches) if isinstance(m, LimitMatch)]
-    if not lims:
+def _last_match(r: Rule, cls: type, what: str, why: str, problems: list[str],
+                later_text=lambda ms: ", ".join(type(m).__name__ for m in ms)):
+    """The rule's one `cls` match (-m `what`), when it is the rule's last match (comments aside).
+    A stateful match changes its state whenever it is reached, and iptables evaluates a rule's
+    matches in order, so it is only exact when every other condition is judged before it (`why`
+    says what the kernel would do for packets later matches refuse). Otherwise a problem."""
+    idx = [i for i, m in enumerate(r.matches) if isinstance(m, cls)]
+    if not idx:
         return None
-    if len(lims) > 1:
-        problems.append(f"{r.pos}: more than one -m limit in a rule is not supported by the datapath, "
-                        f"expected at most one, found {len(lims)}")
+    if len(idx) > 1:
+        problems.append(f"{r.pos}: more than one -m {what} in a rule is not supported by the datapath, "
+                        f"expected at most one, found {len(idx)}")
         return None
-    later = [type(m).__name__ for m in r.matches[lims[0] + 1:] if not isinstance(m, CommentMatch)]
+    later = [m for m in r.matches[idx[0] + 1:] if not isinstance(m, CommentMatch)]
     if later:
-        problems.append(f"{r.pos}: -m limit before other matches is not supported by the datapath (xt_limit "
-                        "would take a token from packets the later matches refuse), expected -m limit as the "
-                        f"rule's last match, found it before {', '.join(later)}")
+        problems.append(f"{r.pos}: -m {what} before other matches is not supported by the datapath ({why}), "
+                        f"expected -m {what} as the rule's last match, found it before {later_text(later)}")
         return None
-    return r.matches[lims[0]]
+    return r.matches[idx[0]]
+
+
+def _limit_of(r: Rule, problems: list[str]) -> Optional[LimitMatch]:
+    """The rule's -m limit, when the datapath can reproduce it exactly (one bucket per rule)."""
+    return _last_match(r, LimitMatch, "limit", "xt_limit would take a token from packets the later "
+                       "matches refuse", problems)
 
 
 def _hashlimit_of(r: Rule, problems: list[str]) -> Optional[HashlimitMatch]:
     """The rule's -m hashlimit, when the datapath can reproduce it exactly: like -m limit, a
     bucket is only exact when every other condition is judged before it (the rule's last match,
     comments aside), one per rule."""
-    found = [i for i, m in enumerate(r.matches) if isinstance(m, HashlimitMatch)]
-    if not found:
+    m = _last_match(r, HashlimitMatch, "hashlimit", "xt_hashlimit would take a token, make a bucket or "
+                    "hotdrop for packets the later matches refuse", problems)
+    if m is None:
         return None
-    if len(found) > 1:
-        problems.append(f"{r.pos}: more than one -m hashlimit in a rule is not supported by the datapath, "
-                        f"expected at most one, found {len(found)}")
-        return None
-    later = [type(m).__name__ for m in r.matches[found[0] + 1:] if not isinstance(m, CommentMatch)]
-    if later:
-        problems.append(f"{r.pos}: -m hashlimit before other matches is not supported by the datapath "
-                        "(xt_hashlimit would take a token, make a bucket or hotdrop for packets the later "
-                        "matches refuse), expected -m hashlimit as the rule's last match, found it before "
-                        f"{', '.join(later)}")
-        return None
-    m = r.matches[found[0]]
     if m.name in (".", ".."):
         problems.append(f"{r.pos}: --hashlimit-name '{m.name}' is refused by the kernel (xt_check_proc_name), "
                         f"expected another name, found '{m.name}'")
@@ -286,21 +281,11 @@ def _recent_of(r: Rule, problems: list[str]) -> Optional[RecentMatch]:
     looks the address up, and --set/--update/--remove change the list, whenever the match is
     reached, so only a recent match that comes after every other condition of its rule is
     exact (comments aside)."""
-    idx = [i for i, m in enumerate(r.matches) if isinstance(m, RecentMatch)]
-    if not idx:
+    m = _last_match(r, RecentMatch, "recent", "xt_recent would look up and update its list for packets "
+                    "the later matches refuse", problems,
+                    lambda ms: "-m " + ", -m ".join(type(x).__name__.removesuffix("Match").lower() for x in ms))
+    if m is None:
         return None
-    if len(idx) > 1:
-        problems.append(f"{r.pos}: more than one -m recent in a rule is not supported by the datapath, "
-                        f"expected at most one, found {len(idx)}")
-        return None
-    later = [type(m).__name__.removesuffix("Match").lower() for m in r.matches[idx[0] + 1:]
-             if not isinstance(m, CommentMatch)]
-    if later:
-        problems.append(f"{r.pos}: -m recent before other matches is not supported by the datapath (xt_recent "
-                        "would look up and update its list for packets the later matches refuse), expected "
-                        f"-m recent as the rule's last match, found it before -m {', -m '.join(later)}")
-        return None
-    m = r.matches[idx[0]]
     if m.hitcount > RECENT_MAX_HITCOUNT:
         problems.append(f"{r.pos}: recent --hitcount {m.hitcount} is not supported by the datapath (it keeps the "
                         f"last {RECENT_MAX_HITCOUNT} times of an address), expected --hitcount 1-{RECENT_MAX_HITCOUNT}, "
