@@ -7,13 +7,12 @@ drop rule's packet counters must be equal (4 + 1 accepted, 6 + 2 dropped)."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 
 import pytest
 
-from test_cli_kernel import EBPFW, counters, ebpfw, ok  # noqa: F401
+from legacy import needs_legacy, under_ebpfw, under_iptables
 from netns import run_in, veth
 
 pytestmark = pytest.mark.kernel
@@ -44,33 +43,15 @@ def _send(client: str, addr: str) -> None:
     time.sleep(0.2)
 
 
-def _legacy_counts(dut: str) -> dict:
-    out = run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout
-    return counters(out)
-
-
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_limit_matches_xt_limit(netns, ebpfw_env, tmp_path):
     client, dut = netns("lmc"), netns("lmd")
     veth(client, client + "c", dut, dut + "d", "10.202.1.2/24", "10.202.1.1/24")
     # warm the neighbour entries so the first burst is not held back by ARP
     run_in(client, ["ping", "-c", "1", "-W", "1", "10.202.1.1"], check=False)
-    # the reference: the kernel's xt_limit
-    run_in(dut, ["iptables-legacy-restore"], input=RULES)
-    try:
-        _send(client, "10.202.1.1")
-        ref = _legacy_counts(dut)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
-    rules = tmp_path / "r.v4"
-    rules.write_text(RULES)
-    try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
-        _send(client, "10.202.1.1")
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+    ref = under_iptables(dut, RULES, lambda: _send(client, "10.202.1.1")).counters
+    got = under_ebpfw(dut, RULES, tmp_path, lambda: _send(client, "10.202.1.1"),
+                      "--iface", dut + "d", "--mode", "xdp-generic").counters
     want = {k: ref[k][0] for k in (LIMIT_RULE, DROP_RULE)}
     assert want == {LIMIT_RULE: 5, DROP_RULE: 8}, ref      # the kernel did what the test expects
     assert {k: got[k][0] for k in (LIMIT_RULE, DROP_RULE)} == want, got

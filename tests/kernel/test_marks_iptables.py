@@ -19,7 +19,8 @@ import time
 
 import pytest
 
-from test_cli_kernel import counters, ebpfw, ok
+from legacy import needs_legacy, under_ebpfw, under_iptables
+from test_cli_kernel import ebpfw, ok
 from netns import run_in, veth
 
 pytestmark = pytest.mark.kernel
@@ -119,31 +120,20 @@ def _traffic(client: str, dut: str) -> dict:
     return {int(k): sorted(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
     client, dut = netns("mkc"), netns("mkd")
     veth(client, client + "c", dut, dut + "d", f"{CLIENT_IP}/24", f"{DUT_IP}/24")
     run_in(client, ["ping", "-c", "1", "-W", "1", DUT_IP], check=False)   # neighbours first
-    run_in(dut, ["iptables-legacy-restore"], input=RULES)
-    try:
-        ref_marks = _traffic(client, dut)
-        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
-        run_in(dut, ["iptables-legacy", "-X"], check=False)
+    ref = under_iptables(dut, RULES, lambda: _traffic(client, dut))
+    ref_marks, ref = ref.traffic, ref.counters
     # the kernel did what the ruleset says: 7001 and 7003 (0x11 -> 0x25) accepted with their marks,
     # 7002 dropped, 7004 returned unmarked and 7000/7005 unmarked: dropped
     assert ref_marks == {7001: [0x1] * 3, 7003: [0x25] * 5}, ref_marks
-    rules = tmp_path / "marks.rules"
-    rules.write_text(RULES)
-    try:
-        res = ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d"))
-        assert "(tc)" in res.stdout + res.stderr, res.stdout + res.stderr   # auto picked TC ingress
-        got_marks = _traffic(client, dut)
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+    got = under_ebpfw(dut, RULES, tmp_path, lambda: _traffic(client, dut), "--iface", dut + "d")
+    res = got.applied
+    assert "(tc)" in res.stdout + res.stderr, res.stdout + res.stderr   # auto picked TC ingress
+    got_marks, got = got.traffic, got.counters
     assert got_marks == ref_marks
     rule_lines = [k for k in ref if k.startswith("-A")]
     assert len(rule_lines) == 16
@@ -210,38 +200,31 @@ def _udp_flows(client: str, dut: str) -> dict:
     return {int(k): sorted(v) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_connmark_matches_xt_connmark(netns, ebpfw_env, tmp_path):
     """CONNMARK --set-xmark / --save-mark / --restore-mark and -m connmark over real UDP flows, against
     xt_CONNMARK; then the kernel's connections (with their marks) are what apply seeds."""
     client, dut = netns("mkc"), netns("mkd")
     veth(client, client + "c", dut, dut + "d", f"{CLIENT_IP}/24", f"{DUT_IP}/24")
     run_in(client, ["ping", "-c", "1", "-W", "1", DUT_IP], check=False)
-    run_in(dut, ["iptables-legacy-restore"], input=CONNMARK_RULES)
-    try:
-        ref_marks = _udp_flows(client, dut)
-        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
+    ref = under_iptables(dut, CONNMARK_RULES, lambda: _udp_flows(client, dut))
+    ref_marks, ref = ref.traffic, ref.counters
     kernel_ct = run_in(dut, ["conntrack", "-L", "-p", "udp"], check=False).stdout
     assert ref_marks == {7001: [0] * 3, 7002: [0x20] * 4}, ref_marks
     assert "dport=7001" in kernel_ct and "mark=1 " in kernel_ct, kernel_ct
-    rules = tmp_path / "connmark.rules"
-    rules.write_text(CONNMARK_RULES)
-    try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d"))
+
+    def seeded_then_flows() -> dict:
         # the kernel's connections were copied with their marks (the test's flows used other ports
         # of the client, so the ones below are new connections)
         seeded = json.loads(ok(ebpfw(dut, "conntrack", "list", "--json")).stdout)
         seeded_marks = {d["original"]["dport"]: d["mark"] for d in seeded
                         if d["proto"] == "udp" and "SEEDED" in d["flags"]}
         assert seeded_marks == {7001: 0x1, 7002: 0x20}, seeded     # 7003 was dropped: never confirmed
-        got_marks = _udp_flows(client, dut)
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
-        listed = ok(ebpfw(dut, "conntrack", "list")).stdout
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+        return _udp_flows(client, dut)
+
+    got = under_ebpfw(dut, CONNMARK_RULES, tmp_path, seeded_then_flows, "--iface", dut + "d",
+                      collect=lambda: ok(ebpfw(dut, "conntrack", "list")).stdout)
+    got_marks, listed, got = got.traffic, got.collected, got.counters
     assert got_marks == ref_marks
     rule_lines = [k for k in ref if k.startswith("-A")]
     assert len(rule_lines) == 9
@@ -294,8 +277,7 @@ COMMIT
 FWD_SENDS = {7001: 2, 7002: 3, 7003: 4, 7004: 5, 7005: 1}
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_forward_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
     """A router: MARK in a user chain of FORWARD, -m mark in FORWARD after it, real UDP from a
     client to a server namespace through the DUT; per-rule counters equal to iptables-legacy's."""
@@ -323,21 +305,8 @@ def test_forward_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
                 listener.kill()
                 listener.wait()
 
-    run_in(dut, ["iptables-legacy-restore"], input=FORWARD_RULES)
-    try:
-        send()
-        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
-        run_in(dut, ["iptables-legacy", "-X"], check=False)
-    rules = tmp_path / "fwd.rules"
-    rules.write_text(FORWARD_RULES)
-    try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "a", "--iface", dut + "b"))
-        send()
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+    ref = under_iptables(dut, FORWARD_RULES, send).counters
+    got = under_ebpfw(dut, FORWARD_RULES, tmp_path, send, "--iface", dut + "a", "--iface", dut + "b").counters
     rule_lines = [k for k in ref if k.startswith("-A")]
     assert len(rule_lines) == 8
     # the kernel did what the ruleset says: 7001, 7003 and 7004 (0x30) through, 7002 dropped by its

@@ -12,14 +12,14 @@ fills a list with ip_list_tot + 1 sources and checks that both evict the same ad
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import time
 
 import pytest
 
-from test_cli_kernel import counters, ebpfw, ok  # noqa: F401
+from legacy import needs_legacy, rules_file, under_ebpfw, under_iptables
 from netns import run_in, veth
+from test_cli_kernel import ebpfw, ok
 
 pytestmark = pytest.mark.kernel
 
@@ -96,8 +96,7 @@ def _entries(text: str) -> list[tuple]:
     return sorted(out)
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
     client, dut = netns("rcc"), netns("rcd")
     veth(client, client + "c", dut, dut + "d", f"{A}/24", f"{DUT}/24")
@@ -106,30 +105,24 @@ def test_recent_matches_xt_recent(netns, ebpfw_env, tmp_path):
     # warm the neighbour entries so that nothing waits for ARP
     run_in(client, ["ping", "-c", "1", "-W", "1", DUT], check=False)
     run_in(dut, ["ping", "-c", "1", "-W", "1", B], check=False)
-    # the reference: the kernel's xt_recent
-    run_in(dut, ["iptables-legacy-restore"], input=RULES)
-    try:
-        _send(client, dut)
-        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
-        ref_list = _proc_list(dut)
-        ref_out = _entries(run_in(dut, ["cat", "/proc/net/xt_recent/out"]).stdout)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
-    rules = tmp_path / "r.v4"
-    rules.write_text(RULES)
-    try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
-        _send(client, dut)
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+    # the reference: the kernel's xt_recent (a flush drops its lists)
+    ref = under_iptables(dut, RULES, lambda: _send(client, dut), collect=lambda: (
+        _proc_list(dut), _entries(run_in(dut, ["cat", "/proc/net/xt_recent/out"]).stdout)))
+
+    def lists() -> tuple:
         got_list = _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout)
         got_out = _entries(ok(ebpfw(dut, "recent", "list", "out")).stdout)
         # a re-apply of a ruleset that still names the list keeps it
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        ok(ebpfw(dut, "apply", str(rules_file(tmp_path)), "--iface", dut + "d", "--mode", "xdp-generic"))
         assert _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout) == got_list
         assert "flushed 1 entries from rc" in ok(ebpfw(dut, "recent", "flush", "rc")).stdout
         assert _entries(ok(ebpfw(dut, "recent", "list", "rc")).stdout) == []
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+        return got_list, got_out
+
+    got = under_ebpfw(dut, RULES, tmp_path, lambda: _send(client, dut),
+                      "--iface", dut + "d", "--mode", "xdp-generic", collect=lists)
+    (ref_list, ref_out), (got_list, got_out) = ref.collected, got.collected
+    ref, got = ref.counters, got.counters
     lines = [l for l in RULES.splitlines() if l.startswith("-A")]
     want = {k: ref[k][0] for k in lines}
     # the kernel did what the script expects: 7 (A, B) + 1 set, 3 + 0 dropped, 4 + 1 accepted, ...
@@ -170,8 +163,7 @@ for a in (srcs[0], srcs[1], srcs[2], srcs[-1]):
 """
 
 
-@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
-                    reason="iptables-legacy not installed")
+@needs_legacy
 def test_full_list_evicts_like_xt_recent(netns, ebpfw_env, tmp_path):
     from ebpfw.recent import host_params
     n = host_params()[0]
@@ -187,22 +179,11 @@ def test_full_list_evicts_like_xt_recent(netns, ebpfw_env, tmp_path):
         run_in(client, [sys.executable, "-c", EVICT_SEND, DUT, *srcs], timeout=60)
         time.sleep(0.2)
 
-    run_in(dut, ["iptables-legacy-restore"], input=EVICT_RULES)
-    try:
-        send()
-        ref = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
-        ref_list = _entries(run_in(dut, ["cat", "/proc/net/xt_recent/ev"]).stdout)
-    finally:
-        run_in(dut, ["iptables-legacy", "-F"], check=False)
-    rules = tmp_path / "r.v4"
-    rules.write_text(EVICT_RULES)
-    try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
-        send()
-        got = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
-        got_list = _entries(ok(ebpfw(dut, "recent", "list", "ev")).stdout)
-    finally:
-        ebpfw(dut, "detach", timeout=60)
+    ref = under_iptables(dut, EVICT_RULES, send,
+                         collect=lambda: _entries(run_in(dut, ["cat", "/proc/net/xt_recent/ev"]).stdout))
+    got = under_ebpfw(dut, EVICT_RULES, tmp_path, send, "--iface", dut + "d", "--mode", "xdp-generic",
+                      collect=lambda: _entries(ok(ebpfw(dut, "recent", "list", "ev")).stdout))
+    ref_list, got_list, ref, got = ref.collected, got.collected, ref.counters, got.counters
     lines = [l for l in EVICT_RULES.splitlines() if l.startswith("-A")]
     want = {k: ref[k][0] for k in lines}
     assert want == {lines[0]: n + 2, lines[1]: 3}, ref        # srcs[1] was evicted, the others are there
