@@ -1969,7 +1969,7 @@ static __always_inline void mark_ct_out(void)
 
 /* After the verdict at TC: an accepted packet leaves with the mark the rules gave it (as the
  * filter table's MARK leaves it on the skb for the rest of the stack); a dropped one does not
- * matter, and a REJECT answer keeps the mark the packet came with. */
+ * matter, and a REJECT answer gets the kernel's reply mark (tc_reject). */
 static __always_inline void mark_out(struct __sk_buff *skb, int v)
 {
 #ifdef EBPFW_F_MARK
@@ -3304,6 +3304,20 @@ static __always_inline int tc_reject(struct __sk_buff *skb, struct rejinfo *ri)
             goto fail;
     }
     stat_inc(EBPFW_STAT_REJECT_SENT);
+    /* IP4_REPLY_MARK: the kernel's answer has mark 0, or with net.ipv4.fwmark_reflect the
+     * mark of the packet it answers (as the rules left it at the REJECT) */
+    __u32 zero = 0;
+    struct ebpfw_rejcfg *cfg = ebpfw_rejcfg.lookup(&zero);
+    __u32 mark = 0;
+#ifdef EBPFW_F_MARK
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    if (ws && cfg && (cfg->flags & EBPFW_REJCFG_FWMARK_REFLECT))
+        mark = ws->mark;
+#else
+    if (cfg && (cfg->flags & EBPFW_REJCFG_FWMARK_REFLECT))
+        mark = skb->mark;
+#endif
+    skb->mark = mark;
     if (!(ri->rflags & BPF_F_INGRESS))
         rj_note_pending(data, data_end, ri->ifindex, ri->ctorig);   /* OUTPUT judges it at that egress */
     return bpf_redirect(ri->ifindex, ri->rflags);

@@ -161,8 +161,9 @@ struct ebpfw_ifinfo {
 struct ebpfw_rejcfg {
     __u64 icmp_ratelimit_ns;  /* net.ipv4.icmp_ratelimit (ms) in ns; 0 = no limit */
     __u32 ttl;                /* net.ipv4.ip_default_ttl */
-    __u32 pad;
+    __u32 flags;              /* EBPFW_REJCFG_* */
 };
+#define EBPFW_REJCFG_FWMARK_REFLECT 1   /* net.ipv4.fwmark_reflect: answers carry the packet's mark */
 
 /* per-peer token bucket of ICMP errors (inet_peer_xrlim_allow), keyed by the peer address */
 struct ebpfw_icmprl {

@@ -64,7 +64,8 @@ STATS = ("seen", "not_ipv4", "malformed", "other_host", "no_hook", "hotdrop", "w
 NSTATS = 16
 
 # REJECT and LOG (programs/ebpfw_abi.h)
-REJ_CFG = struct.Struct("<QII")            # icmp_ratelimit_ns, ttl, pad
+REJ_CFG = struct.Struct("<QII")            # icmp_ratelimit_ns, ttl, flags
+REJCFG_FWMARK_REFLECT = 1                  # EBPFW_REJCFG_FWMARK_REFLECT
 LOG_PREFIX = 32
 LOG_CAP = 128
 LOG_CFG = struct.Struct(f"<{LOG_PREFIX}sBBHI")   # prefix, level, flags, pad, pad2

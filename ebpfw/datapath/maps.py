@@ -29,6 +29,7 @@ from .abi import (
     HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
     jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
+    REJCFG_FWMARK_REFLECT,
 )
 
 def _sysctl(name: str, default: int) -> int:
@@ -686,10 +687,11 @@ class Datapath:
             bpfsys.update(fd, key, U32.pack(cls), "ebpfw_mac")
 
     def write_reject_config(self) -> None:
-        """REJECT follows this namespace's net.ipv4.icmp_ratelimit and ip_default_ttl."""
+        """REJECT follows this namespace's net.ipv4.icmp_ratelimit, ip_default_ttl and fwmark_reflect."""
         rl_ms = _sysctl("icmp_ratelimit", 1000)
         ttl = _sysctl("ip_default_ttl", 64)
-        bpfsys.update(self.maps["ebpfw_rejcfg"], U32.pack(0), REJ_CFG.pack(rl_ms * 1_000_000, ttl, 0),
+        flags = REJCFG_FWMARK_REFLECT if _sysctl("fwmark_reflect", 0) else 0
+        bpfsys.update(self.maps["ebpfw_rejcfg"], U32.pack(0), REJ_CFG.pack(rl_ms * 1_000_000, ttl, flags),
                       "ebpfw_rejcfg")
 
     def write_ct_config(self, timeouts: dict[str, int] | None = None, tcp_loose: bool | None = None) -> None:

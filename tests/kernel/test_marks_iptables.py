@@ -318,3 +318,56 @@ def test_forward_marks_match_xt_mark(netns, ebpfw_env, tmp_path):
     assert ref[":FORWARD"][0] == 1
     assert {k: got[k] for k in rule_lines} == {k: ref[k] for k in rule_lines}
     assert got[":FORWARD"][0] == ref[":FORWARD"][0]
+
+
+REFLECT_RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p udp -m udp --dport 7000 -j MARK --set-xmark 0x5/0xffffffff
+-A INPUT -p tcp -m tcp --dport 7001 -j MARK --set-xmark 0x5/0xffffffff
+-A INPUT -p udp -m udp --dport 7000 -j REJECT --reject-with icmp-port-unreachable
+-A INPUT -p tcp -m tcp --dport 7001 -j REJECT --reject-with tcp-reset
+-A OUTPUT -p icmp -m mark --mark 0x5 -j ACCEPT
+-A OUTPUT -p icmp -m mark --mark 0x0 -j ACCEPT
+-A OUTPUT -p tcp -m mark --mark 0x5 -j ACCEPT
+-A OUTPUT -p tcp -m mark --mark 0x0 -j ACCEPT
+COMMIT
+"""
+REFLECT_SEND = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.sendto(b"x", (sys.argv[1], 7000))
+t = socket.socket()
+t.settimeout(5)
+try:
+    t.connect((sys.argv[1], 7001))
+    print("connected")
+except ConnectionRefusedError:
+    print("refused")
+"""
+
+
+@needs_legacy
+@pytest.mark.parametrize("reflect", [0, 1])
+def test_reject_answer_mark_follows_fwmark_reflect(netns, ebpfw_env, tmp_path, reflect):
+    """The answers to a marked packet REJECTed in INPUT pass OUTPUT with mark 0 (the kernel's
+    IP4_REPLY_MARK), or with the packet's mark when net.ipv4.fwmark_reflect is set."""
+    client, dut = netns("mkq"), netns("mkw")
+    veth(client, client + "c", dut, dut + "d", f"{CLIENT_IP}/24", f"{DUT_IP}/24")
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT_IP], check=False)
+    run_in(dut, ["sysctl", "-qw", f"net.ipv4.fwmark_reflect={reflect}"])
+
+    def send() -> str:
+        out = run_in(client, [sys.executable, "-c", REFLECT_SEND, DUT_IP], timeout=30).stdout.strip()
+        time.sleep(0.2)
+        return out
+
+    ref = under_iptables(dut, REFLECT_RULES, send)
+    got = under_ebpfw(dut, REFLECT_RULES, tmp_path, send, "--iface", dut + "d")
+    assert ref.traffic == got.traffic == "refused"
+    lines = [k for k in ref.counters if k.startswith("-A OUTPUT")]
+    mark = "0x5" if reflect else "0x0"
+    # the kernel did what the sysctl says: one ICMP error and one RST, both with that mark
+    assert {k: ref.counters[k][0] for k in lines} == {k: int(f"--mark {mark} " in k) for k in lines}, ref.counters
+    assert {k: got.counters[k] for k in lines} == {k: ref.counters[k] for k in lines}, got.counters
