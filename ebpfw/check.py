@@ -31,11 +31,13 @@ from .iptables.targets import LOG_PREFIX_MAX
 from .ruleset import (
     BUILTIN_CHAINS, EXT_TARGETS, REJECT_TYPES, VERDICTS, AddrtypeMatch, Chain, ConnlimitMatch,
     ConnmarkTarget, ConntrackMatch, HashlimitMatch, IcmpMatch, IpMatch, LimitMatch, LogTarget, MacMatch,
-    MarkTarget, MultiportMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, SetMatch, Table, TcpMatch,
+    CtTarget, MarkTarget, MultiportMatch, Pos, RecentMatch, RejectTarget, Rule, Ruleset, SetMatch, Table, TcpMatch,
     Target,
 )
 
-SUPPORTED_TABLES = ("filter",)
+SUPPORTED_TABLES = ("filter", "raw")
+# targets the kernel accepts in one table only
+TABLE_ONLY_TARGETS = {"NOTRACK": "raw", "CT": "raw", "REJECT": "filter"}
 U32 = 0xFFFFFFFF
 # HZ * CREDITS_PER_JIFFY of xt_limit/xt_hashlimit: 32000 for HZ=250 and HZ=1000 (Debian's kernels)
 HZ_CPJ = 32000
@@ -118,7 +120,7 @@ class _Checker:
 
     def table(self, table: Table) -> None:
         if table.name not in SUPPORTED_TABLES:
-            self.add(table.pos, f"table '{table.name}' is not supported by ebpfw yet", "'*filter'",
+            self.add(table.pos, f"table '{table.name}' is not supported by ebpfw yet", "'*filter' or '*raw'",
                      f"*{table.name}")
             return
         builtins = BUILTIN_CHAINS[table.name]
@@ -161,15 +163,21 @@ class _Checker:
             elif t.chain in builtins:
                 self.add(pos, f"{opt} to built-in chain '{t.chain}'",
                          "a user-defined chain", f"{opt} {t.chain}")
+        elif TABLE_ONLY_TARGETS.get(t.kind, table.name) != table.name:
+            self.add(pos, f"target '{t.kind}' is only valid in the {TABLE_ONLY_TARGETS[t.kind]} table (the "
+                     f"kernel refuses it in {table.name})", f"a target of the {table.name} table", f"-j {t.kind}")
         elif t.kind in EXT_TARGETS:
             self.target_ext(pos, rule, t, text)
-        elif t.kind not in ("ACCEPT", "DROP", "RETURN", "NONE"):
+        elif t.kind not in ("ACCEPT", "DROP", "RETURN", "NONE", "NOTRACK"):
             self.add(pos, f"target '{t.kind}' is not supported yet",
                      "ACCEPT, DROP, RETURN or a user-defined chain", t.kind)
         ip = rule.ip
         if chain.name == "OUTPUT" and ip.iface_in is not None:
             self.add(pos, "-i in chain OUTPUT (iptables refuses it: no input interface there)",
                      "no -i in OUTPUT", f"-i {ip.iface_in.name}")
+        if chain.name == "PREROUTING" and ip.iface_out is not None:
+            self.add(pos, "-o in chain PREROUTING (iptables refuses it: no output interface there)",
+                     "no -o in PREROUTING", f"-o {ip.iface_out.name}")
         if chain.name == "INPUT" and ip.iface_out is not None:
             self.add(pos, "-o in chain INPUT (iptables refuses it: no output interface there)",
                      "no -o in INPUT", f"-o {ip.iface_out.name}")
@@ -206,6 +214,8 @@ class _Checker:
             values = [ext.value, ext.mask] if isinstance(ext, MarkTarget) else [ext.value, ext.ctmask, ext.nfmask]
             if any(not 0 <= v <= U32 for v in values):
                 self.add(pos, f"{t.kind} value or mask out of range", "32-bit values", text)
+        elif isinstance(ext, CtTarget) and not ext.notrack:
+            self.add(pos, "-j CT without --notrack is not supported by ebpfw", "'-j CT --notrack'", text)
         if t.kind == "CONNMARK" and not self.allow_conntrack:
             self.add(pos, "target 'CONNMARK' is not supported yet (connection tracking is not enabled in "
                      "this ebpfw)", "a rule without -j CONNMARK", "-j CONNMARK")
@@ -246,6 +256,10 @@ class _Checker:
             elif m.limit_iface_out and "INPUT" in hooks:
                 self.add(pos, "addrtype --limit-iface-out in a rule reached from chain INPUT (the kernel "
                          "refuses it: there is no output interface)", "--limit-iface-out only in FORWARD "
+                         "and OUTPUT", text)
+            elif m.limit_iface_out and "PREROUTING" in hooks:
+                self.add(pos, "addrtype --limit-iface-out in a rule reached from chain PREROUTING (the kernel "
+                         "refuses it: there is no output interface yet)", "--limit-iface-out only in FORWARD "
                          "and OUTPUT", text)
         if isinstance(m, RecentMatch):
             if m.command in ("set", "remove") and (m.seconds or m.hitcount or m.reap or m.rttl):

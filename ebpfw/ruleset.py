@@ -14,7 +14,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
-BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT")}
+BUILTIN_CHAINS = {"filter": ("INPUT", "FORWARD", "OUTPUT"), "raw": ("PREROUTING", "OUTPUT")}
+# the tables ebpfw enforces, in the order a Plan numbers their rules
+TABLES = ("filter", "raw")
+
+
+def chain_key(table: str, chain: str) -> str:
+    """The name of `chain` of `table` where one namespace holds the chains of every table
+    (Plan.chain_names, counters keys): filter chains keep their name, the others are
+    "TABLE CHAIN" (chain names never contain white space, so the two never collide)."""
+    return chain if table == "filter" else f"{table} {chain}"
 VERDICTS = ("ACCEPT", "DROP")
 
 
@@ -353,8 +362,17 @@ class ConnmarkTarget:
     nfmask: int = 0xFFFFFFFF
 
 
-TargetExt = Union[RejectTarget, LogTarget, MarkTarget, ConnmarkTarget]
-EXT_TARGETS = {"REJECT": RejectTarget, "LOG": LogTarget, "MARK": MarkTarget, "CONNMARK": ConnmarkTarget}
+@dataclass(frozen=True)
+class CtTarget:
+    """-j CT in the raw table. Only `--notrack` is enforced (the packet is not tracked: no
+    connection is made or updated, filter's ctstate is UNTRACKED), the same as -j NOTRACK; the
+    parser refuses CT's other options and a CT without --notrack."""
+    notrack: bool = True
+
+
+TargetExt = Union[RejectTarget, LogTarget, MarkTarget, ConnmarkTarget, CtTarget]
+EXT_TARGETS = {"REJECT": RejectTarget, "LOG": LogTarget, "MARK": MarkTarget, "CONNMARK": ConnmarkTarget,
+               "CT": CtTarget}
 
 
 @dataclass(frozen=True)
@@ -364,8 +382,10 @@ class Target:
     options are in `ext` (RejectTarget, LogTarget, MarkTarget, ConnmarkTarget; the type always
     matches `kind`, see EXT_TARGETS). REJECT ends the packet like DROP; LOG, MARK and CONNMARK
     do their work and the packet continues with the next rule. Targets we do not know never
-    get here: the parser refuses them."""
-    kind: Literal["ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NONE", "REJECT", "LOG", "MARK", "CONNMARK"]
+    get here: the parser refuses them. NOTRACK (raw table only, no options) and CT (raw table,
+    options in a CtTarget) exempt the packet from connection tracking and continue."""
+    kind: Literal["ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NONE", "REJECT", "LOG", "MARK", "CONNMARK",
+                  "NOTRACK", "CT"]
     chain: Optional[str] = None
     ext: Optional[TargetExt] = None
 

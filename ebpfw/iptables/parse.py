@@ -1,6 +1,6 @@
 """iptables-save / iptables-restore text → Ruleset IR.
 
-Contract: `parse_ruleset(text, filename)` reads the `*filter` table of an iptables-save
+Contract: `parse_ruleset(text, filename)` reads the `*filter` and `*raw` tables of an iptables-save
 file (`:CHAIN POLICY [p:b]` lines, `[p:b] -A CHAIN ...` rules, `COMMIT`, `#` comments,
 blank lines) and returns a Ruleset whose values are what iptables itself would store
 (addresses masked, `-s 0.0.0.0/0` dropped, protocol names resolved, ...). It collects every
@@ -9,9 +9,9 @@ expected ..., found '...'` lines (at most one problem per input line: the first 
 later words on that line may only be consequences of it). Other tables are refused with
 one problem at their `*table` line and skipped up to their COMMIT.
 
-Chains come out in iptables-save's order: the built-in chains INPUT, FORWARD, OUTPUT
-(created with policy ACCEPT when the file does not declare them, as iptables-restore
-does), then user-defined chains sorted by name. Rules keep file order within a chain.
+Tables come out in file order. Chains come out in iptables-save's order: the built-in chains
+(filter: INPUT, FORWARD, OUTPUT; raw: PREROUTING, OUTPUT; created with policy ACCEPT when the
+file does not declare them, as iptables-restore does), then user-defined chains sorted by name. Rules keep file order within a chain.
 Chains may be declared anywhere in their table, also after rules that jump to them.
 Semantic checks that do not need the text (loops, -i in OUTPUT, unsupported datapath
 features) are in ebpfw.check.
@@ -33,7 +33,7 @@ from .matches import MATCHES, PROTO_MATCHES, Ctx, Given, MatchSpec, OptionError
 from .targets import OTHER_TABLE_TARGETS, TARGETS, TargetSpec
 from .tokenize import _SPACES, TokenizeError, tokenize
 
-SUPPORTED_TABLES = ("filter",)
+SUPPORTED_TABLES = ("filter", "raw")
 KNOWN_TABLES = ("filter", "nat", "mangle", "raw", "security")
 MAX_CHAIN_NAME = 28            # XT_EXTENSION_MAXNAMELEN - 1
 MAX_IFNAME = 15                # IFNAMSIZ - 1
@@ -47,6 +47,11 @@ KNOWN_TARGETS = (
     "TCPMSS", "TCPOPTSTRIP", "TEE", "TOS", "TPROXY", "TRACE", "TTL", "ULOG",
 )
 JUMP_VERDICTS = ("ACCEPT", "DROP", "RETURN")
+# what -j may name in each table (for messages)
+_TABLE_TARGETS = {
+    "filter": "ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain",
+    "raw": "ACCEPT, DROP, RETURN, NOTRACK, CT --notrack, LOG, MARK, CONNMARK or a user-defined chain",
+}
 OTHER_COMMANDS = {"-I", "--insert", "-D", "--delete", "-R", "--replace", "-N", "--new-chain",
                   "-X", "--delete-chain", "-P", "--policy", "-F", "--flush", "-Z", "--zero",
                   "-E", "--rename-chain", "-L", "--list", "-S", "--list-rules", "-C", "--check"}
@@ -143,14 +148,10 @@ class _Parser:
                 return _Section(name, pos, skip=True)
             self.seen_tables.add(name)
             return _Section(name, pos, skip=False)
-        if name == "raw":
-            self.problem(lineno, "table 'raw' is not supported by ebpfw yet (its NOTRACK/CT rules exempt "
-                         "packets from connection tracking; ebpfw tracks every packet and enforces only *filter)",
-                         "'*filter'", s)
-        elif name in KNOWN_TABLES:
-            self.problem(lineno, f"table '{name}' is not supported by ebpfw yet", "'*filter'", s)
+        if name in KNOWN_TABLES:
+            self.problem(lineno, f"table '{name}' is not supported by ebpfw yet", "'*filter' or '*raw'", s)
         else:
-            self.problem(lineno, f"unknown table '{name}'", "'*filter'", s)
+            self.problem(lineno, f"unknown table '{name}'", "'*filter' or '*raw'", s)
         return _Section(name, pos, skip=True)
 
     def declare_chain(self, sec: _Section, s: str, lineno: int) -> None:
@@ -449,25 +450,33 @@ class _RuleParser:
                           "'-g CHAIN' with a chain declared as ':CHAIN - [0:0]'", f"{word} {name}")
             self.target = Target("GOTO", name)
             return
+        table = self.sec.name
+        allowed = _TABLE_TARGETS.get(table, "ACCEPT, DROP, RETURN or a user-defined chain")
         if name in JUMP_VERDICTS:
             self.target = Target(name)  # type: ignore[arg-type]
-        elif name in TARGETS and not user_chain:
+        elif name == "NOTRACK" and table == "raw" and not user_chain:
+            self.target = Target("NOTRACK")     # libxt_NOTRACK has no options
+        elif name in TARGETS and not user_chain and table in TARGETS[name].tables:
             self.target = Target(name)  # type: ignore[arg-type]   # options come in finish()
             self.target_ext = _Loaded(TARGETS[name])
-        elif name in OTHER_TABLE_TARGETS:
-            self.fail(f"target '{name}' is only valid in the {OTHER_TABLE_TARGETS[name]} table (the kernel "
-                      "refuses it in filter) and ebpfw enforces only the filter table",
-                      "ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain",
-                      f"{word} {name}")
+        elif name in TARGETS and not user_chain:
+            self.fail(f"target '{name}' is only valid in the {' and '.join(TARGETS[name].tables)} table "
+                      f"(the kernel refuses it in {table}: \"{name} target: only valid in "
+                      f"{TARGETS[name].tables[0]} table, not {table}\")", allowed, f"{word} {name}")
+        elif name in OTHER_TABLE_TARGETS and not user_chain:
+            other = OTHER_TABLE_TARGETS[name]
+            if other in SUPPORTED_TABLES:
+                self.fail(f"target '{name}' is only valid in the {other} table (the kernel refuses it in "
+                          f"{table})", allowed, f"{word} {name}")
+            self.fail(f"target '{name}' is only valid in the {other} table (the kernel refuses it in "
+                      f"{table}) and ebpfw enforces only the filter and raw tables", allowed, f"{word} {name}")
         elif user_chain:
             self.target = Target("JUMP", name)
         elif name in builtins:
             self.fail(f"jump to built-in chain '{name}'",
                       "ACCEPT, DROP, RETURN or a user-defined chain", f"{word} {name}")
         elif name in KNOWN_TARGETS:
-            self.fail(f"target '{name}' is not supported yet",
-                      "ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain",
-                      f"{word} {name}")
+            self.fail(f"target '{name}' is not supported yet", allowed, f"{word} {name}")
         else:
             self.fail(f"jump to undefined chain '{name}'",
                       f"ACCEPT, DROP, RETURN or a chain declared with ':{name} - [0:0]'",
@@ -480,7 +489,9 @@ class _RuleParser:
             if self.target_ext.spec.option(name):
                 loaded = self.target_ext
             elif name in self.target_ext.spec.unsupported:
-                self.fail(f"option '{word}' of {self.target_ext.what} is not supported yet",
+                why = self.target_ext.spec.unsupported_why
+                self.fail(f"option '{word}' of {self.target_ext.what} is not supported yet"
+                          + (f" ({why})" if why else ""),
                           "only " + ", ".join("--" + n for o in self.target_ext.spec.options for n in o.names),
                           word)
         if loaded is None:

@@ -10,7 +10,8 @@ iptables-restore, and parse_ruleset(save_ruleset(x)) == x up to positions.
 
 `counters` switches to the `iptables-save -c` format: keys `(chain, rule_index)` (index
 0-based within the chain) give each rule's `[p:b]` prefix, `(chain, None)` a built-in
-chain's policy counters; a missing key falls back to the counters kept in the IR.
+chain's policy counters, where `chain` is `ruleset.chain_key(table, name)` (the name for
+filter, "raw NAME" for the raw table); a missing key falls back to the counters kept in the IR.
 Without `counters` every chain line says [0:0] and rules carry no prefix.
 `counters_of(rs)` builds that dict from the IR itself (to re-save a parsed `-c` file).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from ..ruleset import EXT_TARGETS, Chain, Counters, IpMatch, Net, Rule, Ruleset, Target
+from ..ruleset import EXT_TARGETS, Chain, Counters, IpMatch, Net, Rule, Ruleset, Target, chain_key
 from . import protocols as P
 from .matches import save_match
 from .targets import TARGETS, spec_of_target
@@ -84,12 +85,12 @@ def format_rule(chain: str, rule: Rule) -> str:
     return " ".join(words)
 
 
-def _chain_line(chain: Chain, counters: Optional[dict[CounterKey, Counters]]) -> str:
+def _chain_line(chain: Chain, counters: Optional[dict[CounterKey, Counters]], key: str) -> str:
     if chain.policy is None:
         return f":{chain.name} - [0:0]"
     c = Counters()
     if counters is not None:
-        c = counters.get((chain.name, None), chain.counters)
+        c = counters.get((key, None), chain.counters)
     return f":{chain.name} {chain.policy} [{c.packets}:{c.bytes}]"
 
 
@@ -100,12 +101,13 @@ def save_ruleset(rs: Ruleset, counters: Optional[dict[CounterKey, Counters]] = N
         out += [f"# {line}".rstrip() for line in header.splitlines()]
     for table in rs.tables:
         out.append(f"*{table.name}")
-        out += [_chain_line(c, counters) for c in table.chains]
+        out += [_chain_line(c, counters, chain_key(table.name, c.name)) for c in table.chains]
         for chain in table.chains:
+            key = chain_key(table.name, chain.name)
             for i, rule in enumerate(chain.rules):
                 line = format_rule(chain.name, rule)
                 if counters is not None:
-                    c = counters.get((chain.name, i), rule.counters)
+                    c = counters.get((key, i), rule.counters)
                     line = f"[{c.packets}:{c.bytes}] {line}"
                 out.append(line)
         out.append("COMMIT")
@@ -117,8 +119,9 @@ def counters_of(rs: Ruleset) -> dict[CounterKey, Counters]:
     result: dict[CounterKey, Counters] = {}
     for table in rs.tables:
         for chain in table.chains:
+            key = chain_key(table.name, chain.name)
             if chain.policy is not None:
-                result[(chain.name, None)] = chain.counters
+                result[(key, None)] = chain.counters
             for i, rule in enumerate(chain.rules):
-                result[(chain.name, i)] = rule.counters
+                result[(key, i)] = rule.counters
     return result

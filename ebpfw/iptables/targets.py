@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from ..ruleset import (
-    LOG_DEFAULT_LEVEL, REJECT_TYPES, ConnmarkTarget, LogTarget, MarkTarget, RejectTarget, TargetExt,
+    LOG_DEFAULT_LEVEL, REJECT_TYPES, ConnmarkTarget, CtTarget, LogTarget, MarkTarget, RejectTarget, TargetExt,
 )
 from . import protocols as P
 from .matches import Ctx, Given, Option, OptionError, _flag
@@ -35,6 +35,8 @@ class TargetSpec:
     build: Callable[[dict[str, Given], Ctx], TargetExt]   # raises OptionError
     save: Callable[[Any], list[str]]                      # typed target -> words after "-j NAME"
     unsupported: tuple[str, ...] = ()
+    unsupported_why: str = ""                             # why those options are refused
+    tables: tuple[str, ...] = ("filter",)                 # the tables the kernel accepts it in
     by_name: dict[str, Option] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -204,6 +206,20 @@ def save_connmark(t: ConnmarkTarget) -> list[str]:
     return [f"--{t.mode}-mark", "--nfmask", f"0x{t.nfmask:x}", "--ctmask", f"0x{t.ctmask:x}"]
 
 
+# --- CT ------------------------------------------------------------------------------------------
+
+def build_ct(values: dict[str, Given], ctx: Ctx) -> CtTarget:
+    if "notrack" not in values:
+        raise OptionError("-j CT without --notrack is not supported by ebpfw (it attaches a conntrack "
+                          "template: zones, helpers, event masks and timeout policies, which ebpfw's "
+                          "connection tracking does not have)", "'-j CT --notrack' (or -j NOTRACK)", "-j CT")
+    return CtTarget()
+
+
+def save_ct(t: CtTarget) -> list[str]:
+    return ["--notrack"]
+
+
 _MARK_OPS = (
     Option(("set-xmark",), "op", read_mark_mask, invertible=False),
     Option(("set-mark",), "op", read_mark_mask, invertible=False),
@@ -215,6 +231,11 @@ _MARK_OPS = (
 TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
     TargetSpec("REJECT", RejectTarget, (Option(("reject-with",), "with", read_reject_with, invertible=False),),
                build_reject, save_reject),
+    TargetSpec("CT", CtTarget, (Option(("notrack",), "notrack", _flag, nargs=0, invertible=False),),
+               build_ct, save_ct,
+               unsupported=("zone", "zone-orig", "zone-reply", "helper", "ctevents", "expevents", "timeout"),
+               unsupported_why="ebpfw enforces only CT --notrack: its connection tracking has no zones, "
+               "helpers, event masks or timeout policies", tables=("raw",)),
     TargetSpec("LOG", LogTarget, (
         Option(("log-prefix",), "prefix", read_log_prefix, invertible=False),
         Option(("log-level",), "level", read_log_level, invertible=False),
@@ -223,18 +244,19 @@ TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
         Option(("log-ip-options",), "ip_options", _flag, nargs=0, invertible=False),
         Option(("log-uid",), "uid", _flag, nargs=0, invertible=False),
         Option(("log-macdecode",), "macdecode", _flag, nargs=0, invertible=False),
-    ), build_log, save_log),
-    TargetSpec("MARK", MarkTarget, _MARK_OPS, build_mark, save_mark),
+    ), build_log, save_log, tables=("filter", "raw")),
+    TargetSpec("MARK", MarkTarget, _MARK_OPS, build_mark, save_mark, tables=("filter", "raw")),
     TargetSpec("CONNMARK", ConnmarkTarget, _MARK_OPS + (
         Option(("save-mark",), "op", _flag, nargs=0, invertible=False),
         Option(("restore-mark",), "op", _flag, nargs=0, invertible=False),
         Option(("mask",), "mask", read_u32, invertible=False),
         Option(("nfmask",), "nfmask", read_u32, invertible=False),
         Option(("ctmask",), "ctmask", read_u32, invertible=False),
-    ), build_connmark, save_connmark, unsupported=("left-shift-mark", "right-shift-mark")),
+    ), build_connmark, save_connmark, unsupported=("left-shift-mark", "right-shift-mark"), tables=("filter", "raw")),
 )}
 
-# Targets that exist only in other tables: -j NAME in *filter is refused by the kernel.
+# Targets that exist only in other tables: -j NAME in *filter is refused by the kernel. NOTRACK
+# and CT are enforced in *raw (NOTRACK has no options: the parser handles it like a verdict).
 OTHER_TABLE_TARGETS = {"NOTRACK": "raw", "CT": "raw", "DNAT": "nat", "SNAT": "nat", "MASQUERADE": "nat",
                        "REDIRECT": "nat", "NETMAP": "nat", "TPROXY": "mangle", "TTL": "mangle",
                        "ECN": "mangle", "TCPOPTSTRIP": "mangle", "DSCP": "mangle", "TOS": "mangle",

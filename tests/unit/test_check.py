@@ -118,7 +118,7 @@ def problems_ir(rs: Ruleset, **kw) -> list[str]:
 
 def test_other_table_refused():
     assert problems_ir(ir(name="nat")) == [
-        "ir:1: table 'nat' is not supported by ebpfw yet, expected '*filter', found '*nat'"]
+        "ir:1: table 'nat' is not supported by ebpfw yet, expected '*filter' or '*raw', found '*nat'"]
 
 
 def test_policies_and_names():

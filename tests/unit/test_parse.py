@@ -606,11 +606,13 @@ NEGATIVE_CASES = [
     ("-j CONNMARK --save-mark --mask 1 --ctmask 2", "option '--mask' together with --nfmask/--ctmask "
      "(iptables applies them in command-line order), expected either --mask or --nfmask/--ctmask, found "
      "'--mask'"),
-    ("-j NOTRACK", "target 'NOTRACK' is only valid in the raw table (the kernel refuses it in filter) and "
-     "ebpfw enforces only the filter table, expected ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a "
-     "user-defined chain, found '-j NOTRACK'"),
+    ("-j NOTRACK", "target 'NOTRACK' is only valid in the raw table (the kernel refuses it in filter), "
+     "expected ACCEPT, DROP, RETURN, REJECT, LOG, MARK, CONNMARK or a user-defined chain, found '-j NOTRACK'"),
+    ("-j CT --notrack", "target 'CT' is only valid in the raw table (the kernel refuses it in filter: \"CT "
+     "target: only valid in raw table, not filter\"), expected ACCEPT, DROP, RETURN, REJECT, LOG, MARK, "
+     "CONNMARK or a user-defined chain, found '-j CT'"),
     ("-j DNAT --to-destination 1.1.1.1", "target 'DNAT' is only valid in the nat table (the kernel refuses "
-     "it in filter) and ebpfw enforces only the filter table, expected ACCEPT, DROP, RETURN, REJECT, LOG, "
+     "it in filter) and ebpfw enforces only the filter and raw tables, expected ACCEPT, DROP, RETURN, REJECT, LOG, "
      "MARK, CONNMARK or a user-defined chain, found '-j DNAT'"),
 ]
 
@@ -639,21 +641,18 @@ STRUCTURE_CASES = [
      ["t.rules:1: line outside a table, expected a table header such as '*filter' first, found "
       "'-A INPUT -j ACCEPT'"]),
     ("*nat\n:PREROUTING ACCEPT [0:0]\n-A PREROUTING -j DNAT --to 1.2.3.4\nCOMMIT\n",
-     ["t.rules:1: table 'nat' is not supported by ebpfw yet, expected '*filter', found '*nat'"]),
+     ["t.rules:1: table 'nat' is not supported by ebpfw yet, expected '*filter' or '*raw', found '*nat'"]),
     ("*mangle\nCOMMIT\n*raw\nCOMMIT\n*security\nCOMMIT\n",
-     ["t.rules:1: table 'mangle' is not supported by ebpfw yet, expected '*filter', found '*mangle'",
-      "t.rules:3: table 'raw' is not supported by ebpfw yet (its NOTRACK/CT rules exempt packets from "
-      "connection tracking; ebpfw tracks every packet and enforces only *filter), expected '*filter', found "
-      "'*raw'",
-      "t.rules:5: table 'security' is not supported by ebpfw yet, expected '*filter', found "
+     ["t.rules:1: table 'mangle' is not supported by ebpfw yet, expected '*filter' or '*raw', found '*mangle'",
+      "t.rules:5: table 'security' is not supported by ebpfw yet, expected '*filter' or '*raw', found "
       "'*security'"]),
-    ("*bogus\nCOMMIT\n", ["t.rules:1: unknown table 'bogus', expected '*filter', found '*bogus'"]),
+    ("*bogus\nCOMMIT\n", ["t.rules:1: unknown table 'bogus', expected '*filter' or '*raw', found '*bogus'"]),
     ("*filter\nCOMMIT\n*filter\nCOMMIT\n",
      ["t.rules:3: table 'filter' appears twice, expected one section per table, found '*filter'"]),
     ("*filter\n*nat\nCOMMIT\n",
      ["t.rules:1: table 'filter' is never committed, expected 'COMMIT' before the next table, found "
       "'*nat'",
-      "t.rules:2: table 'nat' is not supported by ebpfw yet, expected '*filter', found '*nat'"]),
+      "t.rules:2: table 'nat' is not supported by ebpfw yet, expected '*filter' or '*raw', found '*nat'"]),
     ("*filter\n:INPUT - [0:0]\nCOMMIT\n",
      ["t.rules:2: built-in chain 'INPUT' needs a policy, expected ACCEPT or DROP, found '-'"]),
     ("*filter\n:INPUT REJECT [0:0]\nCOMMIT\n",
