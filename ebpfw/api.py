@@ -31,7 +31,7 @@ from .iptables.parse import parse_rule_line
 from .iptables.save import format_rule
 from .netlink import attach as nl
 from .netlink import host
-from .ruleset import Counters, Ruleset, Table
+from .ruleset import BUILTIN_CHAINS, Chain, Counters, Pos, Ruleset, Table, chain_key
 
 CURRENT = "current.json"
 RULES_FILE = "ruleset.rules"
@@ -67,6 +67,9 @@ def _parse(text: str, filename: str) -> Ruleset:
 def _filter_table(rs: Ruleset, filename: str) -> Table:
     t = rs.table("filter")
     if t is None:
+        if rs.table("raw") is not None:     # iptables-restore of a raw-only file: filter accepts all
+            return Table("filter", tuple(Chain(n, "ACCEPT", (), Pos(filename, 0)) for n in BUILTIN_CHAINS["filter"]),
+                         Pos(filename, 0))
         raise EbpfwError(f"{filename}: no *filter table, expected an iptables-save file with '*filter'")
     return t
 
@@ -98,7 +101,7 @@ def import_ruleset(text: str, filename: str, sets_text: Optional[str] = None,
     rs = _parse(text, filename)
     t = _filter_table(rs, filename)
     defs, _ = _sets_for(rs, sets_text, sets_filename)
-    compile_plan(t, sets=defs)  # refuse here what the datapath cannot enforce, not at apply time
+    compile_plan(t, sets=defs, raw=rs.table("raw"))  # refuse here what the datapath cannot enforce
     return save_ruleset(rs, header=f"ebpfw ruleset imported from {filename}")
 
 
@@ -107,7 +110,8 @@ def check(text: str, filename: str, sets_text: Optional[str] = None, sets_filena
     rs = _parse(text, filename)
     links = host.links()
     defs, _ = _sets_for(rs, sets_text, sets_filename)
-    plan = compile_plan(_filter_table(rs, filename), {l.name: l.ifindex for l in links}, sets=defs)
+    plan = compile_plan(_filter_table(rs, filename), {l.name: l.ifindex for l in links}, sets=defs,
+                        raw=rs.table("raw"))
     out = plan.summary()
     out["shape"] = shape_for(plan, len(links)).to_json()
     return out
@@ -205,8 +209,9 @@ def _detach_iface(rec: dict) -> list[str]:
     return out
 
 
-def _initial_counters(plan, table: Table) -> dict:
+def _initial_counters(plan, table: Table, raw: Optional[Table] = None) -> dict:
     by_name = {c.name: c for c in table.chains}
+    by_name.update({chain_key("raw", c.name): c for c in (raw.chains if raw is not None else ())})
     rules = []
     for chain, i in plan.rule_chain:
         c = by_name[chain].rules[i].counters
@@ -410,19 +415,19 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
         rs = _parse(text, filename)
         table = _filter_table(rs, filename)
         set_defs, set_load = _sets_for(rs, sets_text, sets_filename)
-        cstate = compile_state(table, {l.name: l.ifindex for l in links}, sets=set_defs)
+        cstate = compile_state(table, {l.name: l.ifindex for l in links}, sets=set_defs, raw=rs.table("raw"))
         canonical_lines = save_ruleset(rs).split("\n")[:-1]
         lines = text.split("\n")
     plan = replace(cstate.plan, set_ids={})     # _load_sets fills set_ids of this apply's copy
     mode, modes = resolve_modes(plan, ifaces, mode, modes)
     need = shape_for(plan, len(links))
-    init = _initial_counters(plan, table) if counters else None
+    init = _initial_counters(plan, table, rs.table("raw")) if counters else None
     canonical = "\n".join(canonical_lines) + "\n"
     pins = state.pin_dir(create=True)
     state.state_dir(create=True)
     new_sess = _Session(key, lines, rs, cstate, canonical_lines, links_sig, set_defs,
                         like=sess if fast is not None else None) \
-        if len(rs.tables) == 1 and sets_text is None else None
+        if len(rs.tables) == 1 and rs.table("filter") is not None and sets_text is None else None
 
     lock = state.ApplyLock().acquire()
     finish = None       # the old slot's clean-up, run after the lock is handed on
@@ -640,19 +645,20 @@ def show() -> dict:
         dp.close()
     text = save_ruleset(rs).splitlines()
     rule_lines = [l for l in text if l.startswith("-A ")]
-    t = rs.table("filter")
     chains = []
     k = 0
-    for c in t.chains:
-        rules = []
-        for i, _ in enumerate(c.rules):
-            cn = cnt.get((c.name, i), Counters())
-            line = rule_lines[k] if k < len(rule_lines) else ""
-            k += 1
-            rules.append({"num": i + 1, "text": line, "packets": cn.packets, "bytes": cn.bytes})
-        pc = cnt.get((c.name, None), Counters())
-        chains.append({"name": c.name, "policy": c.policy or "-", "packets": pc.packets,
-                       "bytes": pc.bytes, "rules": rules})
+    for t in rs.tables:         # save_ruleset's order, so rule_lines line up
+        for c in t.chains:
+            key = chain_key(t.name, c.name)
+            rules = []
+            for i, _ in enumerate(c.rules):
+                cn = cnt.get((key, i), Counters())
+                line = rule_lines[k] if k < len(rule_lines) else ""
+                k += 1
+                rules.append({"num": i + 1, "text": line, "packets": cn.packets, "bytes": cn.bytes})
+            pc = cnt.get((key, None), Counters())
+            chains.append({"name": c.name, "table": t.name, "policy": c.policy or "-", "packets": pc.packets,
+                           "bytes": pc.bytes, "rules": rules})
     return {"generation": cur["generation"], "slot": slot, "flips": flips, "source": cur.get("source"),
             "ifaces": [{"name": r["name"], "ingress": r["ingress"]} for r in cur["ifaces"]],
             "chains": chains, "stats": stats}

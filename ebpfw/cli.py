@@ -321,11 +321,12 @@ def _render_show(data: dict) -> None:
     con.print(Text(f"ebpfw: {head}; interfaces: {_ifaces_text(data.get('ifaces', []))}"))
     for ch in data.get("chains", []):
         policy = ch.get("policy") or "-"
+        name = ch["name"] if ch.get("table", "filter") == "filter" else f"{ch['name']} (table {ch['table']})"
         if policy != "-":
-            title = (f"Chain {ch['name']} (policy {policy} {ch.get('packets', 0)} packets, "
+            title = (f"Chain {name} (policy {policy} {ch.get('packets', 0)} packets, "
                      f"{ch.get('bytes', 0)} bytes)")
         else:
-            title = f"Chain {ch['name']} (user-defined)"
+            title = f"Chain {name} (user-defined)"
         con.print()
         con.print(Text(title, style="bold"))
         t = Table(show_lines=False, expand=False)

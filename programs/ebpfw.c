@@ -24,7 +24,9 @@
  * With EBPFW_F_REJECT some rule is -j REJECT: the walk ends with V_REJECT and a post program
  * rewrites the frame into the answer and sends it back (see the REJECT section). With
  * EBPFW_F_LOG some rule is -j LOG: the walk notes the rule and a post program writes an event
- * to a ring buffer; the walk goes on.
+ * to a ring buffer; the walk goes on. With EBPFW_F_RAW the ruleset has a raw table: every
+ * packet first goes through the raw stage (a tail-called program, see "the raw table" below),
+ * which walks raw PREROUTING / OUTPUT and hands the packet back with its result.
  */
 #include <uapi/linux/bpf.h>
 #include <uapi/linux/if_ether.h>
@@ -197,7 +199,7 @@ BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
  *
  *
  * Contract: ct_label() gives every judged packet netfilter's ctstate (INVALID, ESTABLISHED,
- * RELATED, NEW; never UNTRACKED: there is no raw table) before classification, and updates
+ * RELATED, NEW; UNTRACKED is given by the raw stage instead, see ct_untrack) before classification, and updates
  * the entry of a known connection the way nf_conntrack_in does (state, timeout, counters),
  * whatever the verdict. A packet that would start a connection only prepares its entry in a
  * per-CPU scratch record; ct_commit() inserts it after the ruleset ACCEPTed the packet
@@ -696,6 +698,19 @@ static __always_inline int ct_mark_io(__u32 *m, int write)
 }
 
 static __always_inline void mark_ct_out(void);
+
+/* A packet the raw table exempted (NOTRACK, CT --notrack): no entry is looked up, created or
+ * updated, and the filter table sees it UNTRACKED (nf_ct_set(skb, NULL, IP_CT_UNTRACKED)). */
+static __always_inline __u32 ct_untrack(void)
+{
+    __u32 zero = 0;
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    if (w) {
+        w->pending = 0;
+        w->hasct = 0;
+    }
+    return EBPFW_CT_UNTRACKED;
+}
 
 /* After the verdict: an accepted first packet creates its connection. */
 static __always_inline void ct_commit(int verdict)
@@ -1567,8 +1582,73 @@ struct walkstate {
     __u32 rrule;      /* rule + 1 while the walk waits for the answer */
     __u32 rdone;      /* rule + 1 once the answer is in rres */
     __u32 rres;
+#ifdef EBPFW_F_RAW
+    __u32 untracked;  /* the raw walk reached a NOTRACK / CT --notrack rule */
+    __u32 rawpad;
+#endif
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
+
+#ifdef EBPFW_F_RAW
+/* ---- the raw table (iptables -t raw) ----------------------------------------------------------
+ * The raw chains are chains of the same classifier (rules numbered after the filter table's,
+ * ids in ebpfw_meta.raw), walked by a program of their own so that the main programs keep a
+ * single inlined walk: an entry program that has no raw result for the packet yet tail-calls
+ * the raw program of its type (ebpfw_rawx / ebpfw_rawt); that one walks raw PREROUTING (ingress,
+ * and forwarded packets judged at egress) or raw OUTPUT (locally generated packets), drops the
+ * packet or leaves its result here and tail-calls the entry program again (ebpfw_mainx /
+ * ebpfw_maint), which takes the result and judges as usual with the raw stage's slot (both
+ * tables of one packet come from one ruleset). As in the kernel, raw runs before connection
+ * tracking and before the routing decision: it sees the packets ip_forward would drop. */
+#define RAW_NONE      0   /* rawres.state: the raw stage has not judged this packet yet */
+#define RAW_TRACKED   1   /* the raw table accepted the packet */
+#define RAW_UNTRACKED 2   /* ... after a NOTRACK: connection tracking leaves it alone */
+#define RAW_HOOK_PRE  0
+#define RAW_HOOK_OUT  1
+struct rawres {
+    __u32 state;      /* RAW_*: set by the raw program right before it tail-calls the entry program */
+    __u32 slot;       /* the slot the raw stage judged with; classify() uses it for the filter table */
+    __u32 untracked;  /* the packet the filter table is judging is untracked */
+    __u32 egress;     /* TC: the raw stage was entered from the egress program (ebpfw_maint index) */
+    __u32 hook;       /* egress: RAW_HOOK_PRE (a forwarded packet) or RAW_HOOK_OUT */
+    __u32 iif;        /* egress, RAW_HOOK_PRE: the input interface */
+    __s32 ctorig;     /* egress: the first pass's rj_take_pending() (>= 0: a REJECT answer) */
+    __u32 pad;
+};
+BPF_PERCPU_ARRAY(ebpfw_rawres, struct rawres, 1);
+BPF_PROG_ARRAY(ebpfw_rawx, 1);    /* ebpfw_xdp_raw */
+BPF_PROG_ARRAY(ebpfw_rawt, 1);    /* ebpfw_tc_raw */
+BPF_PROG_ARRAY(ebpfw_rawcx, 1);   /* ebpfw_xdp_rawc: a long raw walk continues there */
+BPF_PROG_ARRAY(ebpfw_rawct, 1);   /* ebpfw_tc_rawc */
+BPF_PROG_ARRAY(ebpfw_mainx, 1);   /* ebpfw_xdp_ingress */
+BPF_PROG_ARRAY(ebpfw_maint, 2);   /* ebpfw_tc_ingress, ebpfw_tc_egress */
+
+/* At an entry program's start: 1 when the raw stage must judge the packet first; otherwise the
+ * entry was tail-called by the raw stage, whose result it takes (and clears, so a later packet
+ * never sees it). */
+static __always_inline int raw_first(__u32 egress)
+{
+    __u32 zero = 0;
+    struct rawres *rr = ebpfw_rawres.lookup(&zero);
+    if (!rr)
+        return 1;
+    if (rr->state == RAW_NONE) {
+        rr->egress = egress;
+        rr->ctorig = -1;
+        return 1;
+    }
+    rr->untracked = rr->state == RAW_UNTRACKED;
+    rr->state = RAW_NONE;
+    return 0;
+}
+
+static __always_inline int raw_untracked(void)
+{
+    __u32 zero = 0;
+    struct rawres *rr = ebpfw_rawres.lookup(&zero);
+    return rr && rr->untracked;
+}
+#endif /* EBPFW_F_RAW */
 #if defined(EBPFW_F_LOG) || defined(EBPFW_F_REJECT)
 #define EBPFW_POST 1
 /* one array per program type: the kernel ties a prog array to the type of its first user */
@@ -2254,6 +2334,9 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->hldone = 0;
         ws->rdone = 0;
         ws->slot = slot;
+#ifdef EBPFW_F_RAW
+        ws->untracked = 0;
+#endif
     }
     __u32 *nresp = ebpfw_resn.lookup(&slot);
     if (!nresp)
@@ -2428,6 +2511,10 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
 #ifdef EBPFW_F_MARK
         if (kind == EBPFW_ACT_MARK || kind == EBPFW_ACT_CONNMARK)
             mark_target(rk, kind);   /* the walk goes on with the next rule */
+#endif
+#ifdef EBPFW_F_RAW
+        if (kind == EBPFW_ACT_NOTRACK)
+            ws->untracked = 1;   /* notrack_tg: XT_CONTINUE */
 #endif
         if (kind == EBPFW_ACT_RETURN) {
             ws->pos = end;
@@ -2707,10 +2794,18 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     if (resume) {
         slot = c->slot & 1;
     } else {
+#ifdef EBPFW_F_RAW
+        /* the raw stage read the control map for this packet: raw and filter judge with one slot */
+        struct rawres *rr = ebpfw_rawres.lookup(&zero);
+        if (!rr)
+            return V_DROP;
+        slot = rr->slot & 1;
+#else
         struct ebpfw_ctl *ctl = ebpfw_ctl.lookup(&zero);
         if (!ctl)
             return V_PASS;
         slot = ctl->active & 1;
+#endif
     }
     struct vecs v = {};
     if (lookup_vecs(slot, p, iif, oif, &v) < 0)
@@ -3432,6 +3527,11 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
     }
     post_note(chain, ifindex, oif, l2host, local, 0);
 #ifdef EBPFW_F_CT
+#ifdef EBPFW_F_RAW
+    if (raw_untracked())
+        p->ctstate = ct_untrack();
+    else
+#endif
     p->ctstate = ct_label(p, data, data_end);
     if (p->ctstate == EBPFW_CT_INVALID)
         ctstat_inc(EBPFW_CTSTAT_INVALID);
@@ -3447,6 +3547,13 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
 
 int ebpfw_xdp_ingress(struct xdp_md *ctx)
 {
+#ifdef EBPFW_F_RAW
+    if (raw_first(0)) {
+        ebpfw_rawx.call(ctx, 0);
+        stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the raw program is missing: fail closed */
+        return XDP_DROP;
+    }
+#endif
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     /* XDP runs before there is an skb: its mark is 0 (rulesets that set marks run at TC) */
@@ -3511,6 +3618,13 @@ static __always_inline void pull_headers(struct __sk_buff *skb, void *data, void
 
 int ebpfw_tc_ingress(struct __sk_buff *skb)
 {
+#ifdef EBPFW_F_RAW
+    if (raw_first(0)) {
+        ebpfw_rawt.call(skb, 0);
+        stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the raw program is missing: fail closed */
+        return TC_ACT_SHOT;
+    }
+#endif
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     pull_headers(skb, data, data_end);
@@ -3574,9 +3688,20 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     struct pkt *p = ebpfw_pkt.lookup(&pz);   /* per-CPU scratch: the stack is small */
     if (!p)
         return TC_ACT_OK;
+#ifdef EBPFW_F_RAW
+    /* second: tail-called back by the raw stage, which judged this packet already */
+    int second = !raw_first(1);
+    struct rawres *rr = ebpfw_rawres.lookup(&pz);
+    if (!rr)
+        return TC_ACT_SHOT;
+#endif
 #ifdef EBPFW_F_REJECT
     /* a REJECT answer built by this datapath: locally generated, OUTPUT judges it */
+#ifdef EBPFW_F_RAW
+    int ctorig = second ? rr->ctorig : rj_take_pending(skb);
+#else
     int ctorig = rj_take_pending(skb);
+#endif
     int answer = ctorig >= 0;
     if (answer)
         in = 0;
@@ -3594,6 +3719,17 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     } else {
         note_iif(p, 0);   /* OUTPUT: no input interface */
     }
+#ifdef EBPFW_F_RAW
+    if (!second) {
+        /* raw PREROUTING for a forwarded packet (its ingress was not judged), else raw OUTPUT */
+        rr->hook = chain == EBPFW_CHAIN_FORWARD ? RAW_HOOK_PRE : RAW_HOOK_OUT;
+        rr->iif = chain == EBPFW_CHAIN_FORWARD ? in : 0;
+        rr->ctorig = ctorig;
+        ebpfw_rawt.call(skb, 0);
+        stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the raw program is missing: fail closed */
+        return TC_ACT_SHOT;
+    }
+#endif
     void *data = (void *)(long)skb->data;
     void *data_end = (void *)(long)skb->data_end;
     pull_headers(skb, data, data_end);
@@ -3616,7 +3752,13 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     note_oif(p, 0);
 #endif
 #ifdef EBPFW_F_CT
+#ifdef EBPFW_F_RAW
+    /* the answer to an untracked packet gets no connection either (nf_ct_attach: none to
+     * attach), conntrack labels it as it labels the answer to an INVALID one */
+    if (answer && ctorig != EBPFW_CT_INVALID && ctorig != EBPFW_CT_UNTRACKED) {
+#else
     if (answer && ctorig != EBPFW_CT_INVALID) {
+#endif
         /* the kernel attaches the original's connection to its answer (nf_send_reset, and
          * icmp_glue_bits for an error): RELATED (or RELATED_REPLY), which OUTPUT's conntrack
          * keeps; the answer never creates or changes a connection. An original without one
@@ -3628,6 +3770,11 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
         }
         p->ctstate = EBPFW_CT_RELATED;
     } else {
+#ifdef EBPFW_F_RAW
+        if (raw_untracked())
+            p->ctstate = ct_untrack();
+        else
+#endif
         p->ctstate = ct_label(p, data, data_end);
         if (p->ctstate == EBPFW_CT_INVALID)
             ctstat_inc(EBPFW_CTSTAT_INVALID);
@@ -3785,3 +3932,157 @@ int ebpfw_tc_recent(struct __sk_buff *skb)
     return TC_ACT_SHOT;
 }
 #endif
+
+#ifdef EBPFW_F_RAW
+/* ---- the raw programs: the raw table's stage, tail-called by the entry programs -----------
+ * Returns V_ACCEPT when the packet goes on to the filter table (also for packets the filter
+ * stage passes unjudged: not IPv4, malformed, for another host), V_DROP, or V_CONT when the walk
+ * continues in a tail call of the raw continuation program (`resume`, a constant per program,
+ * so each program verifies one way into the walk). Raw rules have no LOG, REJECT, recent,
+ * hashlimit or mark (the compiler refuses them), so no other verdict comes out of the walk. */
+static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len, __u32 ifindex,
+                                     struct rawres *rr, const int resume)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    struct cont *c = ebpfw_cont.lookup(&zero);
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    if (!ws || !c || !p)
+        return V_DROP;
+    __u32 chain, iif = 0, oif = 0;
+    if (resume) {
+        c->calls += 1;
+        if (c->calls > EBPFW_MAXCALLS)
+            return V_CONT;
+        return classify(c->chain, &c->p, c->iif, c->oif, 1);
+    }
+    ws->untracked = 0;
+    struct ebpfw_ctl *ctl = ebpfw_ctl.lookup(&zero);
+    if (!ctl)
+        return V_ACCEPT;          /* nothing applied: the filter stage passes it too */
+    __u32 slot = ctl->active & 1;
+    rr->slot = slot;
+    struct ebpfw_meta *m = ebpfw_meta.lookup(&slot);
+    if (!m || m->raw == 0)
+        return V_ACCEPT;          /* this slot's ruleset has no raw table */
+    int egress = rr->egress != 0;
+    if (parse(data, data_end, wire_len, p, !egress) != 0)
+        return V_ACCEPT;          /* not IPv4, or dropped by ip_rcv before PREROUTING */
+    if (!egress) {
+        struct ethhdr *eth = data;
+        struct ebpfw_ifinfo *ii = ebpfw_ifinfo.lookup(&ifindex);
+        if (!(eth->h_dest[0] & 1) && ii && mac_differs(ii->mac, eth->h_dest))
+            return V_ACCEPT;      /* PACKET_OTHERHOST: ip_rcv drops it before PREROUTING */
+        note_iif(p, ii);
+        __u32 group = eth->h_dest[0] & 1;
+        __u32 allones = ((__u32)(eth->h_dest[0] & eth->h_dest[1] & eth->h_dest[2] & eth->h_dest[3] &
+                                 eth->h_dest[4] & eth->h_dest[5]) + 1) >> 8;
+        p->pkttype = group * (2 - allones);
+        __builtin_memcpy(p->smac, eth->h_source, 6);
+        p->macok = 1;
+        note_oif(p, 0);           /* PREROUTING: no output interface yet */
+        chain = m->raw & 0xffff;
+        iif = ifindex;
+    } else if (rr->hook == RAW_HOOK_PRE) {
+        /* a forwarded packet whose ingress ebpfw does not judge: raw PREROUTING saw it with
+         * the TTL before ip_forward's decrement and no output interface */
+        iif = rr->iif;
+        note_iif(p, ebpfw_ifinfo.lookup(&iif));
+        note_oif(p, 0);
+        p->ttl += 1;
+        chain = m->raw & 0xffff;
+    } else {
+        note_iif(p, 0);
+#ifdef EBPFW_F_OIF
+        note_oif(p, ebpfw_ifinfo.lookup(&ifindex));
+#else
+        note_oif(p, 0);
+#endif
+        oif = ifindex;
+        chain = m->raw >> 16;
+    }
+    p->ctstate = EBPFW_CT_INVALID;   /* raw rules have no conntrack match (compiler) */
+    return classify(chain, p, iif, oif, 0);
+}
+
+/* the raw stage's result: V_ACCEPT hands the packet back to the entry program */
+static __always_inline void raw_result(struct rawres *rr)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    /* notrack_tg does nothing to a packet that has a connection attached already: a REJECT
+     * answer carries its original's (nf_ct_attach) */
+    rr->state = (ws && ws->untracked && rr->ctorig < 0) ? RAW_UNTRACKED : RAW_TRACKED;
+}
+
+static __always_inline int raw_xdp(struct xdp_md *ctx, const int resume)
+{
+    __u32 zero = 0;
+    struct rawres *rr = ebpfw_rawres.lookup(&zero);
+    if (!rr)
+        return XDP_DROP;
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    int v = raw_judge(data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex, rr, resume);
+    if (v == V_CONT) {
+        ebpfw_rawcx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+    if (v != V_ACCEPT)
+        return XDP_DROP;
+    raw_result(rr);
+    ebpfw_mainx.call(ctx, 0);
+    rr->state = RAW_NONE;
+    stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */
+    return XDP_DROP;
+}
+
+static __always_inline int raw_tc(struct __sk_buff *skb, const int resume)
+{
+    __u32 zero = 0;
+    struct rawres *rr = ebpfw_rawres.lookup(&zero);
+    if (!rr)
+        return TC_ACT_SHOT;
+    void *data = (void *)(long)skb->data;
+    void *data_end = (void *)(long)skb->data_end;
+    if (!resume) {
+        pull_headers(skb, data, data_end);
+        data = (void *)(long)skb->data;
+        data_end = (void *)(long)skb->data_end;
+    }
+    int v = raw_judge(data, data_end, skb->len, skb->ifindex, rr, resume);
+    if (v == V_CONT) {
+        ebpfw_rawct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+    if (v != V_ACCEPT)
+        return TC_ACT_SHOT;
+    raw_result(rr);
+    ebpfw_maint.call(skb, rr->egress ? 1 : 0);
+    rr->state = RAW_NONE;
+    stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */
+    return TC_ACT_SHOT;
+}
+
+int ebpfw_xdp_raw(struct xdp_md *ctx)
+{
+    return raw_xdp(ctx, 0);
+}
+
+int ebpfw_xdp_rawc(struct xdp_md *ctx)
+{
+    return raw_xdp(ctx, 1);
+}
+
+int ebpfw_tc_raw(struct __sk_buff *skb)
+{
+    return raw_tc(skb, 0);
+}
+
+int ebpfw_tc_rawc(struct __sk_buff *skb)
+{
+    return raw_tc(skb, 1);
+}
+#endif /* EBPFW_F_RAW */

@@ -21,6 +21,7 @@
 #define EBPFW_ACT_LOG    7   /* non-terminal: an event to the ring buffer, the walk goes on */
 #define EBPFW_ACT_MARK     8 /* non-terminal: mark = (mark & ~t_mask) ^ t_value (struct ebpfw_markc) */
 #define EBPFW_ACT_CONNMARK 9 /* non-terminal: on the connection's mark (struct ebpfw_markc) */
+#define EBPFW_ACT_NOTRACK 10 /* raw table, non-terminal: the packet is not tracked (NOTRACK, CT --notrack) */
 
 #define EBPFW_REJ_TCP_RESET 256
 
@@ -78,7 +79,7 @@ struct ebpfw_meta {
     __u32 iif_default;   /* class for an interface without an ebpfw_ifinfo entry */
     __u32 oif_default;
     __u32 gin_default;   /* interface class of the -i group keys, likewise */
-    __u32 pad;
+    __u32 raw;           /* the raw table's chain ids: PREROUTING | OUTPUT << 16; 0: no raw table */
 };
 
 struct ebpfw_lpm_key {

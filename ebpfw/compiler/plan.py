@@ -23,6 +23,7 @@ from typing import Iterable, Mapping, Optional
 from ..errors import RulesetError
 from ..marks import ConnmarkMatch, MarkMatch
 from ..ruleset import (
+    chain_key,
     AddrtypeMatch, ConnmarkTarget, MarkTarget, CommentMatch, ConnlimitMatch, ConntrackMatch, DscpMatch, HashlimitMatch, IcmpMatch, IpMatch,
     IprangeMatch, LengthMatch, LimitMatch, LogTarget, MacMatch, MultiportMatch, PkttypeMatch, RecentMatch, RejectTarget,
     Rule, SetMatch, Table, TcpMatch,
@@ -35,7 +36,10 @@ from .groups import find_groups
 BUILTINS = ("INPUT", "FORWARD", "OUTPUT")
 # the target kinds the datapath enforces (ebpfw.check refuses the others with the rule's FILE:LINE)
 ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "REJECT": 6, "LOG": 7,
-       "MARK": 8, "CONNMARK": 9}
+       "MARK": 8, "CONNMARK": 9, "NOTRACK": 10, "CT": 10}
+RAW_BUILTINS = ("PREROUTING", "OUTPUT")
+# what the raw stage of the datapath enforces: targets, and matches it refuses (with why)
+RAW_TARGETS = ("NONE", "ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NOTRACK", "CT")
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
@@ -148,6 +152,9 @@ class Plan:
     # the first rule (in file order) that reads or writes the packet's mark, as
     # "FILE:LINE: -A CHAIN ...": the ruleset's ingress must then run at TC (see api.py)
     skb_mark_rule: Optional[str] = None
+    # the raw table: chain ids of its PREROUTING and OUTPUT (its rules and chains follow the
+    # filter table's in the numbering, chain names "raw NAME"); None: no raw table
+    raw_chains: Optional[tuple[int, int]] = None
 
     @property
     def fields(self) -> list[str]:
@@ -172,6 +179,8 @@ class Plan:
             "needs_tc": self.skb_mark_rule,
             # the -m recent lists the rules name (kept across applies that keep the name)
             "recent_lists": sorted({m.name for m in self.recent.values()}),
+            # chain ids of raw PREROUTING and OUTPUT (evaluated in a stage before the filter table)
+            "raw": list(self.raw_chains) if self.raw_chains is not None else None,
         }
 
     @property
@@ -184,6 +193,8 @@ class Plan:
             out.append("log")
         if self.marks:
             out.append("mark")
+        if self.raw_chains is not None:
+            out.append("raw")
         return out
 
 
@@ -516,8 +527,27 @@ def rule_entry(r: Rule, chain_id: Mapping[str, int], sets: Optional[Mapping], hl
 _SPECIAL_MATCHES = (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch)
 
 
+def _raw_problems(r: Rule, problems: list[str]) -> None:
+    """What the raw stage of the datapath does not enforce (the kernel accepts it)."""
+    t = r.target
+    if t.kind not in RAW_TARGETS:
+        problems.append(f"{r.pos}: target '{t.kind}' in the raw table is not supported by the datapath yet, "
+                        f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack or a user-defined chain, "
+                        f"found '-j {t.kind}'")
+    for m in r.matches:
+        if isinstance(m, ConntrackMatch):
+            problems.append(f"{r.pos}: match '{m.module}' in the raw table is not supported by the datapath "
+                            "(raw runs before connection tracking: every packet is INVALID there until a "
+                            "NOTRACK makes it UNTRACKED, which ebpfw's raw stage does not follow), expected "
+                            f"no -m {m.module} in *raw, found '-m {m.module}'")
+        elif isinstance(m, (MarkMatch, ConnmarkMatch, HashlimitMatch, RecentMatch)):
+            name = type(m).__name__.removesuffix("Match").lower()
+            problems.append(f"{r.pos}: match '{name}' in the raw table is not supported by the datapath yet, "
+                            f"expected it only in *filter, found '-m {name}'")
+
+
 def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
-                  sets: Optional[Mapping] = None) -> "CompileState":
+                  sets: Optional[Mapping] = None, raw: Optional[Table] = None) -> "CompileState":
     """compile_plan, also returning what the compile found on the way."""
     chains, missing = _order_chains(table)
     problems: list[str] = []
@@ -549,6 +579,40 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
         ranges.append((start, len(rules)))
         policy.append(0)
     chain_id = {n: i for i, n in enumerate(names)}
+    nfilter = len(rules)
+    raw_chains = None
+    raw_chain_id: dict[str, int] = {}
+    max_depth = _max_depth(chains, by_name)
+    if raw is not None:
+        # the raw table's chains after the filter table's: PREROUTING, OUTPUT, then user chains
+        raw_by = {c.name: c for c in raw.chains}
+        raw_order = [raw_by[b] for b in RAW_BUILTINS if b in raw_by]
+        raw_order += [c for c in raw.chains if c.name not in RAW_BUILTINS]
+        for b in RAW_BUILTINS:
+            c = raw_by.get(b)
+            start = len(rules)
+            for i, r in enumerate(c.rules if c is not None else ()):
+                rules.append(r)
+                rule_chain.append((chain_key("raw", b), i))
+            raw_chain_id[b] = len(names)
+            names.append(chain_key("raw", b))
+            ranges.append((start, len(rules)))
+            policy.append(ACT[c.policy] if c is not None else ACT["ACCEPT"])
+        for c in raw_order:
+            if c.name in RAW_BUILTINS:
+                continue
+            start = len(rules)
+            for i, r in enumerate(c.rules):
+                rules.append(r)
+                rule_chain.append((chain_key("raw", c.name), i))
+            raw_chain_id[c.name] = len(names)
+            names.append(chain_key("raw", c.name))
+            ranges.append((start, len(rules)))
+            policy.append(0)
+        raw_chains = (raw_chain_id["PREROUTING"], raw_chain_id["OUTPUT"])
+        max_depth = max(max_depth, _max_depth(raw_order, raw_by))
+        for r in rules[nfilter:]:
+            _raw_problems(r, problems)
 
     n = len(rules)
     kinds, args, flags = [], [], []
@@ -563,7 +627,8 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
     uses_conn = False
     recent: dict[int, RecentMatch] = {}
     for rn, r in enumerate(rules):
-        kind, arg, f, log, lim, sm, hl, mk, skb, rc = rule_entry(r, chain_id, sets, hl_index, problems)
+        kind, arg, f, log, lim, sm, hl, mk, skb, rc = rule_entry(
+            r, chain_id if rn < nfilter else raw_chain_id, sets, hl_index, problems)
         kinds.append(kind)
         args.append(arg)
         flags.append(f)
@@ -584,7 +649,8 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
             recent[rn] = rc
 
     _recent_masks(recent, rules, problems)
-    rule_chain_id = [chain_id[c] for c, _ in rule_chain]
+    all_ids = {n: i for i, n in enumerate(names)}
+    rule_chain_id = [all_ids[c] for c, _ in rule_chain]
     ifindex_of = dict(ifnames) if isinstance(ifnames, dict) else None
     groups = find_groups(rules, rule_chain_id, None if group else n + 1, ifindex_of)
     # the bit vectors number only the residual rules (compact index k -> rule resid[k]), so
@@ -594,8 +660,9 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
     plan = Plan(
         nrules=n, chain_names=names, chain_ranges=ranges, chain_policy=policy,
         rule_chain=rule_chain, rule_kind=kinds, rule_arg=args, rule_flags=flags,
-        max_depth=_max_depth(chains, by_name), vectors=[], log=logs, limits=limits,
+        max_depth=max_depth, vectors=[], log=logs, limits=limits,
         setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks, recent=recent,
+        raw_chains=raw_chains,
     )
     residual_fields(plan, rules, resid, iface_names, problems, uses_conn)
     if skb_mark:
@@ -660,9 +727,11 @@ class CompileState:
 
 
 def compile_plan(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
-                 sets: Optional[Mapping] = None) -> Plan:
+                 sets: Optional[Mapping] = None, raw: Optional[Table] = None) -> Plan:
     """Compile the filter table. `sets` are the ipset definitions by name that -m set rules
     may name (ebpfw.ipset.IpSet; entries are not read). `ifnames` are the host's interface names, for -i/-o; given as
     a dict name -> ifindex, rules with `-i NAME` (or a wildcard) can join exact-match groups.
-    `group=False` keeps every rule in the bit vectors (no hash groups)."""
-    return compile_state(table, ifnames, group, sets).plan
+    `group=False` keeps every rule in the bit vectors (no hash groups). `raw` is the raw table
+    (or None): its chains are numbered after the filter table's and run in a stage of their own
+    before conntrack (programs/ebpfw.c: the raw stage)."""
+    return compile_state(table, ifnames, group, sets, raw).plan

@@ -29,7 +29,7 @@ ATYPE_CAP = 16384                          # routes in the addrtype trie (host v
 MAXSTEPS = 128
 
 CTL = struct.Struct("<II")                 # active, generation
-META = struct.Struct("<IIIIII")            # nrules, nchains, iif_default, oif_default, gin_default, pad
+META = struct.Struct("<IIIIII")            # nrules, nchains, iif_default, oif_default, gin_default, raw
 LPM_KEY = struct.Struct("<I4s4s")          # prefixlen, slot (be), addr (be)
 RULE = struct.Struct("<BxHI")              # kind, pad, flags (16 bits), arg
 CHAIN = struct.Struct("<IIII")             # start, end, policy, pad
@@ -280,6 +280,8 @@ FIELD_MAPS = {
     "mark": ("ebpfw_markc",),
     # the tables themselves (ebpfw_recent) are pinned outside the generation directory
     "recent": ("ebpfw_recentm", "ebpfw_rscr", "ebpfw_rcx", "ebpfw_rct"),
+    # the raw table's stage (an action: Plan.actions): its result and the program arrays
+    "raw": ("ebpfw_rawres", "ebpfw_rawx", "ebpfw_rawt", "ebpfw_rawcx", "ebpfw_rawct", "ebpfw_mainx", "ebpfw_maint"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -294,6 +296,17 @@ POST_PROGRAMS = {"ebpfw_xdp_post": "ebpfw_post_xdp", "ebpfw_tc_post": "ebpfw_pos
 POST_ACTIONS = ("reject", "log")
 # tail-called when a walk reaches a -m recent rule (shape field "recent"): program -> its array
 RECENT_PROGRAMS = {"ebpfw_xdp_recent": "ebpfw_rcx", "ebpfw_tc_recent": "ebpfw_rct"}
+# the raw table (shape field "raw"): the raw stage's programs -> their arrays; the main programs
+# (PROGRAMS keys) it hands the packet back to -> (array, index)
+RAW_PROGRAMS = {"ebpfw_xdp_raw": "ebpfw_rawx", "ebpfw_tc_raw": "ebpfw_rawt",
+                "ebpfw_xdp_rawc": "ebpfw_rawcx", "ebpfw_tc_rawc": "ebpfw_rawct"}
+RAW_MAIN = {"xdp": ("ebpfw_mainx", 0), "tc_ingress": ("ebpfw_maint", 0), "tc_egress": ("ebpfw_maint", 1)}
+
+
+def raw_meta(plan) -> int:
+    """struct ebpfw_meta.raw: the raw chain ids (PREROUTING | OUTPUT << 16), 0 without a raw table."""
+    rc = getattr(plan, "raw_chains", None)
+    return 0 if rc is None else rc[0] | (rc[1] << 16)
 
 
 def _pow2(n: int, minimum: int) -> int:

@@ -25,7 +25,7 @@ from .abi import (
     PORT_SLOTS, PROGRAMS, XDP_REJECT_PROGRAM, PROTO_SLOTS, RULE, SOURCE, STATS, TCPFL_SLOTS, TOS_SLOTS, TTL_SLOTS,
     U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
-    SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM,
+    SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM, RAW_MAIN, RAW_PROGRAMS, raw_meta,
     HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
     jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
@@ -184,6 +184,10 @@ class Datapath:
         post = POST_PROGRAMS if set(POST_ACTIONS) & set(shape.fields) else {}
         if "recent" in shape.fields:
             post = {**post, **RECENT_PROGRAMS}
+        if "raw" in shape.fields:
+            post = {**post, **RAW_PROGRAMS}
+            for key, (array_name, idx) in RAW_MAIN.items():
+                bpf.get_table(array_name)[ct.c_int(idx)] = ct.c_int(progs[key])
         for fn, array_name in {**CONT_PROGRAMS, **post}.items():
             try:
                 fd = bpf.load_func(fn.encode(), BPF.XDP if "xdp" in fn else BPF.SCHED_CLS).fd
@@ -311,6 +315,9 @@ class Datapath:
         sh = self.shape
         if len(plan.vectors) > sh.vcap or plan.nrules > sh.rcap or len(plan.chain_names) > sh.ccap:
             raise KernelError("internal: the plan does not fit the loaded programs' shape")
+        if getattr(plan, "raw_chains", None) is not None and "raw" not in sh.fields:
+            # programs without the raw stage would never walk the raw chains: refuse, never ignore
+            raise KernelError("internal: the plan has a raw table but the loaded programs have no raw stage")
         ncpu = bpfsys.possible_cpus()
         bp = base.plan if base is not None else None
         # vectors
@@ -443,7 +450,8 @@ class Datapath:
             self._write_groups(slot, plan, cleared=bp is not None,
                                ranges_same=bp is not None and getattr(bp, "group_ranges", None) == plan.group_ranges)
         bpfsys.update(self.maps["ebpfw_meta"], U32.pack(slot),
-                      META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default, gin_default, 0),
+                      META.pack(plan.nrules, len(plan.chain_names), iif_default, oif_default, gin_default,
+                                raw_meta(plan)),
                       "ebpfw_meta")
 
     def _write_limits(self, slot: int, limits: dict) -> None:
@@ -808,7 +816,7 @@ class Datapath:
                                 if MAC_KEY.unpack(k)[0] == slot}
             used.update(U32.unpack(v)[0] for v in img["ebpfw_mac"].values())
         if meta:
-            used.update(META.unpack(meta)[2:])
+            used.update(META.unpack(meta)[2:5])   # the default classes (not .raw)
         # the vectors of every class some table names
         fd = self.maps["ebpfw_vec"]
         img["vec"] = {c: bpfsys.lookup(fd, U32.pack(slot * sh.vcap + c), sh.vec_bytes) for c in sorted(used)
