@@ -52,6 +52,9 @@ SHAPE = Shape(nwords=32, vcap=4096, rcap=2048, ccap=64, lpm_cap=4096, ifc_cap=64
               ngroups=16, gcap=4096, mac_cap=64, gwords=32, hl_cap=1 << 14)
 if os.environ.get("EBPFW_TEST_CT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("ct",), ct_size=4096)
+# with EBPFW_TEST_RAW=1 the programs have the raw table's stage and "load" compiles a *raw table
+if os.environ.get("EBPFW_TEST_RAW") == "1":
+    SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("raw",))
 
 
 def skb_ctx(ifindex: int, ingress_ifindex: int, mark: int = 0) -> bytes:
@@ -87,8 +90,11 @@ def main() -> None:
                 if "sets" in req:
                     store.load(parse_ipsets(req["sets"], "test.sets"))
                 defs = {n: d[1] for n, d in store.definitions().items()}
-                plan = compile_plan(rs.table("filter"), {l.name: l.ifindex for l in links}, group=req.get("group", True),
-                                    sets=defs)
+                filt = rs.table("filter")
+                if filt is None:        # a raw-only file: filter accepts everything, as after iptables-restore
+                    filt = parse_ruleset("*filter\nCOMMIT\n", "test.rules").table("filter")
+                plan = compile_plan(filt, {l.name: l.ifindex for l in links}, group=req.get("group", True),
+                                    sets=defs, raw=rs.table("raw"))
                 plan.set_ids = {n: d[0] for n, d in store.definitions().items()}
                 plan.recent_ids = recent.prepare(plan.recent, host_params()[1])
                 slot = 1 - dp.active()[0]
