@@ -97,6 +97,21 @@ def parse_save(text: str, table: str = "filter") -> Snapshot:
     return Snapshot(chains)
 
 
+def parse_save_with_raw(text: str) -> Snapshot:
+    """The filter table plus the raw table, whose chains are named "raw CHAIN" (keys such as
+    "raw PREROUTING:policy"; a chain name never contains white space, so none collides)."""
+    snap = parse_save(text, "filter")
+    for name, c in parse_save(text, "raw").chains.items():
+        c.name = f"raw {name}"
+        snap.chains[c.name] = c
+    return snap
+
+
+def has_raw(ruleset: str) -> bool:
+    """The ruleset text has a *raw table (both sides then compare its counters too)."""
+    return any(line.strip() == "*raw" for line in ruleset.splitlines())
+
+
 def delta(after: Snapshot, before: Snapshot) -> dict[str, tuple[int, int]]:
     """Counter increments between two snapshots of the same ruleset (non-zero keys only)."""
     a, b = after.counters(), before.counters()

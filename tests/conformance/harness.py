@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .counters import Snapshot, delta, parse_save
+from .counters import Snapshot, delta, has_raw, parse_save, parse_save_with_raw
 from .packets import (CRAFTED_TTL, Connect, Case, Send, SetOp, Tagged, Udp, describe_ip, frame_ip,
                       summarize)
 from .topology import (ADDR, CLI_IF, DUT_IN, DUT_OUT, DUT_ROUTES_TO_SRV, MAC, SRV_IF, Topology, TopologyError,
@@ -65,6 +65,7 @@ class IptablesSide:
         if self.backend not in ("legacy", "nft"):
             raise ValueError(f"CONFORMANCE_IPTABLES must be legacy or nft, not {self.backend!r}")
         self.cmd = "iptables-legacy" if self.backend == "legacy" else "iptables-nft"
+        self.raw = False        # the loaded ruleset has a *raw table
 
     def version(self) -> str:
         return run([self.cmd, "--version"]).stdout.strip()
@@ -77,10 +78,15 @@ class IptablesSide:
             self.topo.in_dut(["ipset", "restore"], input=sets)
         self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=ruleset)
         self.topo.in_dut([self.cmd, "-w", "-Z"])
+        self.raw = has_raw(ruleset)
+        if self.raw:
+            self.topo.in_dut([self.cmd, "-w", "-t", "raw", "-Z"])
         # a previous case may have left conntrack entries (no entries / no module is fine)
         self.topo.in_dut(["conntrack", "-F"], check=False)
 
     def snapshot(self) -> Snapshot:
+        if self.raw:
+            return parse_save_with_raw(self.topo.in_dut([f"{self.cmd}-save", "-c"]).stdout)
         return parse_save(self.topo.in_dut([f"{self.cmd}-save", "-c", "-t", "filter"]).stdout)
 
     def set_op(self, op: str, name: str, element: str) -> None:
@@ -89,6 +95,10 @@ class IptablesSide:
     def unload(self) -> None:
         self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
+        if self.raw:
+            self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
+                "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
+            self.raw = False
 
 
 def ebpfw_argv() -> list[str]:
@@ -130,6 +140,7 @@ class EbpfwSide:
         self.mode = self.default_mode
         self.workdir = Path(tempfile.mkdtemp(prefix="ebpfw-cf-"))
         self.attached = False
+        self.raw = False        # the loaded ruleset has a *raw table
 
     def _env(self) -> dict:
         return dict(os.environ, PYTHONPATH=str(REPO), EBPFW_BPFFS=str(self.bpffs),
@@ -173,12 +184,14 @@ class EbpfwSide:
         extra = ["--sets", str(self.workdir / "case.sets")] if sets else []
         self._cli(["apply", str(out), "--iface", DUT_IN, "--iface", DUT_OUT, "--mode", self.mode] + extra)
         self.attached = True
+        self.raw = has_raw(ruleset)
 
     def set_op(self, op: str, name: str, element: str) -> None:
         self._cli(["set", op, name] + ([element] if element else []))
 
     def snapshot(self) -> Snapshot:
-        return parse_save(self._cli(["save", "--counters"]).stdout)
+        text = self._cli(["save", "--counters"]).stdout
+        return parse_save_with_raw(text) if self.raw else parse_save(text)
 
     def unload(self) -> None:
         self._cli(["detach"], check=False)

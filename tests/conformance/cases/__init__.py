@@ -33,6 +33,7 @@ EXTRA_CASES = [
     "ufw_generated:build_limit_drop",
     "ufw_generated:build_limit_reject",
     "sets",
+    "raw",
 ]
 
 

@@ -1,0 +1,60 @@
+"""The raw table (inline ruleset): NOTRACK and CT --notrack in PREROUTING and OUTPUT, a raw
+DROP by source, a user chain with RETURN, and a stateful filter table that accepts UNTRACKED
+packets and must not see the exempted flows as ESTABLISHED. Both tables' counters are compared
+(the harness reads the raw table's chains as "raw CHAIN"). The kernel's own answers to exempted
+packets (port unreachable from the DUT and from the server) carry no connection on either side."""
+
+from .common import CLI_ADMIN, DUT_WAN, SRV, Case, Connect, Send, Udp, icmp, tcp, udp
+from ..packets import Listen
+
+NET = "203.0.113.7"
+BLOCKED = "203.0.113.66"
+
+RULES = f"""*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:rawchk - [0:0]
+-A PREROUTING -p udp -m udp --dport 53 -j NOTRACK
+-A PREROUTING -s {BLOCKED}/32 -j DROP
+-A PREROUTING -p tcp -j rawchk
+-A PREROUTING -p udp -m udp --dport 54 -j CT --notrack
+-A OUTPUT -p udp -m udp --sport 53 -j NOTRACK
+-A OUTPUT -p udp -m udp --dport 514 -j NOTRACK
+-A rawchk -s 192.168.50.0/24 -j RETURN
+-A rawchk -p tcp -m tcp --dport 8080 -j NOTRACK
+COMMIT
+*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
+-A INPUT -p icmp -j ACCEPT
+-A FORWARD -m state --state UNTRACKED -j ACCEPT
+-A FORWARD -m state --state RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -p tcp -m tcp --dport 80 -j ACCEPT
+-A OUTPUT -m conntrack --ctstate UNTRACKED
+-A OUTPUT -m conntrack --ctstate NEW
+-A OUTPUT -m conntrack --ctstate ESTABLISHED
+-A OUTPUT -m conntrack --ctstate INVALID
+COMMIT
+"""
+
+
+def build() -> Case:
+    steps = [
+        Send("cli", [udp(NET, DUT_WAN, 53)] * 2, "dns to the host: untracked, answered port unreachable"),
+        Send("cli", [udp(BLOCKED, DUT_WAN, 53), tcp(BLOCKED, DUT_WAN, 22)], "blocked source: dropped in raw"),
+        Send("cli", [icmp(NET, DUT_WAN, 8)], "ping: tracked, NEW then its reply ESTABLISHED"),
+        Connect("cli", DUT_WAN, 22, label="ssh from the internet: rawchk falls through, tracked"),
+        Connect("cli", DUT_WAN, 22, src=CLI_ADMIN, label="ssh from the admin net: RETURN, tracked"),
+        Connect("cli", DUT_WAN, 8080, label="8080: the SYN untracked, the SYN-ACK tracked (INVALID)"),
+        Udp("dut", SRV, 514, label="host syslog: untracked in OUTPUT; the error back is not RELATED"),
+        Udp("dut", SRV, 515, label="host lpd: tracked NEW; the error back is RELATED"),
+        Send("cli", [udp(NET, SRV, 54)] * 2, "forwarded CT --notrack: accepted untracked"),
+        Connect("cli", SRV, 80, label="forwarded web: tracked, NEW and ESTABLISHED"),
+        Send("cli", [udp(NET, SRV, 55)], "forwarded udp, tracked NEW: FORWARD policy"),
+    ]
+    return Case(name="raw", ruleset=RULES, source="(inline)", steps=steps, stateful=True,
+                listen=[Listen("dut", "0.0.0.0", 22), Listen("dut", "0.0.0.0", 8080), Listen("srv", SRV, 80)])
