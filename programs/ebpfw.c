@@ -185,6 +185,7 @@ BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
 #define V_CONT   3    /* the walk continues in a tail call (programs/ebpfw.c: continuation) */
 #define V_REJECT 4    /* drop and answer (EBPFW_F_REJECT): the walk left the rule's arg in walkstate.arg */
 #define V_RECENT 5    /* a -m recent rule needs its list: the recent program decides, then the walk goes on */
+#define V_CONNLIMIT 6 /* a -m connlimit rule needs its count: the connlimit program decides, likewise */
 
 /* Actions after the verdict (LOG events, building a REJECT answer) run in tail-called post
  * programs: code placed after the inlined walk would be verified once per way out of the walk,
@@ -1586,6 +1587,11 @@ struct walkstate {
     __u32 untracked;  /* the raw walk reached a NOTRACK / CT --notrack rule */
     __u32 rawpad;
 #endif
+    /* -m connlimit (EBPFW_F_CONNLIMIT): likewise for the connlimit program */
+    __u32 clk;        /* slot * EBPFW_RCAP + rule */
+    __u32 clrule;     /* rule + 1 while the walk waits for the answer */
+    __u32 cldone;     /* rule + 1 once the answer is in clres */
+    __u32 clres;      /* 1 match, 0 no match, 2 hotdrop */
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 
@@ -2295,6 +2301,271 @@ static __always_inline int recent_pass(__u32 rk)
 }
 #endif
 
+#ifdef EBPFW_F_CONNLIMIT
+/* ---- -m connlimit: xt_connlimit's count from nf_conncount (net/netfilter/nf_conncount.c) -----
+ * Every connlimit rule keeps, per key (the packet's source address, or destination with
+ * --connlimit-daddr, AND the mask), the list of connections it has seen: ebpfw_cl, keyed by
+ * (slot * EBPFW_RCAP + rule, key); lists start empty with every apply, as iptables-restore
+ * makes every rule's nf_conncount_data anew. The rule's connlimit match (always its last) is
+ * judged by the connlimit program (a tail call; the list walk is a bpf_loop there), which
+ * follows count_tree / __nf_conncount_add / nf_conncount_gc_list:
+ *  - the packet's connection is the entry of ebpfw_ct it belongs to: the one ct_label
+ *    prepared (not confirmed until the ruleset accepts the packet, ct_commit) or found
+ *    (confirmed); an INVALID packet without one is looked up by its own tuple.
+ *  - no list for the key: a new list holding the connection (insert_tree), count 1.
+ *  - a confirmed, ASSURED connection is not added (-EEXIST): the list is collected instead
+ *    (gc_list: skipped when it was collected in this jiffy; stops past
+ *    CONNCOUNT_GC_MAX_COLLECT evictions at the next live entry).
+ *  - an unconfirmed one skips the walk when the list was collected in this jiffy and fewer
+ *    than CONNCOUNT_GC_MAX_COLLECT were added since (and is then appended, even twice);
+ *    otherwise, like a confirmed one that is not yet ASSURED, the list is walked in order:
+ *    an entry whose connection is gone (not in ebpfw_ct, or expired) is evicted when this
+ *    CPU added it or it is 2 jiffies old (find_or_evict), a TCP connection in TIME_WAIT or
+ *    CLOSE is evicted (already_closed), the walk stops past CONNCOUNT_GC_MAX_COLLECT
+ *    evictions, and the packet's own connection found in it is not added again.
+ *  - count = the list's length afterwards; 0 hotdrops (nf_conncount's allocation failure),
+ *    and so does a list that would outgrow EBPFW_CL_CONNS or a new list when ebpfw_cl holds
+ *    EBPFW_CL_KEYS lists: the capacities stand for the kernel's memory.
+ *  - match = (count > limit) ^ --connlimit-upto.
+ * A list that empties is deleted at once (the kernel frees an empty node later, from its
+ * tree collector). Two CPUs judging packets of the same key at the same instant do not lock
+ * the list against each other (nf_conncount does): one's update can overwrite the other's.
+ * Time base: jiffies from bpf_jiffies64(), the counter nf_conncount reads. */
+#ifndef EBPFW_F_CT
+#error "-m connlimit counts tracked connections: it needs EBPFW_F_CT"
+#endif
+#ifndef EBPFW_CL_CONNS
+#define EBPFW_CL_CONNS 128
+#endif
+#ifndef EBPFW_CL_KEYS
+#define EBPFW_CL_KEYS 16384
+#endif
+#define CL_GC_MAX_COLLECT 64      /* CONNCOUNT_GC_MAX_COLLECT */
+
+struct ebpfw_cl_key {
+    __u32 rk;            /* slot * EBPFW_RCAP + rule */
+    __u32 addr;          /* network order, masked */
+};
+struct ebpfw_cl_ent {
+    struct ebpfw_ct_key key;   /* the connection (ebpfw_ct's key) */
+    __u32 jiffies;       /* (u32)jiffies when added */
+    __u32 cpu;           /* the CPU that added it */
+};
+struct ebpfw_cl_list {
+    __u32 count;
+    __u32 last_gc;       /* (u32)jiffies of the last collection */
+    __u32 last_gc_count; /* count then */
+    __u32 pad;
+    struct ebpfw_cl_ent ent[EBPFW_CL_CONNS];   /* [0, count) in the order they were added */
+};
+BPF_F_TABLE("hash", struct ebpfw_cl_key, struct ebpfw_cl_list, ebpfw_cl, EBPFW_CL_KEYS, BPF_F_NO_PREALLOC);
+BPF_ARRAY(ebpfw_clm, struct ebpfw_clm, NSLOTS * EBPFW_RCAP);
+BPF_PERCPU_ARRAY(ebpfw_clscr, struct ebpfw_cl_list, 1);   /* a new list is built here */
+/* the walk's state: in map memory, whose values the verifier does not track, so that its
+ * states at the loop head differ only by the index (a bounded loop of EBPFW_CL_CONNS steps;
+ * bcc cannot load bpf_loop's callbacks) */
+struct cl_walk {
+    struct ebpfw_ct_key key;   /* the packet's connection */
+    __u64 now;           /* bpf_ktime_get_ns(): ebpfw_ct's clock */
+    __u32 jif;
+    __u32 cpu;
+    __u32 n;             /* entries before the walk */
+    __u32 w;             /* entries kept so far (stable compaction) */
+    __u32 collect;
+    __u32 exists;        /* the packet's connection is in the list */
+    __u32 gc;            /* 1: nf_conncount_gc_list, 0: the walk of __nf_conncount_add */
+    __u32 stop;          /* past the walk's end: the rest is kept as it is */
+    __u64 exp;           /* the entry's connection, when found: its expiry */
+    __u32 state;         /* ... and TCP state */
+    __u32 found;
+    __u32 confirmed;     /* the packet's connection is in ebpfw_ct */
+    __u32 assured;       /* ... and ASSURED */
+    __u32 walk;          /* the list is walked */
+    __u32 pad;
+};
+BPF_PERCPU_ARRAY(ebpfw_clw, struct cl_walk, 1);
+/* the connlimit programs, one array per program type (see ebpfw_post_xdp) */
+BPF_PROG_ARRAY(ebpfw_clx, 1);
+BPF_PROG_ARRAY(ebpfw_clt, 1);
+
+/* branch-free helpers for the walk (operands below 2^32): every branch of the loop's body
+ * would double the states the verifier walks per entry */
+static __always_inline __u64 cl_eq(__u64 a, __u64 b)
+{
+    return ((a ^ b) - 1) >> 63;
+}
+static __always_inline __u64 cl_lt(__u64 a, __u64 b)
+{
+    return (a - b) >> 63;
+}
+
+/* one entry of the walk: judge entry i and keep it (at index w) or drop it. Kept entries are
+ * [0, w) and w <= i, so slot w is free: entry i is copied there whatever the judgement and
+ * w only moves on when it is kept (stable compaction, no branch). */
+static __always_inline void cl_step(__u32 i, struct cl_walk *c, struct ebpfw_cl_list *l)
+{
+    struct ebpfw_cl_ent *e = &l->ent[i & (EBPFW_CL_CONNS - 1)];
+    struct ebpfw_ct_val *v = ebpfw_ct.lookup(&e->key);
+    /* through map memory: both ways out of the branch meet in one verifier state */
+    c->found = 0;
+    if (v) {
+        c->found = 1;
+        c->exp = v->expires;
+        c->state = v->state;
+    }
+    asm volatile("" ::: "memory");
+    /* found (nf_conntrack_find_get): not expired; TCP in TIME_WAIT or CLOSE: already_closed */
+    __u64 exp = c->exp, now = c->now, st = c->state;
+    __u64 live = (c->found & 1) & (((now - exp) >> 63) | (((now ^ exp) >> 63) & (exp >> 63)));
+    __u64 closed = cl_eq(st, EBPFW_TCP_TIME_WAIT) | cl_eq(st, EBPFW_TCP_CLOSE);
+    __u32 *ek = (__u32 *)&e->key, *ck = (__u32 *)&c->key;
+    __u64 same = cl_eq(ek[0], ck[0]) & cl_eq(ek[1], ck[1]) & cl_eq(ek[2], ck[2]) & cl_eq(ek[3], ck[3]);
+    closed &= cl_eq(e->key.proto, IPPROTO_TCP);
+    __u64 gc = c->gc & 1, stop = c->stop & 1, collect = c->collect;
+    __u64 over = cl_lt(CL_GC_MAX_COLLECT, collect);      /* collect > CONNCOUNT_GC_MAX_COLLECT */
+    /* __nf_conncount_add checks the limit before each entry, nf_conncount_gc_list after a live one */
+    __u64 cut = (1 - gc) & over;
+    __u64 act = (1 - stop) & (1 - cut);
+    /* find_or_evict: a gone entry is evicted when this CPU added it or it is 2 jiffies old */
+    __u64 age = (__u32)(c->jif - e->jiffies);
+    __u64 evict = cl_eq(e->cpu, c->cpu) | cl_lt(1, age);
+    __u64 mine = (1 - gc) & same;                         /* the packet's connection */
+    __u64 drop_gone = act & (1 - live) & evict;
+    __u64 hit = act & mine & (live | (1 - evict));
+    __u64 drop_closed = act & live & (1 - mine) & closed;
+    __u64 gc_cut = act & live & (1 - mine) & (1 - closed) & gc & over;
+    __u64 drop = drop_gone | drop_closed;
+    c->collect = collect + drop;
+    c->exists |= hit;
+    c->stop = stop | cut | hit | gc_cut;
+    __u32 w = c->w;
+    __builtin_memcpy(&l->ent[w & (EBPFW_CL_CONNS - 1)], e, sizeof(*e));
+    c->w = w + (1 - drop);
+}
+
+/* walk l's first c->n entries; the list keeps c->w of them */
+static __always_inline void cl_walk_list(struct cl_walk *c, struct ebpfw_cl_list *l)
+{
+    c->w = 0;
+    c->collect = 0;
+    c->exists = 0;
+    c->stop = 0;
+    for (__u32 i = 0; i < EBPFW_CL_CONNS; i++) {
+        asm volatile("" ::: "memory");   /* nothing kept in registers from the last entry */
+        if (i >= c->n)
+            break;
+        /* stopped with nothing left to move down: entries [i, n) stay where they are */
+        if (c->stop && c->w == i) {
+            c->w = c->n;
+            break;
+        }
+        cl_step(i, c, l);
+    }
+}
+
+/* connlimit_mt for rule rk and packet p: 1 match, 0 no match, 2 hotdrop. The walk's inputs
+ * go through map memory (struct cl_walk) so that every kind of packet enters the one inlined
+ * loop in the same verifier state. */
+static __always_inline __u32 connlimit_pass(__u32 rk, struct pkt *p)
+{
+    __u32 zero = 0;
+    struct ebpfw_clm *m = ebpfw_clm.lookup(&rk);
+    struct ctwork *w = ebpfw_ctw.lookup(&zero);
+    struct cl_walk *c = ebpfw_clw.lookup(&zero);
+    if (!m || !w || !c)
+        return 2;
+    c->now = bpf_ktime_get_ns();
+    c->jif = (__u32)bpf_jiffies64();
+    c->cpu = bpf_get_smp_processor_id();
+    c->confirmed = 0;
+    c->assured = 0;
+    /* the packet's connection, and whether it is confirmed (and ASSURED) */
+    if (w->pending) {
+        __builtin_memcpy(&c->key, &w->key, sizeof(c->key));
+    } else {
+        if (w->hasct) {
+            __builtin_memcpy(&c->key, &w->key, sizeof(c->key));
+        } else if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+            /* nf_ct_get_tuplepr: no tuple without the ports (a first fragment cut short) */
+            if (p->l4 != L4_OK && p->frag != 1)
+                return 2;
+            if (p->frag == 1)
+                ct_key_norm(&c->key, p->saddr, p->daddr, 0, 0, p->proto);
+            else
+                ct_key_norm(&c->key, p->saddr, p->daddr, p->sport, p->dport, p->proto);
+        } else if (p->proto == IPPROTO_ICMP) {
+            c->key.a_addr = p->saddr;
+            c->key.b_addr = p->daddr;
+            c->key.a_port = p->sport;       /* type << 8 | code: a tuple of its own */
+            c->key.b_port = p->sport;
+            c->key.proto = IPPROTO_ICMP;
+            c->key.kind = 0;
+            c->key.pad = 0;
+        } else {
+            ct_key_norm(&c->key, p->saddr, p->daddr, 0, 0, p->proto);
+        }
+        struct ebpfw_ct_val *v = ebpfw_ct.lookup(&c->key);
+        if (v && v->expires > c->now) {
+            c->confirmed = 1;
+            c->assured = (v->status & EBPFW_CTS_ASSURED) ? 1 : 0;
+        }
+    }
+    struct ebpfw_cl_key k = { .rk = rk, .addr = (m->daddr ? p->daddr : p->saddr) & m->mask };
+    struct ebpfw_cl_list *l = ebpfw_cl.lookup(&k);
+    if (!l) {
+        /* insert_tree: a new list with the packet's connection (confirmed or not) */
+        struct ebpfw_cl_list *s = ebpfw_clscr.lookup(&zero);
+        if (!s)
+            return 2;
+        s->count = 1;
+        s->last_gc = c->jif;
+        s->last_gc_count = 0;
+        __builtin_memcpy(&s->ent[0].key, &c->key, sizeof(c->key));
+        s->ent[0].jiffies = c->jif;
+        s->ent[0].cpu = c->cpu;
+        if (ebpfw_cl.insert(&k, s) != 0)
+            return 2;      /* EBPFW_CL_KEYS lists: the kernel's allocation failure */
+        return (1 > m->limit) ^ m->invert;
+    }
+    __u32 n = l->count;
+    c->n = n > EBPFW_CL_CONNS ? EBPFW_CL_CONNS : n;
+    /* confirmed and ASSURED: -EEXIST, not added; nf_conncount_gc_list unless it ran in this
+     * jiffy. Otherwise __nf_conncount_add: an unconfirmed connection skips the walk when the
+     * list was collected in this jiffy and fewer than CONNCOUNT_GC_MAX_COLLECT came since. */
+    c->gc = c->confirmed & c->assured;
+    c->walk = c->gc ? c->jif != l->last_gc
+                    : (c->confirmed || !(c->jif == l->last_gc && c->n - l->last_gc_count < CL_GC_MAX_COLLECT));
+    c->w = c->n;
+    c->exists = 0;
+    asm volatile("" ::: "memory");
+    if (c->walk) {
+        cl_walk_list(c, l);
+        __u32 kept = c->w;
+        l->count = kept;
+        if (!c->exists) {
+            l->last_gc = c->jif;
+            l->last_gc_count = kept;
+        }
+    }
+    if (!c->gc && !c->exists) {
+        __u32 at = c->w;
+        if (at >= EBPFW_CL_CONNS)
+            return 2;      /* the list is full: the kernel's allocation failure */
+        struct ebpfw_cl_ent *e = &l->ent[at];
+        __builtin_memcpy(&e->key, &c->key, sizeof(c->key));
+        e->jiffies = c->jif;
+        e->cpu = c->cpu;
+        l->count = at + 1;
+    }
+    __u32 count = l->count;
+    if (count == 0) {
+        ebpfw_cl.delete(&k);
+        return 2;          /* connections == 0: hotdrop */
+    }
+    return (count > m->limit) ^ m->invert;
+}
+#endif /* EBPFW_F_CONNLIMIT */
+
 /* Walk chain `chain_id` (a built-in chain) for packet p; returns V_ACCEPT or V_DROP, or V_CONT
  * when this program's step budget is spent (the caller continues in a tail call, `resume`
  * then picks the walk up from the scratch record). */
@@ -2333,6 +2604,7 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->hlrk = 0;
         ws->hldone = 0;
         ws->rdone = 0;
+        ws->cldone = 0;
         ws->slot = slot;
 #ifdef EBPFW_F_RAW
         ws->untracked = 0;
@@ -2472,6 +2744,28 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             }
             ws->rdone = 0;
             if (!ws->rres) {
+                ws->pos = r + 1;
+                continue;
+            }
+        }
+#endif
+#ifdef EBPFW_F_CONNLIMIT
+        /* likewise its connlimit match (always its last): the connlimit program counts the
+         * connections of the packet's key (adding the packet's own) and resumes the walk here */
+        if (rule->flags & EBPFW_RF_CONNLIMIT) {
+            if (ws->cldone != r + 1) {
+                ws->clk = rk;
+                ws->clrule = r + 1;
+                ws->pos = r;
+                return V_CONNLIMIT;
+            }
+            ws->cldone = 0;
+            __u32 cl = ws->clres;
+            if (cl == 2) {
+                stat_inc(EBPFW_STAT_HOTDROP);
+                return V_DROP;
+            }
+            if (!cl) {
                 ws->pos = r + 1;
                 continue;
             }
@@ -2819,7 +3113,7 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
         group_hits(slot, p, v.hits, hl);
 #endif
     int verdict = walk(slot, chain_id, p, &v, resume);
-    if (verdict == V_CONT || verdict == V_RECENT) {
+    if (verdict == V_CONT || verdict == V_RECENT || verdict == V_CONNLIMIT) {
         if (!resume) {
             __builtin_memcpy(&c->p, p, sizeof(*p));
             c->slot = slot;
@@ -3570,6 +3864,13 @@ int ebpfw_xdp_ingress(struct xdp_md *ctx)
         return XDP_DROP;
     }
 #endif
+#ifdef EBPFW_F_CONNLIMIT
+    if (v == V_CONNLIMIT) {
+        ebpfw_clx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+#endif
 #ifdef EBPFW_POST
     if (post_due(v))
         ebpfw_post_xdp.call(ctx, 0);   /* does not return unless the program is missing */
@@ -3588,6 +3889,13 @@ int ebpfw_xdp_cont(struct xdp_md *ctx)
 #ifdef EBPFW_F_RECENT
     if (v == V_RECENT) {
         ebpfw_rcx.call(ctx, 0);
+        walk_abandon();
+        return XDP_DROP;
+    }
+#endif
+#ifdef EBPFW_F_CONNLIMIT
+    if (v == V_CONNLIMIT) {
+        ebpfw_clx.call(ctx, 0);
         walk_abandon();
         return XDP_DROP;
     }
@@ -3643,6 +3951,13 @@ int ebpfw_tc_ingress(struct __sk_buff *skb)
         return TC_ACT_SHOT;
     }
 #endif
+#ifdef EBPFW_F_CONNLIMIT
+    if (v == V_CONNLIMIT) {
+        ebpfw_clt.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
     mark_out(skb, v);
 #ifdef EBPFW_POST
     if (post_due(v))
@@ -3663,6 +3978,13 @@ int ebpfw_tc_cont(struct __sk_buff *skb)
 #ifdef EBPFW_F_RECENT
     if (v == V_RECENT) {
         ebpfw_rct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
+#ifdef EBPFW_F_CONNLIMIT
+    if (v == V_CONNLIMIT) {
+        ebpfw_clt.call(skb, 0);
         walk_abandon();
         return TC_ACT_SHOT;
     }
@@ -3792,6 +4114,13 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
 #ifdef EBPFW_F_RECENT
     if (v == V_RECENT) {
         ebpfw_rct.call(skb, 0);
+        walk_abandon();
+        return TC_ACT_SHOT;
+    }
+#endif
+#ifdef EBPFW_F_CONNLIMIT
+    if (v == V_CONNLIMIT) {
+        ebpfw_clt.call(skb, 0);
         walk_abandon();
         return TC_ACT_SHOT;
     }
@@ -4086,3 +4415,38 @@ int ebpfw_tc_rawc(struct __sk_buff *skb)
     return raw_tc(skb, 1);
 }
 #endif /* EBPFW_F_RAW */
+
+#ifdef EBPFW_F_CONNLIMIT
+/* ---- the connlimit programs: tail-called when the walk reaches a -m connlimit rule ---------
+ * Like the recent programs: judge the rule's connlimit match (connlimit_pass, for
+ * walkstate.clk and the saved packet), leave the answer in the walk state and tail-call the
+ * hook's continuation, which resumes the walk at that rule. */
+static __always_inline int connlimit_step(void)
+{
+    __u32 zero = 0;
+    struct walkstate *ws = ebpfw_walk.lookup(&zero);
+    struct cont *c = ebpfw_cont.lookup(&zero);
+    if (!ws || !c || ws->clrule == 0)
+        return 0;
+    ws->clres = connlimit_pass(ws->clk, &c->p);
+    ws->cldone = ws->clrule;
+    ws->clrule = 0;
+    return 1;
+}
+
+int ebpfw_xdp_connlimit(struct xdp_md *ctx)
+{
+    if (connlimit_step())
+        ebpfw_jmpx.call(ctx, 0);
+    walk_abandon();
+    return XDP_DROP;
+}
+
+int ebpfw_tc_connlimit(struct __sk_buff *skb)
+{
+    if (connlimit_step())
+        ebpfw_jmpt.call(skb, 0);
+    walk_abandon();
+    return TC_ACT_SHOT;
+}
+#endif

@@ -277,6 +277,15 @@ struct ebpfw_hlrule {
     __u32 inv;           /* --hashlimit-above (XT_HASHLIMIT_INVERT) */
 };
 
+/* -m connlimit, per rule (slot * EBPFW_RCAP + rule); the lists are programs/ebpfw.c's ebpfw_cl */
+struct ebpfw_clm {
+    __u32 mask;          /* network order: the --connlimit-mask prefix */
+    __u32 limit;         /* the rule matches when (count > limit) ^ invert */
+    __u8  daddr;         /* --connlimit-daddr: the key is the destination address */
+    __u8  invert;        /* --connlimit-upto (XT_CONNLIMIT_INVERT) */
+    __u16 pad;
+};
+
 struct ebpfw_hl_key {
     __u32 tid;
     __u32 src;           /* network order, masked; 0 when not a key part */

@@ -19,8 +19,8 @@ What it reuses, and why that is exact:
   depends on nothing else);
 - hashlimit tables, recent lists and marks depend on other rules (the first rule naming a
   table, the masks of a list, whether any rule uses the connection's mark), so an edit of a
-  rule with -m hashlimit, -m recent, -m mark, -m connmark, -j MARK or -j CONNMARK (before or
-  after) is left to a full compile;
+  rule with -m hashlimit, -m recent, -m mark, -m connmark, -m connlimit (it turns tracking on),
+  -j MARK or -j CONNMARK (before or after) is left to a full compile;
 - fields and vectors: a function of the residual rules' matches and the interface names only;
   reused when the residual rules are the same and none of them changed, else rebuilt.
 """
@@ -33,14 +33,15 @@ from typing import Optional
 
 from ..errors import RulesetError
 from ..marks import ConnmarkMatch, MarkMatch
-from ..ruleset import HashlimitMatch, RecentMatch, Rule
+from ..ruleset import ConnlimitMatch, HashlimitMatch, RecentMatch, Rule
 from . import groups as G
 from .plan import CompileState, Plan, residual_fields, rule_entry, set_groups
 
 _JUMPS = ("JUMP", "GOTO")
 # matches whose compile depends on other rules: hashlimit tables (configured by the first rule
-# naming them), recent lists (masks per name), marks (connection tracking, the first skb rule)
-_WHOLE = (HashlimitMatch, RecentMatch, MarkMatch, ConnmarkMatch)
+# naming them), recent lists (masks per name), marks (connection tracking, the first skb rule),
+# connlimit (connection tracking)
+_WHOLE = (HashlimitMatch, RecentMatch, MarkMatch, ConnmarkMatch, ConnlimitMatch)
 # Plan attributes made by residual_fields (everything that depends on the residual rules)
 _FIELD_ATTRS = ("vectors", "src", "dst", "proto", "sport", "dport", "xsport", "xdport", "tcpfl", "icmp", "iif",
                 "oif", "ct", "length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst",
@@ -65,8 +66,8 @@ def recompile(prev: CompileState, changed: dict[int, Rule]) -> Optional[CompileS
     kinds, args, flags = list(old.rule_kind), list(old.rule_arg), list(old.rule_flags)
     logs, limits, setm, hls = dict(old.log), dict(old.limits), dict(old.setm), dict(old.hashlimits)
     for r in sorted(changed):
-        kind, arg, f, log, lim, sm, hl, _, _, _ = rule_entry(rules[r], prev.chain_id, prev.sets, prev.hl_index,
-                                                             problems)
+        kind, arg, f, log, lim, sm, hl, *_ = rule_entry(rules[r], prev.chain_id, prev.sets, prev.hl_index,
+                                                        problems)
         kinds[r], args[r], flags[r] = kind, arg, f
         for table, value in ((logs, log), (limits, lim), (setm, sm), (hls, hl)):
             table.pop(r, None)
@@ -137,7 +138,8 @@ def recompile(prev: CompileState, changed: dict[int, Rule]) -> Optional[CompileS
     else:
         plan = Plan(nrules=n, chain_names=old.chain_names, chain_ranges=old.chain_ranges,
                     chain_policy=old.chain_policy, rule_chain=old.rule_chain, max_depth=old.max_depth,
-                    vectors=[], marks=old.marks, recent=old.recent, skb_mark_rule=old.skb_mark_rule, **common)
+                    vectors=[], marks=old.marks, recent=old.recent, connlimits=old.connlimits,
+                    skb_mark_rule=old.skb_mark_rule, **common)
         residual_fields(plan, rules, resid, prev.iface_names, problems, prev.uses_conn)
     set_groups(plan, groups)
     return CompileState(plan=plan, rules=rules, rule_chain_id=prev.rule_chain_id, chain_id=prev.chain_id,

@@ -136,6 +136,7 @@ class Plan:
     set_ids: dict[str, int] = field(default_factory=dict)   # set name -> id (ebpfw.sets, at apply)
     recent: dict[int, RecentMatch] = field(default_factory=dict)  # rule number -> its -m recent
     recent_ids: dict[str, int] = field(default_factory=dict)  # --name -> table id (ebpfw.recent, at apply)
+    connlimits: dict[int, ConnlimitMatch] = field(default_factory=dict)  # rule number -> its -m connlimit
     iface_patterns: list = field(default_factory=list)  # kept to classify interfaces that appear later
     # exact-match rule groups (compiler/groups.py): shapes and key -> rule numbers
     group_shapes: list = field(default_factory=list)
@@ -181,6 +182,8 @@ class Plan:
             "recent_lists": sorted({m.name for m in self.recent.values()}),
             # chain ids of raw PREROUTING and OUTPUT (evaluated in a stage before the filter table)
             "raw": list(self.raw_chains) if self.raw_chains is not None else None,
+            # the rules with -m connlimit (each keeps its own per-key connection lists)
+            "connlimit_rules": len(self.connlimits),
         }
 
     @property
@@ -285,6 +288,29 @@ def _hashlimit_of(r: Rule, problems: list[str]) -> Optional[HashlimitMatch]:
 
 # timestamps the datapath keeps per address (EBPFW_RECENT_STAMPS): enough for any --hitcount up to it
 RECENT_MAX_HITCOUNT = 32
+
+
+# connections one -m connlimit list holds in the datapath (EBPFW_CL_CONNS): one more hotdrops, as
+# nf_conncount's allocation failure would; a limit must leave room above it (datapath/abi.py)
+CONNLIMIT_MAX_LIMIT = 960
+
+
+def _connlimit_of(r: Rule, problems: list[str]) -> Optional[ConnlimitMatch]:
+    """The rule's -m connlimit, when the datapath can reproduce it exactly: connlimit_mt adds
+    the packet's connection to its key's list whenever the match is reached, so only a
+    connlimit match after every other condition of its rule is exact (comments aside)."""
+    m = _last_match(r, ConnlimitMatch, "connlimit", "xt_connlimit would add the packet's connection to its "
+                    "list, or hotdrop, for packets the later matches refuse", problems,
+                    lambda ms: "-m " + ", -m ".join(type(x).__name__.removesuffix("Match").lower() for x in ms))
+    if m is None:
+        return None
+    if m.limit > CONNLIMIT_MAX_LIMIT:
+        opt = "--connlimit-above" if m.above else "--connlimit-upto"
+        problems.append(f"{r.pos}: connlimit {opt} {m.limit} is beyond what the datapath counts (a list holds at "
+                        f"most {CONNLIMIT_MAX_LIMIT + 64} connections per address group), expected a limit of at most "
+                        f"{CONNLIMIT_MAX_LIMIT}, found {m.limit}")
+        return None
+    return m
 
 
 def _recent_of(r: Rule, problems: list[str]) -> Optional[RecentMatch]:
@@ -436,8 +462,8 @@ def _marks_of(r: Rule, problems: list[str]) -> tuple[Optional[tuple], bool]:
 def rule_entry(r: Rule, chain_id: Mapping[str, int], sets: Optional[Mapping], hl_index: Mapping[str, int],
                problems: list[str]) -> tuple:
     """One rule's (kind, arg, flags, LOG options, -m limit, -m set, (hashlimit table, above),
-    marks, whether it needs skb->mark, -m recent), None where the rule has none, with its
-    problems appended to `problems`."""
+    marks, whether it needs skb->mark, -m recent, -m connlimit), None where the rule has none,
+    with its problems appended to `problems`."""
     t = r.target
     log = None
     if t.kind not in ACT:
@@ -485,7 +511,7 @@ def rule_entry(r: Rule, chain_id: Mapping[str, int], sets: Optional[Mapping], hl
             special = True
         elif not isinstance(m, ENFORCED_MATCHES):
             unsupported = True
-    lim = sm = hlv = mk = rc = None
+    lim = sm = hlv = mk = rc = cl = None
     skb = False
     if special:
         sm = _set_of(r, sets, problems)
@@ -507,24 +533,20 @@ def rule_entry(r: Rule, chain_id: Mapping[str, int], sets: Optional[Mapping], hl
         rc = _recent_of(r, problems)
         if rc is not None:
             f |= RF_RECENT
+        cl = _connlimit_of(r, problems)
+        if cl is not None:
+            f |= RF_CONNLIMIT
     for m in r.matches if unsupported else ():
         if isinstance(m, _SPECIAL_MATCHES):
-            continue
-        if isinstance(m, ConnlimitMatch):
-            problems.append(f"{r.pos}: match 'connlimit' is not supported by the datapath: nf_conncount counts, "
-                            "per address group, the connections whose packets this rule has seen, from a list it "
-                            "prunes lazily (at most 8 closed or vanished connections per packet, not twice in one "
-                            "jiffy) and ebpfw's conntrack keeps no such per-rule lists, so its count would not be "
-                            "equal; expected no -m connlimit, found '-m connlimit'")
             continue
         if not isinstance(m, ENFORCED_MATCHES):
             name = type(m).__name__.removesuffix("Match").lower()
             problems.append(f"{r.pos}: match '{name}' is not supported by the datapath yet, expected the "
                             f"matches ebpfw-rules(5) lists, found '-m {name}'")
-    return kind, arg, f, log, lim, sm, hlv, mk, skb, rc
+    return kind, arg, f, log, lim, sm, hlv, mk, skb, rc, cl
 
 
-_SPECIAL_MATCHES = (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch)
+_SPECIAL_MATCHES = (LimitMatch, SetMatch, HashlimitMatch, MarkMatch, ConnmarkMatch, RecentMatch, ConnlimitMatch)
 
 
 def _raw_problems(r: Rule, problems: list[str]) -> None:
@@ -540,7 +562,7 @@ def _raw_problems(r: Rule, problems: list[str]) -> None:
                             "(raw runs before connection tracking: every packet is INVALID there until a "
                             "NOTRACK makes it UNTRACKED, which ebpfw's raw stage does not follow), expected "
                             f"no -m {m.module} in *raw, found '-m {m.module}'")
-        elif isinstance(m, (MarkMatch, ConnmarkMatch, HashlimitMatch, RecentMatch)):
+        elif isinstance(m, (MarkMatch, ConnmarkMatch, HashlimitMatch, RecentMatch, ConnlimitMatch)):
             name = type(m).__name__.removesuffix("Match").lower()
             problems.append(f"{r.pos}: match '{name}' in the raw table is not supported by the datapath yet, "
                             f"expected it only in *filter, found '-m {name}'")
@@ -626,8 +648,9 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
     skb_mark: list[Rule] = []
     uses_conn = False
     recent: dict[int, RecentMatch] = {}
+    connlimits: dict[int, ConnlimitMatch] = {}
     for rn, r in enumerate(rules):
-        kind, arg, f, log, lim, sm, hl, mk, skb, rc = rule_entry(
+        kind, arg, f, log, lim, sm, hl, mk, skb, rc, cl = rule_entry(
             r, chain_id if rn < nfilter else raw_chain_id, sets, hl_index, problems)
         kinds.append(kind)
         args.append(arg)
@@ -647,6 +670,9 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
                 skb_mark.append(r)
         if rc is not None:
             recent[rn] = rc
+        if cl is not None:
+            connlimits[rn] = cl
+            uses_conn = True       # xt_connlimit counts tracked connections: tracking is on
 
     _recent_masks(recent, rules, problems)
     all_ids = {n: i for i, n in enumerate(names)}
@@ -663,6 +689,7 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
         max_depth=max_depth, vectors=[], log=logs, limits=limits,
         setm=setm, hl_tables=list(hl_by_name.values()), hashlimits=hashlimits, marks=marks, recent=recent,
         raw_chains=raw_chains,
+        connlimits=connlimits,
     )
     residual_fields(plan, rules, resid, iface_names, problems, uses_conn)
     if skb_mark:

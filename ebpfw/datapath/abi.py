@@ -243,6 +243,22 @@ RECENT_CMDS = {"set": 1, "rcheck": 2, "update": 3, "remove": 4}
 RECENT_PIN = "recent"                         # pin name under <pin_dir>, outside the generations
 
 
+# -m connlimit (programs/ebpfw_abi.h: struct ebpfw_clm; programs/ebpfw.c: ebpfw_cl)
+CLM = struct.Struct("<4sIBBH")                # mask (be), limit, daddr, invert, pad
+CL_KEY = struct.Struct("<I4s")                # slot * rcap + rule, masked address (be)
+CL_ENT = struct.Struct("<4s4sHHBBHII")        # ebpfw_ct_key, jiffies, cpu
+CL_HDR = struct.Struct("<IIII")               # count, last_gc, last_gc_count, pad
+CL_KEYS = 16384                               # lists (rule, address group) at once (EBPFW_CL_KEYS)
+CL_CONNS_MIN, CL_CONNS_MAX = 128, 1024        # connections per list (EBPFW_CL_CONNS), by the largest limit
+
+
+def connlimit_conns(limits) -> int:
+    """Connections one list holds (EBPFW_CL_CONNS): room for the largest limit and 64 more
+    (connections the rule refused, closed ones not yet collected), a power of two."""
+    need = max(limits, default=0) + 64
+    return min(_pow2(need, CL_CONNS_MIN), CL_CONNS_MAX)
+
+
 def recent_value_size(entries: int) -> int:
     return RECENT_HDR.size + entries * RECENT_ENT_SIZE
 
@@ -282,6 +298,8 @@ FIELD_MAPS = {
     "recent": ("ebpfw_recentm", "ebpfw_rscr", "ebpfw_rcx", "ebpfw_rct"),
     # the raw table's stage (an action: Plan.actions): its result and the program arrays
     "raw": ("ebpfw_rawres", "ebpfw_rawx", "ebpfw_rawt", "ebpfw_rawcx", "ebpfw_rawct", "ebpfw_mainx", "ebpfw_maint"),
+    # -m connlimit: the rules' settings, their lists (reset with every apply) and programs
+    "connlimit": ("ebpfw_clm", "ebpfw_cl", "ebpfw_clscr", "ebpfw_clx", "ebpfw_clt"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -307,6 +325,8 @@ def raw_meta(plan) -> int:
     """struct ebpfw_meta.raw: the raw chain ids (PREROUTING | OUTPUT << 16), 0 without a raw table."""
     rc = getattr(plan, "raw_chains", None)
     return 0 if rc is None else rc[0] | (rc[1] << 16)
+# tail-called when a walk reaches a -m connlimit rule (shape field "connlimit")
+CONNLIMIT_PROGRAMS = {"ebpfw_xdp_connlimit": "ebpfw_clx", "ebpfw_tc_connlimit": "ebpfw_clt"}
 
 
 def _pow2(n: int, minimum: int) -> int:
@@ -332,6 +352,7 @@ class Shape:
     mac_cap: int = 0          # (slot, MAC) entries per slot of -m mac; 0 when no rule uses it
     gwords: int = 0           # 64-rule words of the global numbering (0: old state, = nwords)
     hl_cap: int = 0           # hashlimit buckets (twice the tables' max, at most HL_CAP_MAX)
+    cl_conns: int = 0         # connections per -m connlimit list (connlimit_conns); 0: no connlimit
 
     @property
     def nsum(self) -> int:
@@ -357,6 +378,8 @@ class Shape:
             flags.append(f"-DEBPFW_MAC_CAP={max(self.mac_cap, 16)}")
         if "hashlimit" in self.fields:
             flags += [f"-DEBPFW_HL_NT={HL_NT}", f"-DEBPFW_HL_CAP={max(self.hl_cap, 1024)}"]
+        if "connlimit" in self.fields:
+            flags += [f"-DEBPFW_CL_CONNS={self.cl_conns or CL_CONNS_MIN}", f"-DEBPFW_CL_KEYS={CL_KEYS}"]
         if "atsrc" in self.fields or "atdst" in self.fields:
             flags.append(f"-DEBPFW_ATYPE_CAP={ATYPE_CAP}")
         return flags
@@ -379,7 +402,8 @@ class Shape:
                 and need.ngroups <= self.ngroups and need.gcap <= self.gcap
                 and ("mac" not in need.fields or need.mac_cap <= self.mac_cap)
                 and need.gwords <= (self.gwords or self.nwords)
-                and ("hashlimit" not in need.fields or need.hl_cap <= self.hl_cap))
+                and ("hashlimit" not in need.fields or need.hl_cap <= self.hl_cap)
+                and ("connlimit" not in need.fields or need.cl_conns <= self.cl_conns))
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -437,6 +461,9 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         fields.append("hashlimit")
     if getattr(plan, "recent", None):
         fields.append("recent")
+    connlimits = getattr(plan, "connlimits", None) or {}
+    if connlimits:
+        fields.append("connlimit")
     def round_words(nbits: int) -> int:
         words = (nbits + 1 + 63) // 64
         return max(4, -(-words // 4) * 4) if words <= 64 else -(-words // 64) * 64
@@ -459,4 +486,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         mac_cap=_pow2(len(plan.mac) + len(plan.mac) // 4 + 1, 64) if getattr(plan, "mac", None) is not None else 0,
         gwords=gwords,
         hl_cap=min(_pow2(2 * sum(t.max for t in hl_tables), 1024), HL_CAP_MAX) if hl_tables else 0,
+        cl_conns=connlimit_conns(m.limit for m in connlimits.values()) if connlimits else 0,
     )

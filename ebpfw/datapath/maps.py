@@ -26,6 +26,7 @@ from .abi import (
     U32, Shape,
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM, RAW_MAIN, RAW_PROGRAMS, raw_meta,
+    CL_KEY, CLM, CONNLIMIT_PROGRAMS,
     HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
     jiffies_now, msecs_to_jiffies,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
@@ -188,6 +189,8 @@ class Datapath:
             post = {**post, **RAW_PROGRAMS}
             for key, (array_name, idx) in RAW_MAIN.items():
                 bpf.get_table(array_name)[ct.c_int(idx)] = ct.c_int(progs[key])
+        if "connlimit" in shape.fields:
+            post = {**post, **CONNLIMIT_PROGRAMS}
         for fn, array_name in {**CONT_PROGRAMS, **post}.items():
             try:
                 fd = bpf.load_func(fn.encode(), BPF.XDP if "xdp" in fn else BPF.SCHED_CLS).fd
@@ -404,6 +407,8 @@ class Datapath:
             self._write_marks(slot, getattr(plan, "marks", {}) or {})
         if "recent" in f:
             self._write_recentm(slot, plan)
+        if "connlimit" in f:
+            self._write_connlimit(slot, plan)
         # prefix tries: drop this slot's old prefixes, then insert the new ones
         for name, attr in (("ebpfw_src", "src"), ("ebpfw_dst", "dst")):
             if name not in self.maps:
@@ -600,6 +605,59 @@ class Datapath:
         keys = [slot * sh.rcap + r for r in range(sh.rcap)]
         vals = [rule_entry(recent[r], ids[recent[r].name], hz) if r in recent else empty for r in range(sh.rcap)]
         self._batch("ebpfw_recentm", keys, vals)
+
+    def _write_connlimit(self, slot: int, plan) -> None:
+        """Each -m connlimit rule's settings in this slot (zero for the other rules: never
+        reached), and the slot's lists emptied: iptables-restore gives every rule new ones."""
+        cls = getattr(plan, "connlimits", {}) or {}
+        sh = self.shape
+        empty = bytes(CLM.size)
+        keys = [slot * sh.rcap + r for r in range(sh.rcap)]
+        vals = []
+        for r in range(sh.rcap):
+            m = cls.get(r)
+            if m is None:
+                vals.append(empty)
+                continue
+            mask = (0xFFFFFFFF << (32 - m.mask)) & 0xFFFFFFFF if m.mask else 0
+            vals.append(CLM.pack(struct.pack(">I", mask), m.limit, int(m.daddr), int(not m.above), 0))
+        self._batch("ebpfw_clm", keys, vals)
+        self.clear_connlimit(slot)
+
+    def clear_connlimit(self, slot: int) -> int:
+        """Delete the -m connlimit lists of `slot` (not the active one: packets may be adding);
+        returns how many there were."""
+        fd = self.maps["ebpfw_cl"]
+        lo, hi = slot * self.shape.rcap, (slot + 1) * self.shape.rcap
+        n = 0
+        for k in list(bpfsys.keys(fd, CL_KEY.size)):
+            if lo <= CL_KEY.unpack(k)[0] < hi:
+                bpfsys.delete(fd, k)
+                n += 1
+        return n
+
+    def connlimit_lists(self, slot: int) -> dict[tuple[int, str], list]:
+        """The -m connlimit lists of `slot`: (rule, address group) -> [(a_addr, b_addr, a_port,
+        b_port, proto, jiffies, cpu)] in list order (tests, diagnostics)."""
+        from .abi import CL_ENT, CL_HDR
+        import ipaddress
+        fd = self.maps["ebpfw_cl"]
+        vsize = CL_HDR.size + CL_ENT.size * (self.shape.cl_conns or 128)
+        out = {}
+        for k in list(bpfsys.keys(fd, CL_KEY.size)):
+            rk, addr = CL_KEY.unpack(k)
+            if rk // self.shape.rcap != slot:
+                continue
+            raw = bpfsys.lookup(fd, k, vsize)
+            if raw is None:
+                continue
+            count = CL_HDR.unpack_from(raw)[0]
+            ents = []
+            for i in range(count):
+                a, b, ap, bp, proto, _kind, _pad, jif, cpu = CL_ENT.unpack_from(raw, CL_HDR.size + i * CL_ENT.size)
+                ents.append((str(ipaddress.IPv4Address(a)), str(ipaddress.IPv4Address(b)), ap, bp, proto, jif, cpu))
+            out[(rk % self.shape.rcap, str(ipaddress.IPv4Address(addr)))] = ents
+        return out
 
     def _write_ranks(self, slot: int, plan) -> None:
         """Residual bit k <-> rule number: unrank[k] = resid[k]; rank[p] = bits of rules < p."""

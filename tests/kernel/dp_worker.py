@@ -25,6 +25,10 @@ Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to 
   {"op": "run_cpus", "frame": HEX, "ifindex": N, "repeat": N, "cpus": [0, 1]} -> {"rules": [[p, b]...]}
     (the XDP program on several CPUs at once, for per-CPU safety tests)
 -m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": {table: jiffies it was made}}
+With EBPFW_TEST_CONNLIMIT=1 the programs have conntrack and -m connlimit compiled in (lists of
+128 connections), and {"op": "cl_lists"} -> {"lists": [[rule, address, [entry...]]...]} reads
+the active slot's connlimit lists (entry: a_addr, b_addr, a_port, b_port, proto, jiffies, cpu).
+EBPFW_TEST_CPU=N pins the worker (and so every test run) to CPU N.
 """
 
 from __future__ import annotations
@@ -55,6 +59,9 @@ if os.environ.get("EBPFW_TEST_CT") == "1":
 # with EBPFW_TEST_RAW=1 the programs have the raw table's stage and "load" compiles a *raw table
 if os.environ.get("EBPFW_TEST_RAW") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("raw",))
+if os.environ.get("EBPFW_TEST_CONNLIMIT") == "1":
+    SHAPE = dataclasses.replace(SHAPE, fields=tuple(dict.fromkeys(SHAPE.fields + ("ct", "connlimit"))),
+                                ct_size=4096, cl_conns=128)
 
 
 def skb_ctx(ifindex: int, ingress_ifindex: int, mark: int = 0) -> bytes:
@@ -73,6 +80,8 @@ def xdp_ctx(ifindex: int, size: int) -> bytes:
 
 
 def main() -> None:
+    if os.environ.get("EBPFW_TEST_CPU"):
+        os.sched_setaffinity(0, {int(os.environ["EBPFW_TEST_CPU"])})   # every test run on that CPU
     dp = Datapath.build(SHAPE)
     from ebpfw.sets import SetStore
     from ebpfw.ipset import parse_ipsets
@@ -141,6 +150,9 @@ def main() -> None:
                 slot = dp.active()[0]
                 rc = dp.read_counters(slot, plan.nrules, len(plan.chain_names))[0]
                 out = {"rets": rets, "rules": [list(c) for c in rc]}
+            elif req["op"] == "cl_lists":
+                lists = dp.connlimit_lists(dp.active()[0])
+                out = {"lists": sorted([r, a, e] for (r, a), e in lists.items())}
             elif req["op"] == "hl_list":
                 slot = dp.active()[0]
                 names = [t.name for t in plan.hl_tables]

@@ -361,13 +361,14 @@ def check_problems_text(text: str) -> list[str]:
 COMPILE_CASES = [
     "-p tcp -m limit --limit 1/s -m tcp --dport 1", "-m limit -m limit", "-p tcp -m hashlimit --hashlimit-upto 1/s --hashlimit-name x -m tcp --dport 1",
     "-m set --match-set a src", "-p tcp -m recent --set -m tcp --dport 1", "-m recent --rcheck --hitcount 33",
-    "-m connlimit --connlimit-above 2",
+    "-p tcp -m connlimit --connlimit-above 2 -m tcp --dport 1", "-m connlimit --connlimit-upto 961",
 ]
 # enforced as classifier fields (tests/kernel/test_datapath.py checks their semantics)
 COMPILE_OK_CASES = [
     "-m addrtype --src-type LOCAL", "-m pkttype --pkt-type unicast", "-m mac --mac-source 0:1:2:3:4:5",
     "-m length --length 5", "-m ttl --ttl-eq 3", "-m tos --tos 1", "-m dscp --dscp 1",
     "-p tcp -m tcpmss --mss 5", "-f", "! -f", "-p tcp -m tcp --dport 22 -m recent --update --seconds 30 --hitcount 6",
+    "-m connlimit --connlimit-above 2",
 ]
 COMPILE_TARGET_CASES = ["-j MARK --set-mark 1", "-j CONNMARK --save-mark"]
 

@@ -139,8 +139,12 @@ def test_reference_state_makes_tables_in_check_order():
     assert hl.tables["t"].avg == 200_000
 
 
-def test_connlimit_refused_with_its_reason():
-    rs = parse_ruleset(HEAD + "-A INPUT -p tcp -m tcp --syn -m connlimit --connlimit-above 2 -j DROP\nCOMMIT\n", "p.rules")
+def test_connlimit_before_other_matches_refused_with_its_reason():
+    rs = parse_ruleset(HEAD + "-A INPUT -p tcp -m connlimit --connlimit-above 2 -m tcp --syn -j DROP\nCOMMIT\n", "p.rules")
     with pytest.raises(RulesetError) as exc:
         compile_plan(rs.table("filter"))
-    assert any(p.startswith("p.rules:5: match 'connlimit'") and "nf_conncount" in p for p in exc.value.problems)
+    assert any(p.startswith("p.rules:5: -m connlimit before other matches") and "xt_connlimit" in p
+               for p in exc.value.problems), exc.value.problems
+    ok = parse_ruleset(HEAD + "-A INPUT -p tcp -m tcp --syn -m connlimit --connlimit-above 2 -j DROP\nCOMMIT\n", "p.rules")
+    plan = compile_plan(ok.table("filter"))
+    assert plan.connlimits[0].limit == 2 and plan.ct is not None
