@@ -1,0 +1,171 @@
+"""-m connlimit: differential against the kernel's xt_connlimit / nf_conncount (iptables-legacy)
+with real TCP connections held open.
+
+Two identical client/DUT namespace pairs: one DUT enforces the ruleset with
+iptables-legacy-restore, the other with `ebpfw apply` (XDP generic). A server in the DUT
+accepts connections on ports 5001-5004 and keeps them open until the client closes (then closes
+too: the FIN handshake leaves the DUT's conntrack entry in TIME_WAIT). The same client script
+runs against both and reports, for every connect, whether it was accepted or refused (the RST of
+REJECT --reject-with tcp-reset); the outcomes and the save -c counters must be equal.
+
+Steps (port: rule):
+  5001 --connlimit-above 2 (per source): 2 accepted, the 3rd refused; one closed (TIME_WAIT
+       stops counting): a new one accepted, the next refused again
+  5002 --connlimit-above 2 --connlimit-mask 24: two client addresses share one count
+  5003 --connlimit-above 1 --connlimit-daddr: counted per DUT address
+  5004 --connlimit-upto 1 -j ACCEPT, then REJECT: the 2nd connection is refused
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_cli_kernel import counters, ebpfw, ok  # noqa: F401
+from netns import nsenter_argv, run_in, veth
+
+pytestmark = pytest.mark.kernel
+
+RULES = """*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 5001 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 2 --connlimit-mask 32 --connlimit-saddr -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 5002 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 2 --connlimit-mask 24 --connlimit-saddr -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 5003 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 1 --connlimit-mask 32 --connlimit-daddr -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 5004 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-upto 1 --connlimit-mask 32 --connlimit-saddr -j ACCEPT
+-A INPUT -p tcp -m tcp --dport 5004 --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset
+COMMIT
+"""
+
+SERVER = """
+import select, socket, sys
+ls = []
+for addr in sys.argv[1].split(","):
+    for port in (5001, 5002, 5003, 5004):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port))
+        s.listen(64)
+        ls.append(s)
+conns = []
+print("ready", flush=True)
+while True:
+    r, _, _ = select.select(ls + conns, [], [], 60)
+    if not r:
+        break
+    for s in r:
+        if s in ls:
+            c, _ = s.accept()
+            conns.append(c)
+        else:
+            if not s.recv(100):
+                s.close()          # the client closed: close too (FIN handshake)
+                conns.remove(s)
+"""
+
+CLIENT = """
+import json, socket, sys, time
+dut, dut2, me, me2 = sys.argv[1:5]
+held, out = {}, []
+def conn(name, dst, port, src=me):
+    s = socket.socket()
+    s.settimeout(5)
+    s.bind((src, 0))
+    try:
+        s.connect((dst, port))
+        held[name] = s
+        out.append([name, "ok"])
+    except ConnectionRefusedError:
+        out.append([name, "refused"])
+        s.close()
+    except OSError as e:
+        out.append([name, type(e).__name__])
+        s.close()
+    time.sleep(0.05)
+def close(name):
+    held.pop(name).close()
+    time.sleep(0.5)        # the FIN handshake completes: TIME_WAIT on the DUT
+for n in ("a1", "a2", "a3"):
+    conn(n, dut, 5001)
+close("a1")
+for n in ("a4", "a5"):
+    conn(n, dut, 5001)
+conn("m1", dut, 5002)
+conn("m2", dut, 5002, me2)
+conn("m3", dut, 5002)
+conn("m4", dut, 5002, me2)
+conn("d1", dut, 5003)
+conn("d2", dut, 5003, me2)
+conn("d3", dut2, 5003)
+conn("u1", dut, 5004)
+conn("u2", dut, 5004)
+print(json.dumps(out))
+import struct
+for s in held.values():
+    # an abortive close (RST): one packet, whatever the timing (the counters are compared)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+time.sleep(0.5)
+"""
+WANT = [["a1", "ok"], ["a2", "ok"], ["a3", "refused"], ["a4", "ok"], ["a5", "refused"],
+        ["m1", "ok"], ["m2", "ok"], ["m3", "refused"], ["m4", "refused"],
+        ["d1", "ok"], ["d2", "refused"], ["d3", "ok"],
+        ["u1", "ok"], ["u2", "refused"]]
+
+DUT, DUT2, ME, ME2 = "10.203.1.1", "10.203.1.11", "10.203.1.2", "10.203.1.3"
+
+
+def _pair(netns):
+    client, dut = netns("eclimc"), netns("eclimd")
+    veth(client, client + "c", dut, dut + "d", ME + "/24", DUT + "/24")
+    run_in(client, ["ip", "addr", "add", ME2 + "/24", "dev", client + "c"])
+    run_in(dut, ["ip", "addr", "add", DUT2 + "/24", "dev", dut + "d"])
+    run_in(client, ["ping", "-c", "1", "-W", "1", DUT], check=False)
+    run_in(client, ["ping", "-c", "1", "-W", "1", "-I", ME2, DUT2], check=False)
+    return client, dut
+
+
+def _run(client: str, dut: str) -> list:
+    server = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", SERVER, f"{DUT},{DUT2}"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        out = run_in(client, [sys.executable, "-c", CLIENT, DUT, DUT2, ME, ME2], timeout=120).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        time.sleep(1.0)            # every close handshake is over before the counters are read
+
+
+@pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
+                    reason="iptables-legacy not installed")
+def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path):
+    # the reference: the kernel's xt_connlimit
+    client, dut = _pair(netns)
+    run_in(dut, ["iptables-legacy-restore"], input=RULES)
+    try:
+        ref = _run(client, dut)
+        ref_counts = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+    finally:
+        run_in(dut, ["iptables-legacy", "-F"], check=False)
+    assert ref == WANT, ref          # the kernel did what the test expects
+    # ebpfw, in a pair of its own (no kernel conntrack there)
+    client, dut = _pair(netns)
+    rules = tmp_path / "r.v4"
+    rules.write_text(RULES)
+    try:
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        got = _run(client, dut)
+        got_counts = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+    finally:
+        ebpfw(dut, "detach", timeout=60)
+    assert got == ref
+    rule_counts = {k: v for k, v in ref_counts.items() if k.startswith("-A")}
+    assert {k: got_counts.get(k) for k in rule_counts} == rule_counts, got_counts
+    assert got_counts == ref_counts, (got_counts, ref_counts)
