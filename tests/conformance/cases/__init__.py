@@ -34,6 +34,7 @@ EXTRA_CASES = [
     "ufw_generated:build_limit_reject",
     "sets",
     "raw",
+    "connlimit",
 ]
 
 
