@@ -276,11 +276,14 @@ class Datapath:
 
     def cleanup_after_flip(self, slot: int, flipped_at: float) -> None:
         """Once no packet can still be reading the old slot (GRACE_SECONDS after the flip),
-        delete its group keys: until the next write they would only cost memory."""
+        delete its group keys and its -m connlimit lists: until the next write they would only
+        cost memory (and the lists room in ebpfw_cl, shared by both slots)."""
         wait = flipped_at + GRACE_SECONDS - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         self.clear_groups(1 - slot)
+        if "connlimit" in self.shape.fields and "ebpfw_cl" in self.maps:
+            self.clear_connlimit(1 - slot)
 
     # ---- writing one slot -------------------------------------------------------------------
     def _batch(self, name: str, keys: list[int], values: list[bytes]) -> None:
@@ -629,12 +632,9 @@ class Datapath:
         returns how many there were."""
         fd = self.maps["ebpfw_cl"]
         lo, hi = slot * self.shape.rcap, (slot + 1) * self.shape.rcap
-        n = 0
-        for k in list(bpfsys.keys(fd, CL_KEY.size)):
-            if lo <= CL_KEY.unpack(k)[0] < hi:
-                bpfsys.delete(fd, k)
-                n += 1
-        return n
+        gone = [k for k in bpfsys.keys(fd, CL_KEY.size) if lo <= CL_KEY.unpack(k)[0] < hi]
+        bpfsys.delete_batch(fd, b"".join(gone), len(gone))
+        return len(gone)
 
     def connlimit_lists(self, slot: int) -> dict[tuple[int, str], list]:
         """The -m connlimit lists of `slot`: (rule, address group) -> [(a_addr, b_addr, a_port,

@@ -14,6 +14,10 @@ Steps (port: rule):
   5002 --connlimit-above 2 --connlimit-mask 24: two client addresses share one count
   5003 --connlimit-above 1 --connlimit-daddr: counted per DUT address
   5004 --connlimit-upto 1 -j ACCEPT, then REJECT: the 2nd connection is refused
+  5005 --connlimit-above 1 without --syn (every packet reaches it): the 2nd connection is
+       refused; then data on the 1st: its connection is ASSURED, so nf_conncount does not add
+       it but collects the list first, evicting the refused one: the count is 1 and the data
+       passes (older kernels returned the uncollected count, 2, and reset the connection)
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ RULES = """*filter
 -A INPUT -p tcp -m tcp --dport 5003 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 1 --connlimit-mask 32 --connlimit-daddr -j REJECT --reject-with tcp-reset
 -A INPUT -p tcp -m tcp --dport 5004 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-upto 1 --connlimit-mask 32 --connlimit-saddr -j ACCEPT
 -A INPUT -p tcp -m tcp --dport 5004 --tcp-flags FIN,SYN,RST,ACK SYN -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 5005 -m connlimit --connlimit-above 1 --connlimit-mask 32 --connlimit-saddr -j REJECT --reject-with tcp-reset
 COMMIT
 """
 
@@ -46,7 +51,7 @@ SERVER = """
 import select, socket, sys
 ls = []
 for addr in sys.argv[1].split(","):
-    for port in (5001, 5002, 5003, 5004):
+    for port in (5001, 5002, 5003, 5004, 5005):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((addr, port))
@@ -63,9 +68,15 @@ while True:
             c, _ = s.accept()
             conns.append(c)
         else:
-            if not s.recv(100):
+            try:
+                data = s.recv(100)
+            except OSError:
+                data = b""
+            if not data:
                 s.close()          # the client closed: close too (FIN handshake)
                 conns.remove(s)
+            else:
+                s.sendall(data)    # echo
 """
 
 CLIENT = """
@@ -104,6 +115,14 @@ conn("d2", dut, 5003, me2)
 conn("d3", dut2, 5003)
 conn("u1", dut, 5004)
 conn("u2", dut, 5004)
+conn("k1", dut, 5005)
+conn("k2", dut, 5005)
+time.sleep(0.05)
+try:
+    held["k1"].sendall(b"ping")
+    out.append(["k1 data", "echo" if held["k1"].recv(10) == b"ping" else "other"])
+except OSError as e:
+    out.append(["k1 data", type(e).__name__])
 print(json.dumps(out))
 import struct
 for s in held.values():
@@ -115,7 +134,7 @@ time.sleep(0.5)
 WANT = [["a1", "ok"], ["a2", "ok"], ["a3", "refused"], ["a4", "ok"], ["a5", "refused"],
         ["m1", "ok"], ["m2", "ok"], ["m3", "refused"], ["m4", "refused"],
         ["d1", "ok"], ["d2", "refused"], ["d3", "ok"],
-        ["u1", "ok"], ["u2", "refused"]]
+        ["u1", "ok"], ["u2", "refused"], ["k1", "ok"], ["k2", "refused"], ["k1 data", "echo"]]
 
 DUT, DUT2, ME, ME2 = "10.203.1.1", "10.203.1.11", "10.203.1.2", "10.203.1.3"
 
