@@ -123,6 +123,7 @@ try:
     out.append(["k1 data", "echo" if held["k1"].recv(10) == b"ping" else "other"])
 except OSError as e:
     out.append(["k1 data", type(e).__name__])
+time.sleep(0.5)            # the delayed ACK of the echo goes out before the counters are read
 print(json.dumps(out))
 import struct
 for s in held.values():
