@@ -175,7 +175,15 @@ class HashlimitMatch:
     (match while under it). `mode` are the key parts in HASHLIMIT_MODES order (empty: one
     bucket for all packets), `srcmask`/`dstmask` the prefix lengths applied to the addresses
     in the key, `expire` the idle time in ms after which a bucket is forgotten. Rules with
-    the same `name` share one table in the kernel (the first rule's settings win)."""
+    the same `name` share one table in the kernel (the first rule's settings win).
+    `size`/`max` are --hashlimit-htable-size/-max (0: the kernel's default; values over
+    1048576 are stored as the kernel clamps them), `gcinterval` the collector's period in ms.
+    `bytes` is a byte rate (XT_HASHLIMIT_BYTES, `--hashlimit-upto 1mb/s`): then `avg` is the
+    kernel's cost value UINT32_MAX // ((bytes/s >> 4) + 1) and `burst` the number of times a
+    bucket may be refilled (0 when --hashlimit-burst is not given). `rate_match` is
+    --hashlimit-rate-match (XT_HASHLIMIT_RATE_MATCH): `avg` then holds the kernel's value (a
+    packet rate's period divided by its unit) and `interval` the window in seconds
+    (--hashlimit-rate-interval; 0 without rate_match)."""
     name: str
     avg: int
     expire: int
@@ -184,6 +192,12 @@ class HashlimitMatch:
     mode: tuple[str, ...] = ()
     srcmask: int = 32
     dstmask: int = 32
+    size: int = 0
+    max: int = 0
+    gcinterval: int = 1000
+    bytes: bool = False
+    rate_match: bool = False
+    interval: int = 0
 
 
 @dataclass(frozen=True)

@@ -454,13 +454,75 @@ def save_limit(m: LimitMatch) -> list[str]:
     return words
 
 
-def read_hashlimit_rate(args: list[str], ctx: Ctx, option: str) -> tuple[int, int]:
+HASHLIMIT_BYTE_SHIFT = 4        # XT_HASHLIMIT_BYTE_SHIFT: byte rates count 16-byte chunks
+HASHLIMIT_BYTE_EXPIRE = 15      # s: a byte rate's default --hashlimit-htable-expire (x1000 ms) ...
+HASHLIMIT_BYTE_EXPIRE_BURST = 60    # ... and with --hashlimit-burst
+HASHLIMIT_GCINTERVAL = 1000     # ms, iptables' default --hashlimit-htable-gcinterval
+HASHLIMIT_MAX_SIZE = 1048576    # the kernel clamps --hashlimit-htable-size/-max to it (iptables-save shows that)
+U32_MAX = 0xFFFFFFFF
+_HL_FACTOR = {"k": 1024, "m": 1024 * 1024}
+_BYTE_RATE = re.compile(r"([0-9]+)([km]?)b/s")
+_BURST = re.compile(r"(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMbB]?|[kKmM][bB])")
+
+
+def hashlimit_bytes_to_cost(nbytes: int) -> int:
+    """libxt_hashlimit's bytes_to_cost: a byte rate -> the kernel's cfg.avg (u32 arithmetic)."""
+    r = (nbytes >> HASHLIMIT_BYTE_SHIFT) & U32_MAX
+    return U32_MAX // (r + 1)
+
+
+def hashlimit_cost_to_bytes(cost: int) -> int:
+    """libxt_hashlimit's cost_to_bytes: the kernel's cfg.avg -> bytes per second."""
+    r = U32_MAX // cost if cost else U32_MAX
+    return ((r - 1) << HASHLIMIT_BYTE_SHIFT) & ((1 << 64) - 1)
+
+
+def read_hashlimit_rate(args: list[str], ctx: Ctx, option: str) -> tuple[bool, int, int]:
+    """(bytes?, cfg.avg, seconds of the unit: libxt_hashlimit's udata->mult). A byte rate is
+    N[k|m]b/s (parse_bytes; its mult is XT_HASHLIMIT_BYTE_EXPIRE), else a packet rate."""
     text = args[0]
-    i = text.find("b/s")
-    if i > 0:
-        raise OptionError(f"byte rates in {option} are not supported yet",
-                          "a packet rate such as 10/sec", text)
-    return parse_rate(text, HASHLIMIT_SCALE, option)
+    if text.find("b/s") > 0:
+        m = _BYTE_RATE.fullmatch(text)
+        if not m:
+            raise OptionError(f"bad byte rate in {option}", "N b/s, N kb/s or N mb/s, e.g. 512kb/s", text)
+        nbytes = int(m.group(1)) * _HL_FACTOR.get(m.group(2), 1)
+        if nbytes == 0:
+            raise OptionError(f"bad byte rate in {option}", "a positive rate, e.g. 512kb/s", text)
+        if nbytes >> HASHLIMIT_BYTE_SHIFT > U32_MAX:
+            raise OptionError(f"byte rate too high in {option}",
+                              "at most 32767mb/s (iptables keeps a rate's 16-byte chunks in 32 bits: this one "
+                              "would load as a different, wrapped rate)", text)
+        cost = hashlimit_bytes_to_cost(nbytes)
+        if hashlimit_cost_to_bytes(cost) == 0:
+            raise OptionError(f"byte rate too low in {option}",
+                              "at least 16b/s (iptables-save prints a slower rate as 0b/s, which iptables "
+                              "cannot read back)", text)
+        if cost < 2:
+            raise OptionError(f"byte rate too high in {option}",
+                              "at most 32767mb/s (the kernel refuses a faster one: \"overflow, rate too "
+                              "high\")", text)
+        return True, cost, HASHLIMIT_BYTE_EXPIRE
+    avg, mult = parse_rate(text, HASHLIMIT_SCALE, option)
+    return False, avg, mult
+
+
+def read_hashlimit_burst(args: list[str], ctx: Ctx, option: str) -> int:
+    """libxt_hashlimit's parse_burst: a number (base 0) with an optional k/m factor and 'b';
+    without a suffix at most XT_HASHLIMIT_BURST_MAX."""
+    text = args[0]
+    m = _BURST.fullmatch(text)
+    if not m:
+        raise OptionError(f"bad burst in {option}", f"a number 1-{HASHLIMIT_BURST_MAX}, or bytes such as "
+                          "1500b, 64kb or 2mb with a byte rate", text)
+    digits, suffix = m.groups()
+    base = 16 if digits[:2] in ("0x", "0X") else 8 if digits.startswith("0") else 10
+    v = int(digits, base)
+    if v == 0 or (not suffix and v > HASHLIMIT_BURST_MAX):
+        raise OptionError(f"bad burst in {option}", f"a number 1-{HASHLIMIT_BURST_MAX}", text)
+    v *= _HL_FACTOR.get(suffix[:1].lower(), 1)
+    if v >= 1 << 64:
+        raise OptionError(f"bad burst in {option}", "a smaller value", text)
+    return v
 
 
 def read_hashlimit_mode(args: list[str], ctx: Ctx, option: str) -> tuple[str, ...]:
@@ -484,7 +546,17 @@ def _read_word(what: str, maxlen: int, option_hint: str = "") -> Callable[[list[
     return read
 
 
+def _read_interval(args: list[str], ctx: Ctx, option: str) -> int:
+    """libxt_hashlimit's parse_interval: a positive number of seconds (atoi)."""
+    text = args[0]
+    if not text.isdigit() or not 0 < int(text) < 2 ** 31:
+        raise OptionError(f"bad interval in {option}", "a number of seconds 1-2147483647", text)
+    return int(text)
+
+
 def build_hashlimit(values: dict[str, Given], ctx: Ctx) -> HashlimitMatch:
+    """libxt_hashlimit's parse and final check (revision 3) with the kernel's clamping of the
+    table size and max (hashlimit_mt_check_common), so the match holds what iptables-save shows."""
     if "rate" not in values:
         raise OptionError("match 'hashlimit' needs a rate",
                           "--hashlimit-upto RATE or --hashlimit-above RATE", "-m hashlimit without one")
@@ -492,29 +564,101 @@ def build_hashlimit(values: dict[str, Given], ctx: Ctx) -> HashlimitMatch:
         raise OptionError("match 'hashlimit' needs --hashlimit-name", "--hashlimit-name NAME",
                           "-m hashlimit without it")
     g = values["rate"]
-    avg, mult = g.value
+    nbytes, avg, mult = g.value
     above = (g.option == "--hashlimit-above") != g.invert
-    expire = values["expire"].value if "expire" in values else mult * 1000
+    given_burst = values["burst"].value if "burst" in values else None
+    expire = values["expire"].value if "expire" in values else None
+    rate_match = "rate_match" in values
+    if nbytes:
+        burst = 0
+        if given_burst is not None:
+            unit = hashlimit_cost_to_bytes(avg)
+            if given_burst < unit:
+                raise OptionError("hashlimit burst smaller than one second at the byte rate",
+                                  f"at least {unit}b", values["burst"].option + " " + str(given_burst) + "b")
+            burst = (given_burst & U32_MAX) // unit + (1 if given_burst % unit else 0)
+            burst &= U32_MAX
+            if expire is None:
+                expire = HASHLIMIT_BYTE_EXPIRE_BURST * 1000
+    else:
+        burst = 5 if given_burst is None else given_burst
+        if burst > HASHLIMIT_BURST_MAX:
+            raise OptionError("bad burst in --hashlimit-burst", f"a number 1-{HASHLIMIT_BURST_MAX}", str(burst))
+    if expire is None:
+        expire = mult * 1000
+    interval = 0
+    if rate_match:
+        if not nbytes:
+            avg //= mult
+        interval = values["interval"].value if "interval" in values else (1 if nbytes else mult)
+        if avg == 0:
+            raise OptionError("hashlimit rate too fast for --hashlimit-rate-match",
+                              "a rate whose period is at least 1 us per packet (the kernel refuses "
+                              "it: \"invalid rate\")", g.option)
     mode = values["mode"].value if "mode" in values else ()
     return HashlimitMatch(
-        name=values["name"].value, avg=avg, expire=expire,
-        burst=values["burst"].value if "burst" in values else 5, above=above, mode=mode,
+        name=values["name"].value, avg=avg, expire=expire, burst=burst, above=above, mode=mode,
         srcmask=values["srcmask"].value if "srcmask" in values else 32,
-        dstmask=values["dstmask"].value if "dstmask" in values else 32)
+        dstmask=values["dstmask"].value if "dstmask" in values else 32,
+        size=min(values["size"].value, HASHLIMIT_MAX_SIZE) if "size" in values else 0,
+        max=min(values["max"].value, HASHLIMIT_MAX_SIZE) if "max" in values else 0,
+        gcinterval=values["gcinterval"].value if "gcinterval" in values else HASHLIMIT_GCINTERVAL,
+        bytes=nbytes, rate_match=rate_match, interval=interval)
+
+
+_BYTE_UNITS = (("m", 1024 * 1024), ("k", 1024), ("", 1))
+
+
+def format_hashlimit_bytes(avg: int, burst: int) -> tuple[str, Optional[str], int]:
+    """libxt_hashlimit's print_bytes: (rate, burst or None, the expiry it implies in ms)."""
+    r = hashlimit_cost_to_bytes(avg)
+    i = 0
+    while i < len(_BYTE_UNITS) - 1:
+        th = _BYTE_UNITS[i][1]
+        # ~(thresh - 1) is a 32-bit mask in iptables: it also clears the rate's high bits
+        if r >= th and hashlimit_bytes_to_cost(r & ~(th - 1) & U32_MAX) == avg:
+            break
+        i += 1
+    rate = f"{r // _BYTE_UNITS[i][1]}{_BYTE_UNITS[i][0]}b/s"
+    if burst == 0:
+        return rate, None, HASHLIMIT_BYTE_EXPIRE * 1000
+    r = (r * burst) & ((1 << 64) - 1)
+    i = 0
+    while i < len(_BYTE_UNITS) - 1 and r < _BYTE_UNITS[i][1]:
+        i += 1
+    return rate, f"{r // _BYTE_UNITS[i][1]}{_BYTE_UNITS[i][0]}b", HASHLIMIT_BYTE_EXPIRE_BURST * 1000
 
 
 def save_hashlimit(m: HashlimitMatch) -> list[str]:
-    rate, quantum = format_rate(m.avg, HASHLIMIT_SCALE)
-    words = ["--hashlimit-above" if m.above else "--hashlimit-upto", rate, "--hashlimit-burst", str(m.burst)]
+    """hashlimit_mt_save (revision 3): the words and their order iptables-save prints."""
+    words = ["--hashlimit-above" if m.above else "--hashlimit-upto"]
+    if m.bytes:
+        rate, burst, quantum = format_hashlimit_bytes(m.avg, m.burst)
+        words.append(rate)
+        if burst is not None:
+            words += ["--hashlimit-burst", burst]
+    else:
+        rate, quantum = format_rate(m.avg, HASHLIMIT_SCALE)
+        words += [rate, "--hashlimit-burst", str(m.burst)]
     if m.mode:
         words += ["--hashlimit-mode", ",".join(k for k in HASHLIMIT_MODES if k in m.mode)]
     words += ["--hashlimit-name", m.name]
+    if m.size:
+        words += ["--hashlimit-htable-size", str(m.size)]
+    if m.max:
+        words += ["--hashlimit-htable-max", str(m.max)]
+    if m.gcinterval != HASHLIMIT_GCINTERVAL:
+        words += ["--hashlimit-htable-gcinterval", str(m.gcinterval)]
     if m.expire != quantum:
         words += ["--hashlimit-htable-expire", str(m.expire)]
     if m.srcmask != 32:
         words += ["--hashlimit-srcmask", str(m.srcmask)]
     if m.dstmask != 32:
         words += ["--hashlimit-dstmask", str(m.dstmask)]
+    if m.rate_match:
+        words.append("--hashlimit-rate-match")
+        if m.interval != 1:
+            words += ["--hashlimit-rate-interval", str(m.interval)]
     return words
 
 
@@ -898,17 +1042,22 @@ MATCHES: dict[str, MatchSpec] = {spec.name: spec for spec in (
     MatchSpec("hashlimit", HashlimitMatch, (
         Option(("hashlimit-upto", "hashlimit"), "rate", read_hashlimit_rate),
         Option(("hashlimit-above",), "rate", read_hashlimit_rate),
-        Option(("hashlimit-burst",), "burst", _uint_reader("burst", 1, HASHLIMIT_BURST_MAX),
-               invertible=False),
+        Option(("hashlimit-burst",), "burst", read_hashlimit_burst, invertible=False),
         Option(("hashlimit-mode",), "mode", read_hashlimit_mode, invertible=False),
         Option(("hashlimit-name",), "name", _read_word("table name", HASHLIMIT_NAME_MAX), invertible=False),
         Option(("hashlimit-htable-expire",), "expire", _uint_reader("expiry time (ms)", 0, 0xFFFFFFFF),
                invertible=False),
+        Option(("hashlimit-htable-size",), "size", _uint_reader("number of buckets", 0, 0xFFFFFFFF),
+               invertible=False),
+        Option(("hashlimit-htable-max",), "max", _uint_reader("number of entries", 0, 0xFFFFFFFF),
+               invertible=False),
+        Option(("hashlimit-htable-gcinterval",), "gcinterval",
+               _uint_reader("collector interval (ms; the kernel refuses 0)", 1, 0xFFFFFFFF), invertible=False),
         Option(("hashlimit-srcmask",), "srcmask", _uint_reader("prefix length", 0, 32), invertible=False),
         Option(("hashlimit-dstmask",), "dstmask", _uint_reader("prefix length", 0, 32), invertible=False),
-    ), build_hashlimit, save_hashlimit,
-              unsupported=("hashlimit-htable-size", "hashlimit-htable-max", "hashlimit-htable-gcinterval",
-                           "hashlimit-rate-match", "hashlimit-rate-interval")),
+        Option(("hashlimit-rate-match",), "rate_match", _flag, nargs=0, invertible=False),
+        Option(("hashlimit-rate-interval",), "interval", _read_interval, invertible=False),
+    ), build_hashlimit, save_hashlimit),
     MatchSpec("set", SetMatch, (Option(("match-set", "set"), "set", read_match_set, nargs=2),),
               build_set, save_set,
               unsupported=("return-nomatch", "update-counters", "update-subcounters", "packets-eq",

@@ -495,14 +495,14 @@ NEGATIVE_CASES = [
     ("-m hashlimit --hashlimit-upto 1/s --hashlimit-above 2/s", "options '--hashlimit-upto' and "
      "'--hashlimit-above' exclude each other in one 'hashlimit' match, expected one of them (or a second "
      "-m hashlimit), found '--hashlimit-above'"),
-    ("-m hashlimit --hashlimit-upto 1kb/s --hashlimit-name x", "byte rates in --hashlimit-upto are not "
-     "supported yet, expected a packet rate such as 10/sec, found '1kb/s'"),
+    ("-m hashlimit --hashlimit-upto 15b/s --hashlimit-name x", "byte rate too low in --hashlimit-upto, "
+     "expected at least 16b/s (iptables-save prints a slower rate as 0b/s, which iptables cannot read back), "
+     "found '15b/s'"),
     ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-mode none", "unknown key in "
      "--hashlimit-mode, expected a comma list of srcip, srcport, dstip, dstport, found 'none'"),
-    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-htable-size 64", "option "
-     "'--hashlimit-htable-size' of match 'hashlimit' is not supported yet, expected only --hashlimit-upto, "
-     "--hashlimit, --hashlimit-above, --hashlimit-burst, --hashlimit-mode, --hashlimit-name, "
-     "--hashlimit-htable-expire, --hashlimit-srcmask, --hashlimit-dstmask, found '--hashlimit-htable-size'"),
+    ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-htable-gcinterval 0", "bad collector "
+     "interval (ms; the kernel refuses 0) in --hashlimit-htable-gcinterval, expected a number 1-4294967295, "
+     "found '0'"),
     ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name x --hashlimit-srcmask 33", "bad prefix length in "
      "--hashlimit-srcmask, expected a number 0-32, found '33'"),
     ("-m hashlimit --hashlimit-upto 1/s --hashlimit-name 'a b'", "bad table name in --hashlimit-name, "
