@@ -1707,27 +1707,39 @@ static __always_inline int limit_pass(__u32 rk)
 #endif
 
 #ifdef EBPFW_F_HASHLIMIT
-/* ---- -m hashlimit: xt_hashlimit (revision 3), one token bucket per key ---------------------
+/* ---- -m hashlimit: xt_hashlimit (revision 3), one bucket per key ----------------------------
  * A table per --hashlimit-name (ebpfw_abi.h: struct ebpfw_hlcfg, written by userspace from the
  * first rule naming it, as the kernel keeps the first rule's config); its buckets live in one
  * hash map keyed by (table id, masked addresses, ports). The clock is the kernel's own jiffies
- * (bpf_jiffies64), the arithmetic hashlimit_mt_common's: rateinfo_init for a new bucket,
- * rateinfo_recalc (u64 credit, capped, prev only moves when a jiffy has passed) for a known
- * one, then cost credits or no match; the expiry is pushed to now + expire at every packet.
+ * (bpf_jiffies64), the arithmetic hashlimit_mt_common's for the table's mode: rateinfo_init for
+ * a new bucket, rateinfo_recalc for a known one (packets: u64 credit capped at credit_cap;
+ * bytes: CREDITS_PER_JIFFY_BYTES per jiffy capped at one second's worth, and
+ * hashlimit_byte_cost's refills, at most `burst` in a bucket's life; rate-match: a window of
+ * `interval` seconds ends, prev_window says whether it went over the rate), then cost the
+ * packet (1, or its length, skb->len: the IP total length) or no match; the expiry is pushed to
+ * now + expire at every packet.
  *
  * Every CPU updates a bucket under a bpf_spin_lock (the kernel's dsthash_ent.lock; here the
- * lock of the bucket's stripe, ebpfw_hllock), so two CPUs never lose or double a token; two CPUs making the same new bucket agree through the
- * map's BPF_NOEXIST insert (the loser uses the winner's bucket, as the kernel's "race" path).
- * The kernel's collector (htable_gc, every gcinterval from the table's creation) frees buckets
- * whose expiry has passed; a bucket found after the collector would have freed it starts
- * afresh here (rateinfo_init). Buckets nobody sees again are left to the map's LRU eviction,
- * which is sized (twice the tables' --hashlimit-htable-max, both slots) so that it only
- * reaches long-dead buckets; the kernel's refusal of new buckets past htable-max is not
- * reproduced (docs/CONFORMANCE.md).
+ * lock of the bucket's stripe, ebpfw_hllock), so two CPUs never lose or double a token; two
+ * CPUs making the same new bucket agree through the map's BPF_NOEXIST insert (the loser uses
+ * the winner's bucket, as the kernel's "race" path). The kernel's collector (htable_gc, every
+ * gcinterval from the table's creation) frees buckets whose expiry has passed; a bucket found
+ * after the collector would have freed it is a new bucket here (rateinfo_init).
+ *
+ * --hashlimit-htable-max: dsthash_alloc_init refuses a new bucket (the packet is hotdropped)
+ * while the table holds max buckets, freed ones not counted. The count here is by the
+ * collector run that frees a bucket (struct ebpfw_hlcnt), so it drops exactly when the runs
+ * this datapath assumes happen; with a long expiry (more than 62 collector periods) the count
+ * is kept per group of gk runs and a freed bucket is counted up to gk - 1 periods longer
+ * (docs/CONFORMANCE.md). A new bucket reserves its place in the count before it is made and
+ * gives it back when another CPU made it first. Buckets nobody sees again are left to the
+ * map's LRU eviction, which is sized (twice the tables' max, both slots) so that it only
+ * reaches long-dead buckets.
  */
 BPF_ARRAY(ebpfw_hlcfg, struct ebpfw_hlcfg, NSLOTS * EBPFW_HL_NT);
 BPF_ARRAY(ebpfw_hlrule, struct ebpfw_hlrule, NSLOTS * EBPFW_RCAP);
 BPF_TABLE("lru_hash", struct ebpfw_hl_key, struct ebpfw_hl_val, ebpfw_hl, EBPFW_HL_CAP);
+BPF_ARRAY(ebpfw_hlcnt, struct ebpfw_hlcnt, NSLOTS * EBPFW_HL_NT);
 /* the key and a new bucket are built in per-CPU scratch memory: the walk's stack is full */
 struct hlscratch {
     struct ebpfw_hl_key k;
@@ -1742,6 +1754,59 @@ struct hllock {
 BPF_ARRAY(ebpfw_hllock, struct hllock, EBPFW_HL_LOCKS);
 BPF_PERCPU_ARRAY(ebpfw_hlscr, struct hlscratch, 1);
 
+/* the collector run (1, 2, ...: at j0 + n * gc) that frees a bucket expiring at `ex` */
+static __always_inline __u64 hl_run(__u64 ex, __u64 j0, __u64 gc)
+{
+    __u64 n = ((__s64)(ex - j0) > 0) ? (ex - j0 + gc - 1) / gc : 1;
+    return n | (n == 0);
+}
+
+/* the count group of collector run n */
+static __always_inline __u64 hl_group(__u64 n, __u64 gk)
+{
+    return (n + gk - 1) / gk;
+}
+
+/* take a place in the count for a new bucket of group g, unless the table is full: 1 taken */
+static __always_inline int hl_reserve(struct ebpfw_hlcnt *cn, __u64 live, __u64 g, __s64 max)
+{
+    __s64 sum = 0;
+    int ok = 0;
+    __u32 s = g & (EBPFW_HL_RING - 1);
+    bpf_spin_lock(&cn->lock);
+#pragma unroll
+    for (int i = 0; i < EBPFW_HL_RING; i++)
+        if (cn->tag[i] >= live)
+            sum += cn->n[i];
+    if (sum < max) {
+        if (cn->tag[s] != g) {
+            cn->tag[s] = g;
+            cn->n[s] = 0;
+        }
+        cn->n[s] += 1;
+        ok = 1;
+    }
+    bpf_spin_unlock(&cn->lock);
+    return ok;
+}
+
+/* a bucket leaves group `from` (0: none) for group `to` (0: none) */
+static __always_inline void hl_move(struct ebpfw_hlcnt *cn, __u64 from, __u64 to)
+{
+    __u32 a = from & (EBPFW_HL_RING - 1), b = to & (EBPFW_HL_RING - 1);
+    bpf_spin_lock(&cn->lock);
+    if (from && cn->tag[a] == from)
+        cn->n[a] -= 1;
+    if (to) {
+        if (cn->tag[b] != to) {
+            cn->tag[b] = to;
+            cn->n[b] = 0;
+        }
+        cn->n[b] += 1;
+    }
+    bpf_spin_unlock(&cn->lock);
+}
+
 /* 1: the match holds, 0: it does not, -1: hotdrop. Run by the continuation program before it
  * resumes the walk at the rule (outside the walk's loop, where the verifier would go through
  * it once per step). */
@@ -1753,9 +1818,10 @@ static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
     __u32 tid = hr->tid;
     __u32 inv = hr->inv & 1;
     struct ebpfw_hlcfg *c = ebpfw_hlcfg.lookup(&tid);
+    struct ebpfw_hlcnt *cn = ebpfw_hlcnt.lookup(&tid);
     __u32 zero = 0;
     struct hlscratch *sc = ebpfw_hlscr.lookup(&zero);
-    if (!c || !sc)
+    if (!c || !cn || !sc)
         return 0;
     /* userspace wrote masks that are 0 for the parts the mode leaves out */
     if (c->needports & ~p->hlok & 1)
@@ -1767,53 +1833,117 @@ static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
     k->sport = p->hlsport & c->spmask;
     k->dport = p->hldport & c->dpmask;
     __u64 now = bpf_jiffies64();
+    __u64 j0 = c->j0, gc = c->gc_j | (c->gc_j == 0), expire = c->expire_j, gk = c->gk | (c->gk == 0);
+    __u64 credit0 = c->credit, cap0 = c->cap, cost0 = c->cost;
+    __u64 done = ((__s64)(now - j0) > 0) ? (now - j0) / gc : 0;   /* collector runs so far */
+    __u64 live = hl_group(done + 1, gk);                          /* the oldest group not freed */
+    __u64 gnew = hl_group(hl_run(now + expire, j0, gc), gk);
+    int held = 0;            /* this packet holds a place in the count for a new bucket */
     struct ebpfw_hl_val *e = ebpfw_hl.lookup(k);
-    if (!e) {
-        struct ebpfw_hl_val *v = &sc->v;
-        /* rateinfo_init, but with prev one jiffy back and credit one jiffy short: the update
-         * below then adds exactly that jiffy back (delta 1) and lands on the init values */
-        v->expires = now + c->expire_j;
-        v->prev = now - 1;
-        v->credit = c->credit - c->cpj;
-        v->credit_cap = c->credit;
-        v->cost = c->cost;
-        ebpfw_hl.insert(k, v);   /* fails when another CPU made it first: use theirs */
-        e = ebpfw_hl.lookup(k);
+    if (!e || hl_run(e->expires, j0, gc) <= done) {
+        /* a new bucket (or the collector freed this one): dsthash_alloc_init */
+        held = hl_reserve(cn, live, gnew, (__s64)c->max);
+        if (!e && held) {
+            struct ebpfw_hl_val *v = &sc->v;
+            v->expires = now + expire;
+            v->prev = now;
+            v->credit = credit0;
+            v->credit_cap = cap0;
+            v->cost = cost0;
+            v->win = 0;
+            if (ebpfw_hl.insert(k, v) == 0)
+                held = 2;    /* made: its place is taken */
+        }
         if (!e)
-            return -1;           /* no bucket could be made: dsthash_alloc_init's NULL */
+            e = ebpfw_hl.lookup(k);   /* ours, or another CPU's that came first */
+        if (!e) {
+            if (held)
+                hl_move(cn, gnew, 0);
+            return -1;       /* full: dsthash_alloc_init's NULL */
+        }
     }
     __u32 stripe = (tid * 0x9e3779b1u ^ k->src * 0x85ebca6bu ^ k->dst * 0xc2b2ae35u ^
                     ((__u32)k->sport << 16 | k->dport)) % EBPFW_HL_LOCKS;
     struct hllock *lk = ebpfw_hllock.lookup(&stripe);
-    if (!lk)
+    if (!lk) {
+        if (held == 1)
+            hl_move(cn, gnew, 0);
         return 0;
-    __u64 j0 = c->j0, gc = c->gc_j | 1, credit0 = c->credit, cpj = c->cpj, expire = c->expire_j;
-    __u64 cost0 = c->cost;
-    int ok = 0;
+    }
+    __u32 mode = c->mode;
+    __u64 cpj = c->cpj, ccap = c->ccap, ival = c->interval_j;
+    __u64 plen = p->len;
+    __u64 gold = 0;
+    int ok = 0, drop = 0;
     bpf_spin_lock(&lk->lock);
-    /* htable_gc runs at j0 + n * gc (n >= 1) and frees what has expired by then: a bucket seen
-     * after that run is a new one (rateinfo_init) */
-    __u64 ex = e->expires;
-    __u64 n = ((__s64)(ex - j0) > 0) ? (ex - j0 + gc - 1) / gc : 1;
-    __u64 run = j0 + (n | (n == 0)) * gc;
-    if ((__s64)(now - run) >= 0) {
-        e->prev = now;
-        e->credit = credit0;
-        e->credit_cap = credit0;
-        e->cost = cost0;
+    if (hl_run(e->expires, j0, gc) <= done) {
+        /* freed by the collector since: a new bucket, if the table had room for it */
+        if (held == 1) {
+            e->prev = now;
+            e->credit = credit0;
+            e->credit_cap = cap0;
+            e->cost = cost0;
+            e->win = 0;
+            held = 2;
+        } else {
+            drop = 1;
+        }
+    } else if (held != 2) {
+        gold = hl_group(hl_run(e->expires, j0, gc), gk);
     }
-    /* rateinfo_recalc (delta 0 changes nothing) */
-    __u64 credit = e->credit + (now - e->prev) * cpj;
-    e->prev = now;
-    if (credit > e->credit_cap)
-        credit = e->credit_cap;
-    e->expires = now + expire;
-    if (credit >= e->cost) {
-        credit -= e->cost;
-        ok = 1;
+    if (!drop) {
+        __u64 delta = now - e->prev;
+        if (mode & EBPFW_HL_RATE) {
+            /* rateinfo_recalc, rate-match: a window ends after `interval` seconds */
+            if (delta && delta >= ival) {
+                e->prev = now;
+                e->win = (e->credit * ival) > (delta * e->cost);
+                e->credit = 0;
+            }
+            e->credit += (mode & EBPFW_HL_BYTES) ? plen : 1;
+            ok = !e->win && e->credit <= e->credit_cap;
+        } else if (mode & EBPFW_HL_BYTES) {
+            /* rateinfo_recalc, bytes */
+            if (delta) {
+                __u64 old = e->credit;
+                e->prev = now;
+                e->credit += cpj * delta;
+                if (old >= e->credit || e->credit > ccap)
+                    e->credit = ccap;
+            }
+            /* hashlimit_byte_cost */
+            __u64 t = ((plen >> 4) + 1) * e->cost;
+            if (t > ccap)
+                t = ccap;
+            if (e->credit < t && e->credit_cap) {
+                e->credit_cap -= 1;
+                e->credit = ccap;
+            }
+            if (e->credit >= t) {
+                e->credit -= t;
+                ok = 1;
+            }
+        } else {
+            /* rateinfo_recalc, packets (delta 0 changes nothing) */
+            __u64 credit = e->credit + delta * cpj;
+            e->prev = now;
+            if (credit > e->credit_cap)
+                credit = e->credit_cap;
+            if (credit >= e->cost) {
+                credit -= e->cost;
+                ok = 1;
+            }
+            e->credit = credit;
+        }
+        e->expires = now + expire;
     }
-    e->credit = credit;
     bpf_spin_unlock(&lk->lock);
+    if (drop)
+        return -1;           /* freed meanwhile and the table is full */
+    if (held == 1)
+        hl_move(cn, gnew, 0);         /* another CPU made or renewed it first: give the place back */
+    if (gold && gold != gnew)
+        hl_move(cn, gold, gnew);      /* its expiry moved it to a later collector run */
     return ok ^ inv;
 }
 #endif

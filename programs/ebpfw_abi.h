@@ -253,11 +253,23 @@ struct ebpfw_logrl {
 #define EBPFW_HLM_SIP 4
 #define EBPFW_HLM_SPT 8
 
-/* per table: the numbers rateinfo_init and the collector use, written by userspace */
+/* struct ebpfw_hlcfg.mode: the table's XT_HASHLIMIT_BYTES / XT_HASHLIMIT_RATE_MATCH */
+#define EBPFW_HL_BYTES 1
+#define EBPFW_HL_RATE  2
+/* slots of a table's entry count (struct ebpfw_hlcnt), a power of two */
+#define EBPFW_HL_RING 64
+
+/* per table: the numbers rateinfo_init and the collector use, written by userspace. A new
+ * bucket (rateinfo_init) is {credit, cap, cost}; per mode:
+ *   packets:    credit = cap = user2credits(avg * burst), cost = user2credits(avg), cpj = CREDITS_PER_JIFFY
+ *   bytes:      credit = ccap = CREDITS_PER_JIFFY_BYTES * HZ, cap = burst (refills left),
+ *               cost = user2credits_byte(avg), cpj = CREDITS_PER_JIFFY_BYTES
+ *   rate-match: credit = 0 (current_rate), cap = rateinfo.burst, cost = rateinfo.rate,
+ *               interval_j = (u32)(interval * HZ) */
 struct ebpfw_hlcfg {
-    __u64 credit;        /* user2credits(avg * burst): a new bucket's credit and credit_cap */
-    __u64 cost;          /* user2credits(avg) */
-    __u64 cpj;           /* CREDITS_PER_JIFFY (64-bit, revision 2 and 3) */
+    __u64 credit;
+    __u64 cost;
+    __u64 cpj;
     __u64 expire_j;      /* msecs_to_jiffies(--hashlimit-htable-expire) */
     __u64 gc_j;          /* msecs_to_jiffies(--hashlimit-htable-gcinterval) */
     __u64 j0;            /* jiffies when the table was made (the collector runs every gc_j from it) */
@@ -267,8 +279,23 @@ struct ebpfw_hlcfg {
     __u16 dpmask;
     __u32 needports;     /* 1: a port is part of the key (a packet without them hotdrops) */
     __u32 slots;         /* userspace only: bit s = slot s uses this table */
-    __u32 pad;
+    __u32 max;           /* --hashlimit-htable-max as htable_create settles it */
     __u64 name;          /* userspace only: tag of the --hashlimit-name (ebpfw/datapath/abi.py) */
+    __u64 cap;
+    __u64 interval_j;
+    __u64 ccap;
+    __u32 mode;          /* EBPFW_HL_BYTES | EBPFW_HL_RATE */
+    __u32 gk;            /* collector runs per slot of the entry count */
+};
+
+/* a table's entry count (the kernel's ht->count), by the collector run that will free the
+ * entries: slot g % EBPFW_HL_RING counts the live entries of group g (runs (g-1)*gk+1 .. g*gk),
+ * tag[] says which group a slot holds (an older tag: a group the collector has passed) */
+struct ebpfw_hlcnt {
+    struct bpf_spin_lock lock;
+    __u32 pad;
+    __s64 n[EBPFW_HL_RING];
+    __u64 tag[EBPFW_HL_RING];
 };
 
 /* per rule (slot * EBPFW_RCAP + rule) */
@@ -298,9 +325,10 @@ struct ebpfw_hl_key {
 struct ebpfw_hl_val {
     __u64 expires;       /* jiffies */
     __u64 prev;          /* jiffies of the last recalc */
-    __u64 credit;
-    __u64 credit_cap;
-    __u64 cost;
+    __u64 credit;        /* rate-match: current_rate */
+    __u64 credit_cap;    /* rate-match: burst */
+    __u64 cost;          /* rate-match: rate */
+    __u64 win;           /* rate-match: prev_window */
 };
 
 /* ---- connection tracking (compiled in with EBPFW_F_CT, see programs/ebpfw.c) ---------- */

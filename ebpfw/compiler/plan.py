@@ -86,6 +86,9 @@ class HlTable:
     size: int
     max: int
     pos: object = None
+    bytes: bool = False          # XT_HASHLIMIT_BYTES: avg is a byte cost, burst a number of refills
+    rate_match: bool = False     # XT_HASHLIMIT_RATE_MATCH
+    interval: int = 0            # --hashlimit-rate-interval (s)
 
 
 HL_MODE_BITS = {"dstip": 1, "dstport": 2, "srcip": 4, "srcport": 8}   # XT_HASHLIMIT_HASH_*
@@ -342,7 +345,8 @@ def _kernel_check_order(table: Table) -> list:
 
 def _hl_tables(table: Table, problems: list[str]) -> dict[str, "HlTable"]:
     """One table per --hashlimit-name, configured by the first rule the kernel checks."""
-    from ..datapath.abi import (HASHLIMIT_GCINTERVAL, hashlimit_overflows, hashlimit_size_max, host_hz)
+    from ..datapath.abi import (HASHLIMIT_GCINTERVAL, hashlimit_credits_byte, hashlimit_overflows,
+                                hashlimit_size_max, host_hz)
     try:
         hz = host_hz()
     except Exception:
@@ -352,18 +356,32 @@ def _hl_tables(table: Table, problems: list[str]) -> dict[str, "HlTable"]:
         for m in r.matches:
             if not isinstance(m, HashlimitMatch):
                 continue
-            if hz is not None and hashlimit_overflows(m.avg, m.burst, hz):
+            bytes_, rate = getattr(m, "bytes", False), getattr(m, "rate_match", False)
+            if hz is not None and not bytes_ and not rate and hashlimit_overflows(m.avg, m.burst, hz):
                 problems.append(f"{r.pos}: hashlimit rate and burst overflow the kernel's token bucket "
                                 "(xt_hashlimit refuses the rule: \"overflow, try lower\"), expected a higher "
                                 f"rate or a smaller --hashlimit-burst, found avg {m.avg} us and burst {m.burst}")
+            if hz is not None and bytes_ and not rate and hashlimit_credits_byte(m.avg, hz) == 0:
+                problems.append(f"{r.pos}: hashlimit byte rate too high for the kernel (xt_hashlimit: \"overflow, "
+                                f"rate too high\"), expected a lower rate, found cost {m.avg}")
             if m.name in tables:
+                first = tables[m.name]
+                if (first.bytes, first.rate_match) != (bytes_, rate):
+                    def kind(b: bool, rm: bool) -> str:
+                        return ("a byte " if b else "a packet ") + ("rate with --hashlimit-rate-match" if rm else "rate")
+                    problems.append(
+                        f"{r.pos}: hashlimit --hashlimit-name {m.name} with {kind(bytes_, rate)}, but {first.pos} "
+                        f"makes the table with {kind(first.bytes, first.rate_match)} (xt_hashlimit would run "
+                        f"that table's buckets with this rule's other arithmetic), expected the same kind of "
+                        f"rate for every rule of a --hashlimit-name, found {kind(bytes_, rate)}")
                 continue
             size, max_ = hashlimit_size_max(getattr(m, "size", 0) or 0, getattr(m, "max", 0) or 0)
             tables[m.name] = HlTable(
                 name=m.name, avg=m.avg, burst=m.burst, mode=sum(HL_MODE_BITS[k] for k in m.mode),
                 srcmask=m.srcmask, dstmask=m.dstmask, expire=m.expire,
                 gcinterval=getattr(m, "gcinterval", HASHLIMIT_GCINTERVAL) or HASHLIMIT_GCINTERVAL,
-                size=size, max=max_, pos=r.pos)
+                size=size, max=max_, pos=r.pos, bytes=bytes_, rate_match=rate,
+                interval=getattr(m, "interval", 0))
     if len(tables) > HL_TABLES_MAX:
         problems.append(f"{next(iter(tables.values())).pos}: {len(tables)} hashlimit tables are more than the "
                         f"datapath holds, expected at most {HL_TABLES_MAX} distinct --hashlimit-name, found "

@@ -128,12 +128,18 @@ def limit_entry(avg: int, burst: int, hz: int, now_ns: int) -> bytes:
 # -m hashlimit (programs/ebpfw_abi.h: struct ebpfw_hlcfg, ebpfw_hlrule, ebpfw_hl_*)
 HL_NT = 64                                  # tables (distinct --hashlimit-name) per slot
 HL_CAP_MAX = 1 << 18                        # buckets in the (preallocated) LRU map: 31 MB
-HL_CFG = struct.Struct("<QQQQQQIIHHIIIQ")   # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask, spmask,
-                                            # dpmask, needports, slots, pad, name
-HL_SLOTS, HL_NAME = 11, 13                  # their indexes in HL_CFG
+HL_CFG = struct.Struct("<QQQQQQIIHHIIIQQQQII")   # credit, cost, cpj, expire_j, gc_j, j0, srcmask, dstmask,
+                                            # spmask, dpmask, needports, slots, max, name, cap, interval_j,
+                                            # ccap, mode, gk
+HL_SLOTS, HL_NAME, HL_MODE = 11, 13, 17      # their indexes in HL_CFG
 HL_RULE = struct.Struct("<II")              # tid, inv
 HL_KEY = struct.Struct("<I4s4sHH")          # tid, src (be), dst (be), sport, dport
-HL_VAL = struct.Struct("<QQQQQ")            # expires, prev, credit, credit_cap, cost
+HL_VAL = struct.Struct("<QQQQQQ")           # expires, prev, credit, credit_cap, cost, win
+HL_RING = 64                                # EBPFW_HL_RING: slots of a table's entry count
+HL_CNT_SIZE = 8 + 16 * HL_RING              # struct ebpfw_hlcnt
+HL_BYTES, HL_RATE = 1, 2                    # struct ebpfw_hlcfg.mode
+HL_ABI = 2                                  # the hashlimit maps' layout (Shape.hl_abi)
+HASHLIMIT_BYTE_SHIFT = 4
 HLM = {"dstip": 1, "dstport": 2, "srcip": 4, "srcport": 8}   # XT_HASHLIMIT_HASH_*
 XT_HASHLIMIT_SCALE_V2 = 1_000_000
 HASHLIMIT_MAX_SIZE = 1048576
@@ -159,6 +165,72 @@ def hashlimit_credits(user: int, hz: int) -> int:
     if scale >= hc:
         return user // (scale // hc)
     return (user * (hc // scale)) & U64
+
+
+def hashlimit_cpj_bytes(hz: int) -> int:
+    """xt_hashlimit's CREDITS_PER_JIFFY_BYTES: POW2_BELOW32(0xFFFFFFFF / HZ)."""
+    return 1 << ((0xFFFFFFFF // hz).bit_length() - 1)
+
+
+def hashlimit_credits_byte(user: int, hz: int) -> int:
+    """xt_hashlimit's user2credits_byte: (u32)((u64)user * HZ * CREDITS_PER_JIFFY_BYTES >> 32)."""
+    return (((user & 0xFFFFFFFF) * ((hz * hashlimit_cpj_bytes(hz)) & 0xFFFFFFFF)) >> 32) & 0xFFFFFFFF
+
+
+def hashlimit_rate(avg: int) -> int:
+    """xt_hashlimit's user2rate (rate-match, packets): packets per second."""
+    return XT_HASHLIMIT_SCALE_V2 // avg if avg else 0
+
+
+def hashlimit_rate_bytes(avg: int) -> int:
+    """xt_hashlimit's user2rate_bytes (rate-match, bytes): bytes per second."""
+    avg &= 0xFFFFFFFF
+    r = 0xFFFFFFFF // avg if avg else 0xFFFFFFFF
+    return ((r - 1) << HASHLIMIT_BYTE_SHIFT) & U64
+
+
+def hashlimit_group_runs(expire_j: int, gc_j: int) -> int:
+    """Collector runs per slot of a table's entry count: 1 (exact) when a bucket's expiry spans
+    at most 62 runs, else as few as the EBPFW_HL_RING slots allow."""
+    span = -(-expire_j // max(gc_j, 1)) + 1          # the runs a live bucket can be freed by
+    return max(1, -(-span // (HL_RING - 1)))
+
+
+def hashlimit_table_config(t, hz: int, j0: int, name_tag: int) -> list:
+    """struct ebpfw_hlcfg for table `t` (compiler.plan.HlTable) as rateinfo_init would set up
+    its buckets, without the slot bits."""
+    def be(mask: int) -> int:
+        m = (0xFFFFFFFF << (32 - mask)) & 0xFFFFFFFF if mask else 0
+        return int.from_bytes(m.to_bytes(4, "big"), "little")
+
+    bytes_, rate = getattr(t, "bytes", False), getattr(t, "rate_match", False)
+    ccap = interval_j = 0
+    if rate:
+        if bytes_:
+            cost = hashlimit_rate_bytes(t.avg)
+            cap = (t.burst * cost) & U64 if t.burst else cost
+        else:
+            cost = hashlimit_rate(t.avg)
+            cap = (t.burst + cost) & U64
+        credit, cpj = 0, 0
+        interval_j = (t.interval * hz) & 0xFFFFFFFF
+    elif bytes_:
+        cpj = hashlimit_cpj_bytes(hz)
+        ccap = (cpj * hz) & 0xFFFFFFFF
+        credit, cost, cap = ccap, hashlimit_credits_byte(t.avg, hz), t.burst & 0xFFFFFFFF
+    else:
+        cpj = hashlimit_cpj(hz)
+        credit = cap = hashlimit_credits(t.avg * t.burst, hz)
+        cost = hashlimit_credits(t.avg, hz)
+    expire_j, gc_j = msecs_to_jiffies(t.expire, hz), msecs_to_jiffies(t.gcinterval, hz)
+    ports = t.mode & (HLM["srcport"] | HLM["dstport"])
+    return [credit, cost, cpj, expire_j, gc_j, j0,
+            be(t.srcmask) if t.mode & HLM["srcip"] else 0,
+            be(t.dstmask) if t.mode & HLM["dstip"] else 0,
+            0xFFFF if t.mode & HLM["srcport"] else 0,
+            0xFFFF if t.mode & HLM["dstport"] else 0, 1 if ports else 0, 0, t.max, name_tag,
+            cap, interval_j, ccap, (HL_BYTES if bytes_ else 0) | (HL_RATE if rate else 0),
+            hashlimit_group_runs(expire_j, gc_j)]
 
 
 def hashlimit_overflows(avg: int, burst: int, hz: int) -> bool:
@@ -289,7 +361,7 @@ FIELD_MAPS = {
     "log": ("ebpfw_post_xdp", "ebpfw_post_tc", LOG_RING, "ebpfw_logcfg", "ebpfw_logrlc", "ebpfw_logrl"),
     # per-rule checks after the other conditions hold
     "limit": ("ebpfw_limit",),
-    "hashlimit": ("ebpfw_hlcfg", "ebpfw_hlrule", "ebpfw_hl", "ebpfw_hlscr", "ebpfw_hllock"),
+    "hashlimit": ("ebpfw_hlcfg", "ebpfw_hlrule", "ebpfw_hl", "ebpfw_hlscr", "ebpfw_hllock", "ebpfw_hlcnt"),
     # the sets themselves (ebpfw_sets, ebpfw_setdef) are pinned outside the generation directory
     "set": ("ebpfw_setm", "ebpfw_setk"),
     # -m mark / -m connmark and -j MARK / CONNMARK (an action: Plan.actions)
@@ -353,6 +425,7 @@ class Shape:
     gwords: int = 0           # 64-rule words of the global numbering (0: old state, = nwords)
     hl_cap: int = 0           # hashlimit buckets (twice the tables' max, at most HL_CAP_MAX)
     cl_conns: int = 0         # connections per -m connlimit list (connlimit_conns); 0: no connlimit
+    hl_abi: int = 0           # layout of the hashlimit maps (HL_ABI; 0: before byte rates and htable-max)
 
     @property
     def nsum(self) -> int:
@@ -402,7 +475,8 @@ class Shape:
                 and need.ngroups <= self.ngroups and need.gcap <= self.gcap
                 and ("mac" not in need.fields or need.mac_cap <= self.mac_cap)
                 and need.gwords <= (self.gwords or self.nwords)
-                and ("hashlimit" not in need.fields or need.hl_cap <= self.hl_cap)
+                and ("hashlimit" not in need.fields or (need.hl_cap <= self.hl_cap
+                                                         and need.hl_abi == self.hl_abi))
                 and ("connlimit" not in need.fields or need.cl_conns <= self.cl_conns))
 
     def to_json(self) -> dict:
@@ -487,4 +561,5 @@ def shape_for(plan, nlinks: int, ct_size: int | None = None) -> Shape:
         gwords=gwords,
         hl_cap=min(_pow2(2 * sum(t.max for t in hl_tables), 1024), HL_CAP_MAX) if hl_tables else 0,
         cl_conns=connlimit_conns(m.limit for m in connlimits.values()) if connlimits else 0,
+        hl_abi=HL_ABI if hl_tables else 0,
     )

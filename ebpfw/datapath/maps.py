@@ -27,8 +27,8 @@ from .abi import (
     GRP, GRP_IDS, GRP_KEY, GRP_VAL, GRNG_SLOTS, CONT_PROGRAMS, LIMIT, host_hz, limit_entry,
     SETDEF_PIN, SETM, SETS_PIN, MARKC, RECENT_PIN, RECENT_PROGRAMS, RECENTM, RAW_MAIN, RAW_PROGRAMS, raw_meta,
     CL_KEY, CLM, CONNLIMIT_PROGRAMS,
-    HL_CFG, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HLM, HL_RULE, HL_VAL, hl_name_hash, hashlimit_cpj, hashlimit_credits,
-    jiffies_now, msecs_to_jiffies,
+    HL_BYTES, HL_CFG, HL_CNT_SIZE, HL_MODE, HL_RATE, HL_KEY, HL_NAME, HL_NT, HL_SLOTS, HL_RULE, HL_VAL, hl_name_hash,
+    hashlimit_table_config, jiffies_now,
     LOG_CFG, LOG_RL_CFG, LOGF_IPOPT, LOGF_MACDEC, LOGF_TCPOPT, LOGF_TCPSEQ, POST_ACTIONS, POST_PROGRAMS, REJ_CFG,
     REJCFG_FWMARK_REFLECT,
 )
@@ -496,13 +496,18 @@ class Datapath:
         active = {c[HL_NAME]: t for t, c in enumerate(cfgs) if c[HL_SLOTS] & other}
         free = [t for t, c in enumerate(cfgs) if not c[HL_SLOTS]]
         hz = host_hz()
-        cpj = hashlimit_cpj(hz)
         j0 = jiffies_now()
-
-        def be(mask: int) -> int:
-            m = (0xFFFFFFFF << (32 - mask)) & 0xFFFFFFFF if mask else 0
-            return int.from_bytes(m.to_bytes(4, "big"), "little")
-
+        for t in tables:
+            # rules of another mode on a kept table: the kernel would run the old table's
+            # buckets with the new rules' byte or rate-match branches; refused before any write
+            tid = active.get(hl_name_hash(t.name))
+            want = hashlimit_table_config(t, hz, j0, 0)[HL_MODE]
+            if tid is not None and cfgs[tid][HL_MODE] != want:
+                def kind(m: int) -> str:
+                    return ("a byte " if m & HL_BYTES else "a packet ") + ("rate-match" if m & HL_RATE else "rate")
+                raise KernelError(f"hashlimit table {t.name!r} is in use with {kind(cfgs[tid][HL_MODE])}, the new "
+                                  f"rules give it {kind(want)}: the kernel would keep the old table and mix the two",
+                                  hint="rename the --hashlimit-name, or apply a ruleset without it first")
         tids, fresh = [], []
         for t in tables:
             h = hl_name_hash(t.name)
@@ -510,16 +515,12 @@ class Datapath:
             if tid is None:
                 tid = free.pop(0)
                 fresh.append(tid)
-                ports = t.mode & (HLM["srcport"] | HLM["dstport"])
-                cfgs[tid] = [hashlimit_credits(t.avg * t.burst, hz), hashlimit_credits(t.avg, hz), cpj,
-                             msecs_to_jiffies(t.expire, hz), msecs_to_jiffies(t.gcinterval, hz), j0,
-                             be(t.srcmask) if t.mode & HLM["srcip"] else 0,
-                             be(t.dstmask) if t.mode & HLM["dstip"] else 0,
-                             0xFFFF if t.mode & HLM["srcport"] else 0,
-                             0xFFFF if t.mode & HLM["dstport"] else 0, 1 if ports else 0, 0, 0, h]
+                cfgs[tid] = hashlimit_table_config(t, hz, j0, h)
             cfgs[tid][HL_SLOTS] |= mine
             tids.append(tid)
         self.clear_hashlimit(fresh)
+        for tid in fresh:       # an empty table: nothing counted (struct ebpfw_hlcnt)
+            bpfsys.update(self.maps["ebpfw_hlcnt"], U32.pack(tid), bytes(HL_CNT_SIZE), "ebpfw_hlcnt")
         self._batch("ebpfw_hlcfg", list(range(ntid)), [HL_CFG.pack(*c) for c in cfgs])
         empty = HL_RULE.pack(0, 0)
         self._batch("ebpfw_hlrule", [slot * sh.rcap + r for r in range(sh.rcap)],
@@ -562,10 +563,10 @@ class Datapath:
             v = bpfsys.lookup(fd, k, HL_VAL.size)
             if v is None:
                 continue
-            expires, prev, credit, cap, cost = HL_VAL.unpack(v)
+            expires, prev, credit, cap, cost, win = HL_VAL.unpack(v)
             out.append({"table": tables[tid], "src": socket.inet_ntoa(src), "dst": socket.inet_ntoa(dst),
                         "sport": sport, "dport": dport, "expires": expires, "prev": prev, "credit": credit,
-                        "credit_cap": cap, "cost": cost})
+                        "credit_cap": cap, "cost": cost, "win": win})
         return out
 
     def _write_marks(self, slot: int, marks: dict) -> None:
