@@ -389,17 +389,20 @@ class LimitBucket:
         return False
 
 
-# ---- -m hashlimit: net/netfilter/xt_hashlimit.c, revision 3, packet mode ----------------------
+# ---- -m hashlimit: net/netfilter/xt_hashlimit.c, revision 3 ----------------------------------
 
 HL_PORT_PROTOS = {6: 0, 17: 0, 33: 0, 50: 0, 132: 0, 136: 0, 51: 4}   # proto_ports_offset
+U64_MASK = (1 << 64) - 1
 
 
 class HashlimitTable:
     """One xt_hashlimit table (struct xt_hashlimit_htable) with the config of the rule that made
     it, on a jiffies clock the caller sets (`now`), written from the kernel source independently
     of ebpfw: dsthash_find / dsthash_alloc_init (ht->count against cfg.max: NULL = hotdrop),
-    rateinfo_init, rateinfo_recalc, and htable_gc every gc_interval from the table's creation
-    freeing what has expired. Credits are u64 and wrap as the kernel's do."""
+    rateinfo_init, rateinfo_recalc and the cost of a packet in the three modes (packets; bytes:
+    XT_HASHLIMIT_BYTES with hashlimit_byte_cost; rate-match: XT_HASHLIMIT_RATE_MATCH), and
+    htable_gc every gc_interval from the table's creation freeing what has expired. Credits are
+    u64 and wrap as the kernel's do."""
 
     SCALE = 1_000_000                                   # XT_HASHLIMIT_SCALE_v2
 
@@ -411,12 +414,21 @@ class HashlimitTable:
         while cpj * 2 <= max_cpj:                       # POW2_BELOW64(MAX_CPJ)
             cpj *= 2
         self.cpj = cpj
+        cpjb = 1
+        while cpjb * 2 <= 0xFFFFFFFF // hz:            # POW2_BELOW32(MAX_CPJ_BYTES)
+            cpjb *= 2
+        self.cpjb = cpjb
+        self.bytes, self.rate_match = getattr(m, "bytes", False), getattr(m, "rate_match", False)
+        self.interval = getattr(m, "interval", 0)
         self.mode = set(m.mode)
         self.srcmask, self.dstmask = m.srcmask, m.dstmask
         self.avg, self.burst = m.avg, m.burst
         self.expire_j = self.msecs_to_jiffies(m.expire)
-        self.gc_j = self.msecs_to_jiffies(gc_interval)
-        self.max = max_ or 8 * size
+        self.gc_j = self.msecs_to_jiffies(getattr(m, "gcinterval", 0) or gc_interval)
+        # htable_create (hashlimit_mt_check_common clamped both to 1048576 already)
+        size = getattr(m, "size", 0) or size
+        max_ = getattr(m, "max", 0) or max_
+        self.max = 8 * size if max_ == 0 else max(max_, size)
         self.j0 = j0
         self.next_gc = j0 + self.gc_j
         self.entries: dict[tuple, dict] = {}
@@ -431,6 +443,9 @@ class HashlimitTable:
         if self.SCALE >= self.hz * self.cpj:
             return user // (self.SCALE // (self.hz * self.cpj))
         return (user * (self.hz * self.cpj // self.SCALE)) & ((1 << 64) - 1)
+
+    def credits_byte(self, user: int) -> int:          # user2credits_byte
+        return ((user & 0xFFFFFFFF) * ((self.hz * self.cpjb) & 0xFFFFFFFF) >> 32) & 0xFFFFFFFF
 
     def key(self, p: Pkt) -> tuple:
         def maskl(a: int, n: int) -> int:
@@ -457,6 +472,52 @@ class HashlimitTable:
                 del self.entries[k]
             self.next_gc = t + self.gc_j
 
+    def init(self, now: int) -> dict:
+        """rateinfo_init."""
+        e = {"expires": now + self.expire_j, "prev": now, "win": 0}
+        if self.rate_match:
+            if self.bytes:                                  # user2rate_bytes
+                r = 0xFFFFFFFF // (self.avg & 0xFFFFFFFF) if self.avg & 0xFFFFFFFF else 0xFFFFFFFF
+                rate = ((r - 1) << 4) & U64_MASK
+                burst = (self.burst * rate) & U64_MASK if self.burst else rate
+            else:                                           # user2rate
+                rate = self.SCALE // self.avg
+                burst = (self.burst + rate) & U64_MASK
+            e.update(credit=0, credit_cap=burst, cost=rate)     # current_rate, burst, rate
+        elif self.bytes:
+            e.update(credit=self.cpjb * self.hz, cost=self.credits_byte(self.avg), credit_cap=self.burst)
+        else:
+            credit = self.credits(self.avg * self.burst)
+            e.update(credit=credit, credit_cap=credit, cost=self.credits(self.avg))
+        return e
+
+    def recalc(self, e: dict, now: int) -> None:
+        """rateinfo_recalc."""
+        delta = (now - e["prev"]) & U64_MASK
+        if delta == 0:
+            return
+        if self.rate_match:
+            interval = (self.interval * self.hz) & 0xFFFFFFFF     # u32 * HZ in 32 bits
+            if delta < interval:
+                return
+            e["prev"] = now
+            e["win"] = int((e["credit"] * interval) & U64_MASK > (delta * e["cost"]) & U64_MASK)
+            e["credit"] = 0
+            return
+        e["prev"] = now
+        if self.bytes:
+            old = e["credit"]
+            e["credit"] = (e["credit"] + self.cpjb * delta) & U64_MASK
+            cap = (self.cpjb * self.hz) & 0xFFFFFFFF
+            if old >= e["credit"]:
+                e["credit"] = cap
+                return
+        else:
+            e["credit"] = (e["credit"] + delta * self.cpj) & U64_MASK
+            cap = e["credit_cap"]
+        if e["credit"] > cap:
+            e["credit"] = cap
+
     def match(self, p: Pkt, now: int, above: bool) -> bool:
         self.gc(now)
         k = self.key(p)
@@ -464,20 +525,24 @@ class HashlimitTable:
         if e is None:
             if len(self.entries) >= self.max:
                 raise Hotdrop()                          # dsthash_alloc_init: "max count reached"
-            credit = self.credits(self.avg * self.burst)
-            e = {"expires": now + self.expire_j, "prev": now, "credit": credit, "credit_cap": credit,
-                 "cost": self.credits(self.avg)}
-            self.entries[k] = e
+            e = self.entries[k] = self.init(now)
         else:
             e["expires"] = now + self.expire_j
-            delta = now - e["prev"]
-            if delta:
-                e["prev"] = now
-                e["credit"] = (e["credit"] + delta * self.cpj) & ((1 << 64) - 1)
-                if e["credit"] > e["credit_cap"]:
-                    e["credit"] = e["credit_cap"]
-        if e["credit"] >= e["cost"]:
-            e["credit"] -= e["cost"]
+            self.recalc(e, now)
+        length = p.ip_len                                # skb->len at the hook
+        if self.rate_match:
+            e["credit"] = (e["credit"] + (length if self.bytes else 1)) & U64_MASK
+            return (not e["win"] and e["credit"] <= e["credit_cap"]) != above
+        if self.bytes:                                   # hashlimit_byte_cost
+            ccap = self.cpjb * self.hz
+            cost = min((((length >> 4) + 1) * e["cost"]) & U64_MASK, ccap)
+            if e["credit"] < cost and e["credit_cap"]:
+                e["credit_cap"] -= 1
+                e["credit"] = ccap
+        else:
+            cost = e["cost"]
+        if e["credit"] >= cost:
+            e["credit"] -= cost
             return not above
         return above
 
@@ -490,6 +555,9 @@ class Hashlimits:
     def __init__(self, hz: int, j0: int = 0, size: int = 8192):
         self.hz, self.now, self.size = hz, j0, size
         self.tables: dict[str, HashlimitTable] = {}
+        # a table's own clock for the next packet when it differs from `now` (a packet's rules
+        # may be judged across a jiffy boundary)
+        self.now_by: dict[str, int] = {}
 
     def prepare(self, table: Table, j0: Optional[dict] = None) -> "Hashlimits":
         """Make the tables `table` names; `j0` gives a table's creation jiffies by name (default: now)."""
@@ -508,7 +576,7 @@ class Hashlimits:
         t = self.tables.get(m.name)
         if t is None:
             t = self.tables[m.name] = HashlimitTable(m, self.hz, self.now, self.size)
-        return t.match(p, self.now, m.above)
+        return t.match(p, self.now_by.get(m.name, self.now), m.above)
 
 
 class RecentTables:

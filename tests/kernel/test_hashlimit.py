@@ -219,3 +219,148 @@ def test_hashlimit_two_cpus_take_exactly_the_burst(dut):
     got = w.call(op="run_cpus", frame=frame.hex(), ifindex=idx, repeat=20000, cpus=cpus)
     assert "error" not in got, got
     assert got["rules"][0][0] == 2000 and got["rules"][1][0] == 38000, got["rules"][:2]
+
+
+# --- byte rates, rate-match and --hashlimit-htable-max -----------------------------------
+
+MODES = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m hashlimit --hashlimit-upto 1/sec --hashlimit-name clk
+-A INPUT -p udp -m udp --dport 5100 -m hashlimit --hashlimit-upto 2kb/s --hashlimit-burst 6kb --hashlimit-mode srcip --hashlimit-name hlby -j ACCEPT
+-A INPUT -p udp -m udp --dport 5101 -m hashlimit --hashlimit-above 1kb/s --hashlimit-mode srcip --hashlimit-name hlbz -j DROP
+-A INPUT -p udp -m udp --dport 5101 -j ACCEPT
+-A INPUT -p udp -m udp --dport 5200 -m hashlimit --hashlimit-upto 4/sec --hashlimit-burst 2 --hashlimit-mode srcip --hashlimit-rate-match --hashlimit-name hlrm -j ACCEPT
+-A INPUT -p udp -m udp --dport 5201 -m hashlimit --hashlimit-above 3kb/s --hashlimit-mode srcip --hashlimit-rate-match --hashlimit-name hlrb -j DROP
+-A INPUT -p udp -m udp --dport 5201 -j ACCEPT
+-A INPUT -p udp -m udp --dport 5300 -m hashlimit --hashlimit-upto 100/sec --hashlimit-mode srcip,srcport --hashlimit-name hlmax --hashlimit-htable-size 2 --hashlimit-htable-max 3 --hashlimit-htable-gcinterval 200 --hashlimit-htable-expire 300 -j ACCEPT
+COMMIT
+"""
+
+
+def _clock(w, hl: Hashlimits) -> tuple[int, dict]:
+    """The jiffies of the last packet: every INPUT packet first passes the `clk` rule, whose one
+    bucket's expiry is then that packet's jiffies + its expiry. Its later hashlimit rule may be
+    judged a jiffy later: a table whose newest bucket is newer than that has its own clock."""
+    got = w.call(op="hl_list")
+    assert "error" not in got, got
+    newest: dict = {}
+    for e in got["entries"]:
+        newest[e["table"]] = max(newest.get(e["table"], 0), e["expires"] - hl.tables[e["table"]].expire_j)
+    now = newest["clk"]
+    return now, {t: j for t, j in newest.items() if j > now}
+
+
+def _mode_packets(rnd: random.Random, n: int, ports=(5100, 5101, 5200, 5201, 5300)) -> list[Pkt]:
+    out = []
+    for _ in range(n):
+        dport = rnd.choice(ports)
+        src = ip(rnd.choice(SOURCES[:3]))
+        sport = rnd.choice(range(3000, 3008)) if dport == 5300 else 4000
+        out.append(Pkt(src, ip("10.9.0.1"), UDP, sport=sport, dport=dport, iif="va",
+                       payload=rnd.choice([0, 1, 15, 16, 100, 500, 1000, 1400, rnd.randrange(0, 1450)])))
+    return out
+
+
+def _run_modes(w, links, table, hl: Hashlimits, rule_index: dict, packets: list[Pkt]) -> list[str]:
+    verdicts = []
+    for p in packets:
+        got = judge(w, links, "INPUT", p)
+        assert "error" not in got, got
+        hl.now, hl.now_by = _clock(w, hl)
+        verdict, counted, _ = evaluate(table, "INPUT", p, hl=hl)
+        where = f"{p} (IP length {p.ip_len}) at jiffies {hl.now}"
+        assert (got["ret"] == XDP_DROP) == (verdict == "DROP"), f"verdict differs for {where}"
+        assert sorted(r[0] for r in got["rules"]) == sorted(rule_index[c] for c in counted), \
+            f"rule counters differ for {where}: {got['rules']} vs {counted}"
+        verdicts.append(verdict)
+    return verdicts
+
+
+def _check_mode_buckets(w, hl: Hashlimits) -> None:
+    got = w.call(op="hl_list")
+    for name, t in hl.tables.items():
+        t.gc(hl.now)
+        ref = {k: (e["credit"], e["credit_cap"], e["cost"], e["prev"], e["win"]) for k, e in t.entries.items()}
+        mine = {}
+        for e in got["entries"]:
+            if e["table"] != name:
+                continue
+            k = (ip(e["src"]), ip(e["dst"]), e["sport"], e["dport"])
+            # a bucket the collector has freed by now is not in the reference (it restarts when seen)
+            run = t.j0 + t.gc_j
+            while run < e["expires"]:
+                run += t.gc_j
+            if run <= hl.now:
+                assert k not in ref
+                continue
+            mine[k] = (e["credit"], e["credit_cap"], e["cost"], e["prev"], e["win"])
+        assert mine == ref, f"buckets of {name} differ"
+
+
+def test_hashlimit_bytes_rate_match_and_max_match_reference(dut):
+    """Byte rates (the cost is the IP length in 16-byte chunks, refills limited by the burst),
+    rate-match (windows of --hashlimit-rate-interval), and a table of at most 3 buckets whose
+    new keys are hotdropped until the collector frees some: verdicts, counters and every
+    bucket's numbers equal to the reference's, packet by packet."""
+    w, links = dut
+    r = load_fresh(w, MODES)
+    table = parse_ruleset(MODES, "t.rules").table("filter")
+    rule_index = {tuple(rc): i for i, rc in enumerate(r["rule_chain"])}
+    hl = Hashlimits(host_hz()).prepare(table, j0=w.call(op="hl_list")["j0"])
+    assert hl.tables["hlmax"].max == 3 and hl.tables["hlby"].bytes and hl.tables["hlrm"].rate_match
+    rnd = random.Random(11)
+    seen = []
+    for pause in (0, 0.15, 0.5, 1.1, 0.3, 1.3):
+        time.sleep(pause)
+        seen += _run_modes(w, links, table, hl, rule_index, _mode_packets(rnd, 60))
+        _check_mode_buckets(w, hl)
+    assert "DROP" in seen and "ACCEPT" in seen
+
+
+def test_hashlimit_htable_max_hotdrops_new_keys(dut):
+    """Plain behaviour: the fourth source port of a table of 3 is hotdropped (counted by no
+    rule), a known one still passes; once the collector freed the idle buckets new ones fit."""
+    w, links = dut
+    load_fresh(w, MODES)
+
+    def send(sport: int) -> dict:
+        got = judge(w, links, "INPUT", Pkt(ip(SOURCES[0]), ip("10.9.0.1"), UDP, sport=sport, dport=5300, iif="va"))
+        assert "error" not in got, got
+        return got
+
+    for sport in (3000, 3001, 3002):
+        assert send(sport)["ret"] != XDP_DROP
+    full = send(3003)
+    assert full["ret"] == XDP_DROP and all(rule != 8 for rule, *_ in full["rules"]), full["rules"]
+    assert send(3001)["ret"] != XDP_DROP
+    time.sleep(0.8)          # expire 300 ms, collector every 200 ms
+    assert send(3003)["ret"] != XDP_DROP
+
+
+def test_hashlimit_max_count_grouped_for_a_long_expiry(dut):
+    """An expiry of 2000 ms with a collector every 10 ms spans 167 runs: the count is kept per
+    group of 3 runs (abi.hashlimit_group_runs). Full at 2 buckets; a third key is hotdropped
+    until the first two have expired and their group's runs have passed."""
+    from ebpfw.datapath.abi import hashlimit_group_runs, msecs_to_jiffies
+    hz = host_hz()
+    assert hashlimit_group_runs(msecs_to_jiffies(2000, hz), msecs_to_jiffies(10, hz)) > 1
+    text = MODES.replace("--hashlimit-htable-size 2 --hashlimit-htable-max 3 --hashlimit-htable-gcinterval 200 "
+                         "--hashlimit-htable-expire 300",
+                         "--hashlimit-htable-size 1 --hashlimit-htable-max 2 --hashlimit-htable-gcinterval 10 "
+                         "--hashlimit-htable-expire 2000")
+    assert text != MODES
+    w, links = dut
+    load_fresh(w, text)
+
+    def passes(sport: int) -> bool:
+        got = judge(w, links, "INPUT", Pkt(ip(SOURCES[1]), ip("10.9.0.1"), UDP, sport=sport, dport=5300, iif="va"))
+        assert "error" not in got, got
+        return got["ret"] != XDP_DROP
+
+    t0 = time.monotonic()
+    assert [passes(3000), passes(3001), passes(3002), passes(3000)] == [True, True, False, True]
+    assert time.monotonic() - t0 < 1.5, "too slow to see the table full"
+    time.sleep(2.5)          # 3000 and 3001 expired, freed, and their group passed
+    assert [passes(3002), passes(3003), passes(3004)] == [True, True, False]
