@@ -239,9 +239,12 @@ class _Checker:
             if not m.bytes and not m.rate_match and hashlimit_overflows(m.avg, m.burst):
                 self.add(pos, "hashlimit rate and burst overflow the kernel's token bucket (xt_hashlimit: "
                          "\"overflow, try lower\")", "a higher rate or a smaller --hashlimit-burst", text)
-            if m.expire == 0 or m.gcinterval == 0 or not (0 <= m.srcmask <= 32 and 0 <= m.dstmask <= 32):
-                self.add(pos, "hashlimit --hashlimit-htable-expire 0, --hashlimit-htable-gcinterval 0 or a mask "
-                         "over 32 (the kernel refuses it)", "an expiry and interval > 0 ms and masks 0-32", text)
+            if m.expire == 0 or not (0 <= m.srcmask <= 32 and 0 <= m.dstmask <= 32):
+                self.add(pos, "hashlimit --hashlimit-htable-expire 0 or a mask over 32 (the kernel refuses it)",
+                         "an expiry > 0 ms and masks 0-32", text)
+            if m.gcinterval == 0:
+                self.add(pos, "hashlimit --hashlimit-htable-gcinterval 0 (the kernel refuses it)",
+                         "an interval > 0 ms", text)
         if isinstance(m, MacMatch) and "OUTPUT" in hooks:
             self.add(pos, "match 'mac' in a rule reached from chain OUTPUT (the kernel allows it only in "
                      "INPUT and FORWARD: locally sent packets have no source MAC yet)",

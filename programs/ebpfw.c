@@ -1729,7 +1729,7 @@ static __always_inline int limit_pass(__u32 rk)
  * --hashlimit-htable-max: dsthash_alloc_init refuses a new bucket (the packet is hotdropped)
  * while the table holds max buckets, freed ones not counted. The count here is by the
  * collector run that frees a bucket (struct ebpfw_hlcnt), so it drops exactly when the runs
- * this datapath assumes happen; with a long expiry (more than 62 collector periods) the count
+ * this datapath assumes happen; with a long expiry (more than 61 collector periods) the count
  * is kept per group of gk runs and a freed bucket is counted up to gk - 1 periods longer
  * (docs/CONFORMANCE.md). A new bucket reserves its place in the count before it is made and
  * gives it back when another CPU made it first. Buckets nobody sees again are left to the

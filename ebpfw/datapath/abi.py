@@ -190,10 +190,12 @@ def hashlimit_rate_bytes(avg: int) -> int:
 
 
 def hashlimit_group_runs(expire_j: int, gc_j: int) -> int:
-    """Collector runs per slot of a table's entry count: 1 (exact) when a bucket's expiry spans
-    at most 62 runs, else as few as the EBPFW_HL_RING slots allow."""
-    span = -(-expire_j // max(gc_j, 1)) + 1          # the runs a live bucket can be freed by
-    return max(1, -(-span // (HL_RING - 1)))
+    """Collector runs per slot of a table's entry count: 1 (exact) when the runs a live bucket
+    can be freed by (its expiry in collector periods, rounded up, plus one) are at most 62,
+    else as few as keep every live group in its own slot of the EBPFW_HL_RING, one to spare
+    (a range of `span` runs touches at most ceil(span / gk) + 1 groups)."""
+    span = -(-expire_j // max(gc_j, 1)) + 1
+    return max(1, -(-span // (HL_RING - 2)))
 
 
 def hashlimit_table_config(t, hz: int, j0: int, name_tag: int) -> list:
