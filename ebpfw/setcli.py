@@ -1,10 +1,12 @@
 """`ebpfw set ...`: live membership of the sets -m set rules name (ebpfw/sets.py).
 
-  ebpfw set add NAME ELEMENT [timeout N] [--exist]
+  ebpfw set add NAME ELEMENT [timeout N] [nomatch] [--exist]
                                           add an element (ipset syntax: 10.0.0.1, 10.0.0.0/24,
                                           10.0.0.1,tcp:22, a port for bitmap:port; ranges expand);
                                           in a set created with a timeout it expires after the
-                                          set's timeout or N seconds (0 = never); --exist renews it
+                                          set's timeout or N seconds (0 = never); nomatch (hash:net
+                                          types): an exception, addresses in it do not match;
+                                          --exist renews it
   ebpfw set del NAME ELEMENT [--exist]    delete it
   ebpfw set list [NAME]                   the loaded sets in `ipset save` format (an element of a
                                           set with timeouts shows the seconds it has left)
@@ -34,16 +36,24 @@ _edge = edge
 def add_cmd(
     name: Annotated[str, typer.Argument(metavar="NAME")],
     element: Annotated[str, typer.Argument(metavar="ELEMENT")],
-    options: Annotated[Optional[list[str]], typer.Argument(metavar="timeout N")] = None,
+    options: Annotated[Optional[list[str]], typer.Argument(metavar="[timeout N] [nomatch]")] = None,
     exist: Annotated[bool, typer.Option("--exist", help="No error when the element is already there "
                                         "(its timeout is renewed).")] = False,
 ) -> None:
-    """Add ELEMENT to set NAME (`timeout N`: it expires after N seconds, 0 = never)."""
+    """Add ELEMENT to set NAME (`timeout N`: it expires after N seconds, 0 = never; `nomatch`: an
+    exception inside a hash:net set)."""
     from . import sets
     from .errors import EbpfwError
     opts = list(options or [])
-    if opts and (len(opts) != 2 or opts[0] != "timeout"):
-        raise EbpfwError(f"unexpected '{' '.join(opts)}' after the element, expected 'timeout N'")
+    i = 0
+    while i < len(opts):
+        if opts[i] == "timeout" and i + 1 < len(opts):
+            i += 2
+        elif opts[i] == "nomatch":
+            i += 1
+        else:
+            raise EbpfwError(f"unexpected '{' '.join(opts)}' after the element, expected 'timeout N' "
+                             "and/or 'nomatch'")
     sets.add(name, " ".join([element, *opts]), exist)
 
 

@@ -6,23 +6,26 @@ outside the generation directories (like the conntrack table), so they outlive r
 an `add`/`del` is one map update that packets see at once. Key of an element (programs/ebpfw.c
 struct ebpfw_set_key): prefix length 64 + address prefix (64 for bitmap:port), then set id,
 proto << 16 | port (0 for hash:ip / hash:net; the port alone for bitmap:port) and the address,
-all big endian: a packet's key (full length) finds an element exactly as the kernel's set
-types test it (no `nomatch` elements).
+all big endian. The value (struct ebpfw_set_val) is the element's expiry, its own key prefix
+length and its flags (`nomatch`). A packet's key (full length) is looked up as the kernel's
+set types test it: the longest live element covering it decides, a match unless it is a
+`nomatch` element (hash:net types; mtype_test_cidrs tries the set's prefix lengths from the
+longest down, skipping expired elements); the datapath repeats the lookup with a shorter key
+length after an expired element (programs/ebpfw.c, set_member).
 
-Timeouts (ip_set_timeout.h): the value of an element is its expiry in CLOCK_BOOTTIME ns (the
-clock bpf_ktime_get_boot_ns() reads in the datapath), 0 = permanent. A set created with
+Timeouts (ip_set_timeout.h): the expiry is in CLOCK_BOOTTIME ns (the clock
+bpf_ktime_get_boot_ns() reads in the datapath), 0 = permanent. A set created with
 `timeout D` gives each added element D seconds unless the add says `timeout N`; `timeout 0` is
-permanent; an expired element does not match, is not listed and counts as absent for add/del
-(it is deleted lazily: on list, flush, add and when the set looks full). The kernel keeps
-jiffies: its element lives up to one jiffy (1/HZ) longer than here. hash:net and hash:net,port
-sets with timeouts are refused (the LPM trie finds only the longest prefix; an expired one
-would hide a shorter live prefix that ipset still matches).
+permanent; an expired element does not match (a shorter live prefix covering it still does,
+and so does a `nomatch` one), is not listed and counts as absent for add/del (it is deleted
+lazily: on list, flush, add and when the set looks full; the datapath never deletes). The
+kernel keeps jiffies: its element lives up to one jiffy (1/HZ) longer than here.
 
-Upgrades: the pinned maps of older versions had a 4-byte value (no expiry) and a shorter
-definition record. `migrate_pins()` (called before the programs are built) renames such pins
-aside, and `restore_migrated()` (after the build created the new maps) copies their elements
-(permanent) and definitions over and removes the old pins, so an apply over an old pin keeps
-the live sets.
+Upgrades: the pinned maps of older versions had a smaller value (4 bytes: no expiry; 8 bytes:
+the expiry alone) and a shorter definition record. `migrate_pins()` (called before the
+programs are built) renames such pins aside, and `restore_migrated()` (after the build created
+the new maps) copies their elements (with their expiry when they had one) and definitions
+over and removes the old pins, so an apply over an old pin keeps the live sets.
 
 `ebpfw apply --sets FILE` calls `load` with the sets of FILE (each set named there gets exactly
 the file's elements; other loaded sets stay as they are); without --sets the loaded sets stay
@@ -41,7 +44,7 @@ from typing import Optional
 
 from . import state
 from .datapath import bpfsys
-from .datapath.abi import NSETS, SET_VAL, SETDEF, SETDEF_PIN, SETS_PIN
+from .datapath.abi import NSETS, SET_NOMATCH, SET_VAL, SETDEF, SETDEF_PIN, SETS_PIN
 from .errors import EbpfwError, RulesetError
 from .ipset import IpSet, IpSetEntry, parse_ipsets, save_ipsets
 
@@ -81,6 +84,11 @@ def element_key(set_id: int, st_type: str, e: IpSetEntry) -> bytes:
     return KEY.pack(64 + e.prefixlen, be(set_id), be(pp), be(e.addr or 0))
 
 
+def element_value(key: bytes, e: IpSetEntry, now: int) -> bytes:
+    """The trie value of element `e` whose key is `key`."""
+    return VAL.pack(expiry_of(e.timeout, now), KEY.unpack(key)[0], SET_NOMATCH if e.nomatch else 0)
+
+
 def _entry_of(st_type: str, key: bytes) -> IpSetEntry:
     plen, _, pp_b, addr_b = KEY.unpack(key)
     pp, addr = struct.unpack(">I", pp_b)[0], struct.unpack(">I", addr_b)[0]
@@ -92,13 +100,7 @@ def _entry_of(st_type: str, key: bytes) -> IpSetEntry:
 
 
 def refuse_unsupported(st: IpSet) -> None:
-    """RulesetError (FILE:LINE) for what the datapath does not reproduce: timeouts in the net
-    types (an expired longest prefix would hide a shorter live one in the LPM trie), IPv6."""
-    if st.type.startswith("hash:net") and (st.timeout is not None or any(e.timeout is not None for e in st.entries)):
-        raise RulesetError(f"set '{st.name}' has timeouts", problems=[
-            f"{st.pos}: set '{st.name}' of type {st.type} with timeout is not supported (the datapath's "
-            "longest-prefix lookup cannot skip an expired prefix), expected a hash:net set without timeout "
-            "or a hash:ip set with timeout, found 'timeout'"])
+    """RulesetError (FILE:LINE) for what the datapath does not reproduce: IPv6."""
     if st.family != "inet":
         raise RulesetError(f"set '{st.name}' is not IPv4", problems=[
             f"{st.pos}: set '{st.name}' of family {st.family}, expected family inet"])
@@ -179,22 +181,35 @@ class SetStore:
         idb = struct.pack(">I", set_id)
         return [k for k in bpfsys.keys(self.trie, KEY.size) if k[4:8] == idb]
 
+    def _value(self, key: bytes) -> Optional[tuple[int, int]]:
+        """The element's (expiry (0 = permanent), flags), None when it is not in the trie. An LPM
+        lookup answers with the longest element covering the key: it is this very element only
+        when its prefix length is the key's."""
+        v = bpfsys.lookup(self.trie, key, VAL.size)
+        if v is None:
+            return None
+        expiry, plen, flags = VAL.unpack(v)
+        if plen != KEY.unpack(key)[0]:
+            return None
+        return expiry, flags
+
     def _expiry(self, key: bytes) -> Optional[int]:
         """The element's expiry (0 = permanent), None when it is not in the trie."""
-        v = bpfsys.lookup(self.trie, key, VAL.size)
-        return None if v is None else VAL.unpack(v)[0]
+        v = self._value(key)
+        return None if v is None else v[0]
 
-    def _live(self, set_id: int, now: int) -> dict[bytes, int]:
-        """The set's elements that have not expired (key -> expiry); expired ones are deleted."""
+    def _live(self, set_id: int, now: int) -> dict[bytes, tuple[int, int]]:
+        """The set's elements that have not expired (key -> (expiry, flags)); expired ones are
+        deleted."""
         out = {}
         for k in self._keys_of(set_id):
-            exp = self._expiry(k)
-            if exp is None:
+            v = self._value(k)
+            if v is None:
                 continue
-            if remaining(exp, now) is None:
+            if remaining(v[0], now) is None:
                 bpfsys.delete(self.trie, k)
             else:
-                out[k] = exp
+                out[k] = v
         return out
 
     def gc(self, name: str) -> int:
@@ -231,12 +246,15 @@ class SetStore:
                 used.add(set_id)
             # `ipset save` prints the seconds left: each element expires that long from now
             now = now_ns()
-            want = {element_key(set_id, st.type, e): expiry_of(e.timeout, now) for e in st.entries}
+            want = {}
+            for e in st.entries:
+                k = element_key(set_id, st.type, e)
+                want[k] = element_value(k, e, now)
             for k in self._keys_of(set_id):
                 if k not in want:
                     bpfsys.delete(self.trie, k)
-            for k, exp in want.items():
-                bpfsys.update(self.trie, k, VAL.pack(exp), f"set {st.name}")
+            for k, v in want.items():
+                bpfsys.update(self.trie, k, v, f"set {st.name}")
             self._write_def(set_id, st, len(want))
             defs = self.definitions()
         return {n: d[0] for n, d in self.definitions().items()}
@@ -252,13 +270,17 @@ class SetStore:
 
     def add(self, name: str, element: str, exist: bool = False) -> int:
         """Add ELEMENT (ipset syntax, ranges expand, optionally followed by `timeout N` in a set
-        created with a timeout); returns how many entries were new. An element already present
-        (and not expired) is an error unless `exist` (ipset add -exist), which renews its
-        timeout as ipset does."""
+        created with a timeout and `nomatch` in a hash:net type); returns how many entries were
+        new. An element already present (and not expired) is an error unless `exist` (ipset add
+        -exist), which renews its timeout and sets its nomatch flag as the add says, as ipset
+        does."""
         set_id, st, count = self._get(name)
         entries = self._parse_element(st, element)
         now = now_ns()
-        items = [(element_key(set_id, st.type, e), expiry_of(e.timeout, now)) for e in entries]
+        items = []
+        for e in entries:
+            k = element_key(set_id, st.type, e)
+            items.append((k, element_value(k, e, now)))
         present = {k for k, _ in items if (x := self._expiry(k)) is not None and remaining(x, now) is not None}
         new = [(k, x) for k, x in items if k not in present]
         if not new and not exist:
@@ -273,7 +295,7 @@ class SetStore:
         # an expired element still in the trie is replaced (it was counted already)
         stale = sum(1 for k, _ in new if self._expiry(k) is not None)
         for k, x in (items if exist else new):
-            bpfsys.update(self.trie, k, VAL.pack(x), f"set {name}")
+            bpfsys.update(self.trie, k, x, f"set {name}")
         if len(new) - stale:
             self._write_def(set_id, st, count + len(new) - stale)
         return len(new)
@@ -313,8 +335,9 @@ class SetStore:
         if len(live) != count:
             self._write_def(set_id, st, len(live))
         timed = st.timeout is not None
-        entries = sorted((replace(_entry_of(st.type, k), timeout=remaining(x, now) if timed else None)
-                          for k, x in live.items()),
+        entries = sorted((replace(_entry_of(st.type, k), timeout=remaining(x, now) if timed else None,
+                                  nomatch=bool(flags & SET_NOMATCH))
+                          for k, (x, flags) in live.items()),
                          key=lambda e: (e.addr or 0, e.prefixlen, e.proto or 0, e.port or 0))
         return replace(st, entries=tuple(entries))
 
@@ -391,9 +414,10 @@ def migrate_pins(pins: Path) -> None:
 
 
 def restore_migrated(pins: Path, trie_fd: int, defs_fd: int) -> int:
-    """After the build: copy the elements (permanent: the old layout had no timeouts) and the
-    definitions of renamed old pins into the new maps, then delete the old pins. Returns how
-    many elements were copied."""
+    """After the build: copy the elements (with their expiry when the old value had one, else
+    permanent; none was `nomatch`: older versions had no such flag) and the definitions of
+    renamed old pins into the new maps, then delete the old pins. Returns how many elements
+    were copied."""
     tpath, dpath = pins / (SETS_PIN + OLD_SUFFIX), pins / (SETDEF_PIN + OLD_SUFFIX)
     if not tpath.exists() or not dpath.exists():
         return 0
@@ -405,11 +429,17 @@ def restore_migrated(pins: Path, trie_fd: int, defs_fd: int) -> int:
             rec = raw[i * osize:(i + 1) * osize]
             if struct.unpack_from("<I", rec, 32)[0] == 0:
                 continue
-            head = rec[:56].ljust(56, b"\0")          # name..hashsize: the part both layouts share
-            bpfsys.update(defs_fd, struct.pack("<I", i), head + b"\0" * (SETDEF.size - 56), "set definitions")
+            # name..hashsize in every layout; the timeout and its flag since timeouts exist
+            rec = rec[:SETDEF.size].ljust(SETDEF.size, b"\0")
+            bpfsys.update(defs_fd, struct.pack("<I", i), rec, "set definitions")
+        vsize = bpfsys.map_info(otfd).value_size
         n = 0
         for k in bpfsys.keys(otfd, KEY.size):
-            bpfsys.update(trie_fd, k, VAL.pack(0), "sets")
+            v = bpfsys.lookup(otfd, k, vsize)
+            if v is None:
+                continue
+            expiry = struct.unpack_from("<Q", v)[0] if vsize >= 8 else 0   # 4 bytes: no timeouts
+            bpfsys.update(trie_fd, k, VAL.pack(expiry, KEY.unpack(k)[0], 0), "sets")
             n += 1
     finally:
         os.close(otfd)

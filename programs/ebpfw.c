@@ -1592,6 +1592,11 @@ struct walkstate {
     __u32 clrule;     /* rule + 1 while the walk waits for the answer */
     __u32 cldone;     /* rule + 1 once the answer is in clres */
     __u32 clres;      /* 1 match, 0 no match, 2 hotdrop */
+    /* -m set whose first lookup found an expired element: judged like hashlimit (set_slow) */
+    __u32 setrk;      /* rk + 1 of the set rule waiting for its result, 0: none */
+    __u32 setres;     /* its membership (before `!`) once setdone */
+    __u32 setdone;
+    __u32 setpad;
 };
 BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 
@@ -1954,20 +1959,39 @@ static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
  * add|del` and re-applies keep it): key = (set id, proto << 16 | port, address), all big
  * endian, an element is a prefix of 64 bits (id and port part exact) plus its address prefix
  * (0 for bitmap:port). The per-rule table says which set and which packet sides to read.
- * The value is the element's expiry (ipset `timeout`): CLOCK_BOOTTIME in ns (userspace reads
- * the same clock with clock_gettime(CLOCK_BOOTTIME)), 0 = permanent. The kernel keeps
+ * The value (struct ebpfw_set_val) holds the element's expiry (ipset `timeout`): CLOCK_BOOTTIME
+ * in ns (userspace reads the same clock with clock_gettime(CLOCK_BOOTTIME)), 0 = permanent,
+ * its `nomatch` flag (hash:net types) and its own key prefix length. The kernel keeps
  * add-time jiffies + timeout * HZ and an element is alive while jiffies <= that
  * (ip_set_timeout_expired); this clock has ns precision, so an element expires here exactly
  * `timeout` seconds after its add, and in the kernel up to one jiffy (1/HZ: 4 ms at HZ=250)
- * later (a packet within that jiffy is the only possible difference). Sets of the net types
- * have no timeouts (ebpfw/sets.py refuses them): the trie finds only the longest prefix, and an
- * expired longest prefix must not hide a shorter live one. */
+ * later (a packet within that jiffy is the only possible difference).
+ * Lookup (mtype_test_cidrs in ip_set_hash_gen.h): the kernel tries the set's prefix lengths
+ * from the most specific down and the first live element decides: a match, or no match for a
+ * `nomatch` element; an expired element is skipped. The trie returns the longest prefix that
+ * is not longer than the key's prefix length, so after an expired element of prefix length L
+ * the lookup is repeated with the key's length L - 1: each repeat is shorter, so at most 33
+ * lookups (/32 ... /1, then nothing) decide. The walk makes the first lookup; only when it
+ * finds an expired element does it stop at the rule (V_CONT) and the continuation program
+ * run the repeated lookups (set_member, a loop verified once there rather than at every
+ * state of the walk) and resume the walk at the rule with the answer, as for -m hashlimit.
+ * Nothing is deleted here (a delete could race with a userspace `set add` renewing the
+ * element); userspace deletes expired elements (ebpfw/sets.py). */
 struct ebpfw_set_key {
     __u32 prefixlen;
     __u32 id;             /* network order */
     __u32 pp;             /* proto << 16 | port, network order; 0 for hash:ip / hash:net */
     __u32 addr;           /* network order */
 };
+struct ebpfw_set_val {
+    __u64 expiry;         /* CLOCK_BOOTTIME ns, 0 = permanent */
+    __u32 prefixlen;      /* the element's key prefix length (64 + its address prefix) */
+    __u32 flags;          /* EBPFW_SETV_NOMATCH */
+};
+#define EBPFW_SETV_NOMATCH 1
+#ifndef EBPFW_SET_TRIES
+#define EBPFW_SET_TRIES    33   /* the address prefix lengths 32 ... 1, then none */
+#endif
 struct ebpfw_setm {
     __u32 id;
     __u8  kind;           /* EBPFW_SETK_* */
@@ -1996,10 +2020,10 @@ struct ebpfw_setdef {
 #define EBPFW_SETDEF_TIMEOUT 1
 #define EBPFW_NSETS 256
 #ifdef EBPFW_SET_PATH
-BPF_TABLE_PINNED("lpm_trie", struct ebpfw_set_key, __u64, ebpfw_sets, EBPFW_SETS_CAP, EBPFW_SET_PATH, BPF_F_NO_PREALLOC);
+BPF_TABLE_PINNED("lpm_trie", struct ebpfw_set_key, struct ebpfw_set_val, ebpfw_sets, EBPFW_SETS_CAP, EBPFW_SET_PATH, BPF_F_NO_PREALLOC);
 BPF_TABLE_PINNED("array", __u32, struct ebpfw_setdef, ebpfw_setdef, EBPFW_NSETS, EBPFW_SETDEF_PATH);
 #else
-BPF_F_TABLE("lpm_trie", struct ebpfw_set_key, __u64, ebpfw_sets, EBPFW_SETS_CAP, BPF_F_NO_PREALLOC);
+BPF_F_TABLE("lpm_trie", struct ebpfw_set_key, struct ebpfw_set_val, ebpfw_sets, EBPFW_SETS_CAP, BPF_F_NO_PREALLOC);
 BPF_ARRAY(ebpfw_setdef, struct ebpfw_setdef, EBPFW_NSETS);
 #endif
 BPF_ARRAY(ebpfw_setm, struct ebpfw_setm, NSLOTS * EBPFW_RCAP);
@@ -2037,52 +2061,111 @@ static __always_inline __u32 set_dport(struct pkt *p)
     return p->setdport;
 }
 
-/* an element found in the trie matches unless its timeout expired (ip_set_timeout_expired) */
-static __always_inline int set_live(__u64 *v)
+/* the packet's key for the set match m in k (full length); 0 when the packet has none (then it
+ * is not in the set) */
+static __always_inline int set_key(struct ebpfw_setm *m, struct pkt *p, struct ebpfw_set_key *k)
 {
-    if (!v)
-        return 0;
-    __u64 expiry = *v;
-    return expiry == 0 || bpf_ktime_get_boot_ns() <= expiry;
-}
-
-static __always_inline int set_pass(__u32 rk)
-{
-    struct ebpfw_setm *m = ebpfw_setm.lookup(&rk);
-    if (!m)
-        return 0;
-    __u32 zero = 0;
-    struct ebpfw_set_key *k = ebpfw_setk.lookup(&zero);
-    if (!k)
-        return 0;
-    /* the packet is read back from its per-CPU record: fewer live registers in the walk */
-    struct pkt *p = ebpfw_pkt.lookup(&zero);
-    if (!p)
-        return 0;
     __u32 kind = m->kind;
-    int member = 0;
+    int valid = 0;
     k->prefixlen = 96;
     k->id = bpf_htonl(m->id);
     k->pp = 0;
     k->addr = 0;
     if (kind == EBPFW_SETK_ADDR) {
         k->addr = m->src0 ? p->saddr : p->daddr;
-        member = set_live(ebpfw_sets.lookup(k));
+        valid = 1;
     } else if (kind == EBPFW_SETK_ADDRPORT) {
         if (ports_ok(p)) {
             __u32 port = m->src1 ? set_sport(p) : set_dport(p);
             k->pp = bpf_htonl(((__u32)p->proto << 16) | port);
             k->addr = m->src0 ? p->saddr : p->daddr;
-            member = set_live(ebpfw_sets.lookup(k));
+            valid = 1;
         }
     } else if (kind == EBPFW_SETK_PORT) {
         /* ip_set_get_ip_port: TCP and UDP only */
         if ((p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) && p->l4 == L4_OK) {
             k->pp = bpf_htonl(m->src0 ? p->sport : p->dport);
-            member = set_live(ebpfw_sets.lookup(k));
+            valid = 1;
         }
     }
-    return member ^ (m->inv ? 1 : 0);
+    return valid;
+}
+
+/* the longest element covering k decides when it is alive (a match unless it is `nomatch`):
+ * 1 or 0; SET_EXPIRED when it expired (set_member then looks further) */
+#define SET_EXPIRED 2
+static __always_inline int set_first(struct ebpfw_set_key *k)
+{
+    struct ebpfw_set_val *v = ebpfw_sets.lookup(k);
+    if (!v)
+        return 0;
+    __u64 expiry = v->expiry;
+    if (expiry == 0 || bpf_ktime_get_boot_ns() <= expiry)     /* ip_set_timeout_expired */
+        return !(v->flags & EBPFW_SETV_NOMATCH);
+    return SET_EXPIRED;
+}
+
+/* branch-free selection (BPF has no conditional move): one verifier path in the walk */
+static __always_inline __u64 set_eq(__u64 a, __u64 b)
+{
+    return ((a ^ b) - 1) >> 63;
+}
+static __always_inline __u64 set_sel(__u64 c, __u64 a, __u64 b)
+{
+    return b ^ ((a ^ b) & (0 - c));
+}
+
+/* mtype_test_cidrs: the longest live element covering k decides; expired ones are skipped */
+static __always_inline int set_member(struct ebpfw_set_key *k)
+{
+#pragma clang loop unroll(disable)
+    for (__u32 i = 0; i < EBPFW_SET_TRIES; i++) {
+        struct ebpfw_set_val *v = ebpfw_sets.lookup(k);
+        if (!v)
+            return 0;
+        __u64 expiry = v->expiry;
+        if (expiry == 0 || bpf_ktime_get_boot_ns() <= expiry)
+            return !(v->flags & EBPFW_SETV_NOMATCH);
+        __u32 plen = v->prefixlen;
+        if (plen <= 64 || plen > k->prefixlen)
+            return 0;
+        k->prefixlen = plen - 1;
+    }
+    return 0;
+}
+
+/* the continuation program's part: the answer for set rule rk (before `!`) */
+static __always_inline int set_slow(__u32 rk, struct pkt *p)
+{
+    struct ebpfw_setm *m = ebpfw_setm.lookup(&rk);
+    __u32 zero = 0;
+    struct ebpfw_set_key *k = ebpfw_setk.lookup(&zero);
+    if (!m || !k)
+        return 0;
+    return set_key(m, p, k) ? set_member(k) : 0;
+}
+
+/* -m set for rule rk in the walk: 1 the match holds (after `!`), 0 not, -1 the continuation
+ * program is to decide (the first lookup found an expired element; see above). When the
+ * continuation program has decided for this rule, its answer is taken (and consumed). */
+static __always_inline int set_pass(__u32 rk, struct walkstate *ws)
+{
+    __u32 zero = 0;
+    struct ebpfw_setm *m = ebpfw_setm.lookup(&rk);
+    struct ebpfw_set_key *k = ebpfw_setk.lookup(&zero);
+    /* the packet is read back from its per-CPU record: fewer live registers in the walk */
+    struct pkt *p = ebpfw_pkt.lookup(&zero);
+    if (!m || !k || !p)
+        return 0;
+    __u64 first = set_key(m, p, k) ? set_first(k) : 0;
+    __u64 done = ws->setdone & 1;
+    __u64 use = set_eq(ws->setrk, rk + 1) & done;
+    ws->setdone = done ^ use;
+    ws->setrk = set_sel(use, 0, ws->setrk);
+    __u64 member = set_sel(use, ws->setres & 1, first);
+    if (member == SET_EXPIRED)
+        return -1;
+    return (member & 1) ^ (m->inv ? 1 : 0);
 }
 #endif
 
@@ -2735,6 +2818,8 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
         ws->hldone = 0;
         ws->rdone = 0;
         ws->cldone = 0;
+        ws->setrk = 0;
+        ws->setdone = 0;
         ws->slot = slot;
 #ifdef EBPFW_F_RAW
         ws->untracked = 0;
@@ -2816,9 +2901,19 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
 #ifdef EBPFW_F_SET
         /* iptables runs a rule's matches in order: a set match before the matches that can
          * hotdrop refuses the packet first; after them, their hotdrop comes first */
-        if ((rule->flags & EBPFW_RF_SET) && (!hit || (rule->flags & EBPFW_RF_SETFIRST)) && !set_pass(rk)) {
-            ws->pos = r + 1;
-            continue;
+        if ((rule->flags & EBPFW_RF_SET) && (!hit || (rule->flags & EBPFW_RF_SETFIRST))) {
+            int sp = set_pass(rk, ws);
+            if (sp < 0) {
+                /* have the continuation program judge it, then come back to this rule */
+                ws->setrk = rk + 1;
+                ws->setdone = 0;
+                ws->pos = r;
+                return V_CONT;
+            }
+            if (!sp) {
+                ws->pos = r + 1;
+                continue;
+            }
         }
 #endif
 #ifdef EBPFW_F_MARK
@@ -3270,14 +3365,20 @@ static __always_inline int classify_resume(void)
     c->calls += 1;
     if (c->calls > EBPFW_MAXCALLS)
         return V_CONT;
-#ifdef EBPFW_F_HASHLIMIT
+#if defined(EBPFW_F_HASHLIMIT) || defined(EBPFW_F_SET)
     struct walkstate *ws = ebpfw_walk.lookup(&zero);
     if (!ws)
         return V_DROP;
+#endif
+#ifdef EBPFW_F_HASHLIMIT
     if (ws->hlrk && !ws->hldone) {
         ws->hlres = hashlimit_pass(ws->hlrk - 1, &c->p);
         ws->hldone = 1;
     }
+#endif
+#ifdef EBPFW_F_SET
+    ws->setres = set_slow(ws->setrk - 1, &c->p);
+    ws->setdone = set_eq(ws->setrk, 0) ^ 1;
 #endif
     return classify(c->chain, &c->p, c->iif, c->oif, 1);
 }

@@ -299,7 +299,8 @@ MARKC = struct.Struct("<IIIBBHIIII")
 SET_KEY = struct.Struct("<I")              # prefixlen; then id, proto << 16 | port, addr big endian
 SETM = struct.Struct("<IBBBB")             # set id, kind, src0, src1, inv
 SETDEF = struct.Struct("<32sIIIIIIII")     # name, type, count, maxelem, first, last, hashsize, timeout, flags
-SET_VAL = struct.Struct("<Q")              # the element's expiry: CLOCK_BOOTTIME ns, 0 = permanent
+SET_VAL = struct.Struct("<QII")            # expiry (CLOCK_BOOTTIME ns, 0 = permanent), key prefixlen, flags
+SET_NOMATCH = 1                            # SET_VAL flags: EBPFW_SETV_NOMATCH
 SETK = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 SETS_PIN = "sets"                          # pin names under <pin_dir>, outside the generations
 SETDEF_PIN = "set_defs"

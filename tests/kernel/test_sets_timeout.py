@@ -115,8 +115,3 @@ def test_timeouts_expire_in_the_datapath(dut):
     bad = w.call(op="set_add", name="plain", element="10.9.0.5 timeout 5")
     assert "created without timeout" in bad.get("error", ""), bad
 
-
-def test_net_types_with_timeouts_are_refused(dut):
-    w, _ = dut
-    r = w.call(op="load", rules=RULES, sets=SETS + "create nets hash:net timeout 60\n")
-    assert "test.sets:6:" in r.get("error", "") and "hash:net with timeout is not supported" in r["error"], r
