@@ -3355,6 +3355,17 @@ static __always_inline int classify(__u32 chain_id, struct pkt *p, __u32 iif, __
     return verdict;
 }
 
+#ifdef EBPFW_F_SET
+/* a continuation program's first step: the answer of the set rule the walk stopped at (none
+ * when setrk is 0: rule 0xffffffff has no set match), without a branch here, so the walk that
+ * follows is verified from one state */
+static __always_inline void set_resume(struct walkstate *ws, struct cont *c)
+{
+    ws->setres = set_slow(ws->setrk - 1, &c->p);
+    ws->setdone = set_eq(ws->setrk, 0) ^ 1;
+}
+#endif
+
 /* the body of every continuation program: resume the saved walk */
 static __always_inline int classify_resume(void)
 {
@@ -3377,8 +3388,7 @@ static __always_inline int classify_resume(void)
     }
 #endif
 #ifdef EBPFW_F_SET
-    ws->setres = set_slow(ws->setrk - 1, &c->p);
-    ws->setdone = set_eq(ws->setrk, 0) ^ 1;
+    set_resume(ws, c);
 #endif
     return classify(c->chain, &c->p, c->iif, c->oif, 1);
 }
@@ -4514,6 +4524,9 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
         c->calls += 1;
         if (c->calls > EBPFW_MAXCALLS)
             return V_CONT;
+#ifdef EBPFW_F_SET
+        set_resume(ws, c);      /* a raw rule's -m set too */
+#endif
         return classify(c->chain, &c->p, c->iif, c->oif, 1);
     }
     ws->untracked = 0;

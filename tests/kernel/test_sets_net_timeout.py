@@ -241,3 +241,46 @@ COMMIT
         net = ipaddress.IPv4Network(elem if "/" in elem else elem + "/32")
         got.add((int(net.network_address), net.prefixlen, 0, 0, "nomatch" in opts))
     assert got == live
+
+
+def test_raw_table_set_rule_skips_expired_prefixes():
+    """A raw PREROUTING rule's -m set: the raw stage's continuation program decides it too."""
+    import json
+    import netns as nsh
+    from dpclient import Worker
+    factory = nsh.NetnsFactory()
+    try:
+        d, peer = factory("enset"), factory("enset")
+        nsh.veth(d, "va", peer, "pa", "10.9.0.1/24", "10.9.0.2/24")
+        info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
+        links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
+        w = Worker(d, env={"EBPFW_TEST_CT": "1", "EBPFW_TEST_RAW": "1"}, strict=True)
+        try:
+            rules = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -m set --match-set cs src -j DROP
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+COMMIT
+"""
+            sets = """create cs hash:net family inet hashsize 1024 maxelem 65536 timeout 0
+add cs 10.20.1.0/24
+add cs 10.20.1.7 timeout 1 nomatch
+add cs 10.20.1.8 timeout 1
+"""
+            r = w.call(op="load", rules=rules, sets=sets)
+            assert "error" not in r, r.get("error")
+            wait_past(time.monotonic(), 1.0)
+            for addr, want in (("10.20.1.7", True), ("10.20.1.8", True), ("10.20.1.9", True), ("10.20.2.1", False)):
+                got = judge(w, links, "INPUT", Pkt(ip(addr), ip(ME), TCP, dport=80, iif="va"))
+                assert "error" not in got, got
+                assert (got["ret"] == XDP_DROP) == want, (addr, got)
+                assert got["stats"].get("walk_limit", 0) == 0, got["stats"]
+        finally:
+            w.close()
+    finally:
+        factory.cleanup()
