@@ -201,3 +201,59 @@ def per_table(text: str) -> dict[str, list[str]]:
         elif line and not line.startswith("#"):
             cur.append(line)
     return out
+
+
+FILTER_ONLY = RULES[RULES.index("*filter"):]
+
+
+def _query(client: str, dut: str, port: int = 53) -> int:
+    """One query from CLIENT_IP to DUT_IP:port, answered by the server; returns the answers."""
+    server = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", SERVER, DUT_IP],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        got = run_in(client, [sys.executable, "-c", CLIENT, DUT_IP, json.dumps([[CLIENT_IP, port, 1]])],
+                     timeout=60).stdout
+        server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    return json.loads(got.strip().splitlines()[-1])[0]
+
+
+def test_apply_with_and_without_raw(netns, ebpfw_env, tmp_path):
+    """Programs built for a raw table keep serving a ruleset without one (maps only) and the raw
+    table again; `save` and `show` print the raw table only while the applied ruleset has one."""
+    client, dut = _topology(netns)
+    with_raw, without = tmp_path / "with.rules", tmp_path / "without.rules"
+    with_raw.write_text(RULES)
+    without.write_text(FILTER_ONLY)
+    untracked = ("filter", "-A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT")
+    established = ("filter", "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT")
+    try:
+        res = ok(ebpfw(dut, "apply", str(with_raw), "--iface", dut + "d"))
+        assert "new programs" in res.stdout, res.stdout
+        assert _query(client, dut) == 1
+        c = table_counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        assert c[("raw", "-A PREROUTING -p udp -m udp --dport 53 -j NOTRACK")][0] == 1
+        assert c[untracked][0] == 1 and c[("raw", "-A OUTPUT -p udp -m udp --sport 53 -j NOTRACK")][0] == 1
+        show = ok(ebpfw(dut, "show")).stdout
+        assert "Chain PREROUTING (table raw)" in show and "Chain OUTPUT (table raw)" in show, show
+
+        res = ok(ebpfw(dut, "apply", str(without), "--iface", dut + "d"))
+        assert "programs kept" in res.stdout, res.stdout
+        saved = ok(ebpfw(dut, "save", "--counters")).stdout
+        assert "*raw" not in saved
+        # tracked now: the query (filter INPUT policy DROP... of a NEW flow) is dropped, nothing answers
+        assert _query(client, dut) == 0
+        c = table_counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        assert c[untracked][0] == 0 and c[("filter", ":INPUT DROP")][0] == 1
+
+        res = ok(ebpfw(dut, "apply", str(with_raw), "--iface", dut + "d"))
+        assert "programs kept" in res.stdout, res.stdout
+        assert _query(client, dut) == 1
+        c = table_counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        assert c[untracked][0] == 1 and c[established][0] == 0
+    finally:
+        ebpfw(dut, "detach", timeout=60)
