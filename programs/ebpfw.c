@@ -4511,7 +4511,7 @@ int ebpfw_tc_recent(struct __sk_buff *skb)
  * so each program verifies one way into the walk). Raw rules have no LOG, REJECT, recent,
  * hashlimit or mark (the compiler refuses them), so no other verdict comes out of the walk. */
 static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len, __u32 ifindex,
-                                     struct rawres *rr, const int resume)
+                                     __u32 mark, struct rawres *rr, const int resume)
 {
     __u32 zero = 0;
     struct walkstate *ws = ebpfw_walk.lookup(&zero);
@@ -4575,6 +4575,14 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
         chain = m->raw >> 16;
     }
     p->ctstate = EBPFW_CT_INVALID;   /* raw rules have no conntrack match (compiler) */
+#ifdef EBPFW_F_MARK
+    /* the packet's mark as raw sees it (skb->mark at TC, 0 at XDP); there is no connection yet,
+     * so CONNMARK does nothing and -m connmark never matches (xt_connmark without a ct) */
+    ws->mark = mark;
+    ws->hasct = 0;
+    ws->ctmark = 0;
+    ws->ctmark_in = 0;
+#endif
     return classify(chain, p, iif, oif, 0);
 }
 
@@ -4596,7 +4604,7 @@ static __always_inline int raw_xdp(struct xdp_md *ctx, const int resume)
         return XDP_DROP;
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    int v = raw_judge(data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex, rr, resume);
+    int v = raw_judge(data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex, 0, rr, resume);
     if (v == V_CONT) {
         ebpfw_rawcx.call(ctx, 0);
         walk_abandon();
@@ -4624,7 +4632,7 @@ static __always_inline int raw_tc(struct __sk_buff *skb, const int resume)
         data = (void *)(long)skb->data;
         data_end = (void *)(long)skb->data_end;
     }
-    int v = raw_judge(data, data_end, skb->len, skb->ifindex, rr, resume);
+    int v = raw_judge(data, data_end, skb->len, skb->ifindex, skb->mark, rr, resume);
     if (v == V_CONT) {
         ebpfw_rawct.call(skb, 0);
         walk_abandon();
@@ -4632,6 +4640,7 @@ static __always_inline int raw_tc(struct __sk_buff *skb, const int resume)
     }
     if (v != V_ACCEPT)
         return TC_ACT_SHOT;
+    mark_out(skb, V_ACCEPT);   /* a raw MARK: the filter stage reads skb->mark again */
     raw_result(rr);
     ebpfw_maint.call(skb, rr->egress ? 1 : 0);
     rr->state = RAW_NONE;

@@ -39,7 +39,7 @@ ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "RE
        "MARK": 8, "CONNMARK": 9, "NOTRACK": 10, "CT": 10}
 RAW_BUILTINS = ("PREROUTING", "OUTPUT")
 # what the raw stage of the datapath enforces: targets, and matches it refuses (with why)
-RAW_TARGETS = ("NONE", "ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NOTRACK", "CT")
+RAW_TARGETS = ("NONE", "ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NOTRACK", "CT", "MARK", "CONNMARK")
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
@@ -572,7 +572,7 @@ def _raw_problems(r: Rule, problems: list[str]) -> None:
     t = r.target
     if t.kind not in RAW_TARGETS:
         problems.append(f"{r.pos}: target '{t.kind}' in the raw table is not supported by the datapath yet, "
-                        f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack or a user-defined chain, "
+                        f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack, MARK, CONNMARK or a user-defined chain, "
                         f"found '-j {t.kind}'")
     for m in r.matches:
         if isinstance(m, ConntrackMatch):
@@ -580,7 +580,7 @@ def _raw_problems(r: Rule, problems: list[str]) -> None:
                             "(raw runs before connection tracking: every packet is INVALID there until a "
                             "NOTRACK makes it UNTRACKED, which ebpfw's raw stage does not follow), expected "
                             f"no -m {m.module} in *raw, found '-m {m.module}'")
-        elif isinstance(m, (MarkMatch, ConnmarkMatch, HashlimitMatch, RecentMatch, ConnlimitMatch)):
+        elif isinstance(m, (HashlimitMatch, RecentMatch, ConnlimitMatch)):
             name = type(m).__name__.removesuffix("Match").lower()
             problems.append(f"{r.pos}: match '{name}' in the raw table is not supported by the datapath yet, "
                             f"expected it only in *filter, found '-m {name}'")
@@ -714,10 +714,13 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
         first = min(skb_mark, key=lambda r: r.pos.line)
         chain = next(c for (c, i), r in zip(rule_chain, rules) if r is first)
         from ..iptables.save import format_rule
+        table, _, bare = chain.rpartition(" ")     # "raw PREROUTING": chain_key's form
         try:
-            text = format_rule(chain, first)
+            text = format_rule(bare, first)
         except Exception:              # a hand-made IR the printer cannot print
-            text = f"-A {chain} ..."
+            text = f"-A {bare} ..."
+        if table:
+            text = f"-t {table} {text}"
         plan.skb_mark_rule = f"{first.pos}: {text}"
     set_groups(plan, groups)
     return CompileState(plan=plan, rules=rules, rule_chain_id=rule_chain_id, chain_id=chain_id, groups=groups,

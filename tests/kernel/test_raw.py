@@ -93,8 +93,9 @@ class Dp:
         w.call(op="ct_flush")
         w.call(op="ct_config", timeouts={}, tcp_loose=True)
 
-    def _run(self, prog: str, frame: bytes, ifindex: int, ingress_ifindex: int = 0) -> dict:
-        r = self.w.call(op="run", prog=prog, frame=frame.hex(), ifindex=ifindex, ingress_ifindex=ingress_ifindex)
+    def _run(self, prog: str, frame: bytes, ifindex: int, ingress_ifindex: int = 0, mark: int = 0) -> dict:
+        r = self.w.call(op="run", prog=prog, frame=frame.hex(), ifindex=ifindex, ingress_ifindex=ingress_ifindex,
+                        mark=mark)
         r["hits"] = {self.rule_chain[i]: p for i, p, _ in r["rules"]}
         r["policies"] = {self.chains[c]: p for c, p, _ in r["chains"]}
         return r
@@ -103,9 +104,9 @@ class Dp:
         idx, mac = self.links[iface]
         return self._run(prog, bytes(Ether(dst=mac, src="02:00:00:00:00:02") / l3), idx)
 
-    def outbound(self, l3, iface: str = "va") -> dict:
+    def outbound(self, l3, iface: str = "va", mark: int = 0) -> dict:
         idx, mac = self.links[iface]
-        return self._run("tc_egress", bytes(Ether(dst="02:00:00:00:00:02", src=mac) / l3), idx)
+        return self._run("tc_egress", bytes(Ether(dst="02:00:00:00:00:02", src=mac) / l3), idx, mark=mark)
 
     def forwarded_at_egress(self, l3, iface: str = "va", from_iface: str = "vb") -> dict:
         """A packet routed from `from_iface` (whose ingress ebpfw does not judge) out of `iface`."""
@@ -276,3 +277,53 @@ def test_ruleset_without_raw_in_raw_programs(dut):
     assert state_of(r, "OUTPUT") == "ESTABLISHED"
     r = d.inbound(IP(src="10.9.0.66", dst=DUT) / UDP(sport=1, dport=99))
     assert r["ret"] == XDP_DROP and r["hits"][("INPUT", 4)] == 1
+
+
+MARK_RULES = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp -m udp --dport 60 -j MARK --set-xmark 0x5/0xffffffff
+-A PREROUTING -m mark --mark 0x5 -j NOTRACK
+-A PREROUTING -m connmark --mark 0x0
+-A PREROUTING -m connmark ! --mark 0x1
+-A PREROUTING -p udp -m udp --dport 61 -j CONNMARK --set-xmark 0x7/0xffffffff
+-A OUTPUT -m mark --mark 0x9 -j MARK --set-xmark 0x3/0xffffffff
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate UNTRACKED
+-A INPUT -m conntrack --ctstate NEW
+-A INPUT -m conntrack --ctstate ESTABLISHED
+-A INPUT -m conntrack --ctstate INVALID
+-A INPUT -m mark --mark 0x5
+-A INPUT -m connmark --mark 0x7
+-A OUTPUT -m conntrack --ctstate UNTRACKED
+-A OUTPUT -m conntrack --ctstate NEW
+-A OUTPUT -m conntrack --ctstate ESTABLISHED
+-A OUTPUT -m conntrack --ctstate INVALID
+-A OUTPUT -m mark --mark 0x3
+COMMIT
+"""
+
+
+def test_marks_in_raw(dut):
+    """MARK in raw changes the mark the rest of raw, filter and the stack see; raw has no
+    connection yet, so -m connmark never matches there (inverted or not) and CONNMARK does
+    nothing (xt_connmark without a ct)."""
+    d = Dp(*dut, rules=MARK_RULES)
+    r = d.inbound(IP(src=PEER, dst=DUT) / UDP(sport=40010, dport=60), prog="tc_ingress")
+    assert r["ret"] == TC_OK and r["mark"] == 0x5
+    assert r["hits"][("raw PREROUTING", 0)] == 1 and r["hits"][("raw PREROUTING", 1)] == 1
+    assert ("raw PREROUTING", 2) not in r["hits"] and ("raw PREROUTING", 3) not in r["hits"]
+    assert state_of(r, "INPUT") == "UNTRACKED" and r["hits"][("INPUT", 4)] == 1
+    r = d.inbound(IP(src=PEER, dst=DUT) / UDP(sport=40011, dport=61), prog="tc_ingress")
+    assert r["hits"][("raw PREROUTING", 4)] == 1 and ("raw PREROUTING", 2) not in r["hits"]
+    assert state_of(r, "INPUT") == "NEW" and ("INPUT", 5) not in r["hits"] and r["mark"] == 0
+    (e,) = d.entries()
+    assert e["mark"] == 0, "CONNMARK in raw made no connection mark"
+    r = d.outbound(IP(src=DUT, dst=PEER) / UDP(sport=7, dport=40012), mark=0x9)
+    assert r["ret"] == TC_OK and r["mark"] == 0x3
+    assert r["hits"][("raw OUTPUT", 0)] == 1 and r["hits"][("OUTPUT", 4)] == 1
+    assert state_of(r, "OUTPUT") == "NEW"

@@ -128,12 +128,9 @@ def test_refused_by_parser_or_check(line, message):
 
 @pytest.mark.parametrize("line,start", [
     ("-A PREROUTING -j LOG", "r.rules:2: target 'LOG' in the raw table is not supported by the datapath yet"),
-    ("-A PREROUTING -j MARK --set-mark 1", "r.rules:2: target 'MARK' in the raw table is not supported by the "
-     "datapath yet"),
     ("-A PREROUTING -m conntrack --ctstate INVALID -j DROP", "r.rules:2: match 'conntrack' in the raw table is "
      "not supported by the datapath (raw runs before connection tracking"),
     ("-A PREROUTING -m state --state UNTRACKED", "r.rules:2: match 'state' in the raw table is not supported"),
-    ("-A PREROUTING -m mark --mark 1", "r.rules:2: match 'mark' in the raw table is not supported by the datapath yet"),
     ("-A PREROUTING -m recent --set", "r.rules:2: match 'recent' in the raw table is not supported"),
 ])
 def test_refused_by_compiler(line, start):
@@ -174,3 +171,15 @@ def test_same_user_chain_name_in_both_tables():
     plan = compile_plan(rs.table("filter"), raw=rs.table("raw"))
     assert plan.chain_names == ["INPUT", "FORWARD", "OUTPUT", "X", "raw PREROUTING", "raw OUTPUT", "raw X"]
     assert plan.rule_arg[0] == 3 and plan.rule_arg[2] == 6
+
+
+def test_marks_in_raw_compile_and_need_tc():
+    """MARK, CONNMARK, -m mark and -m connmark are enforced in raw too; MARK and -m mark need an
+    skb (TC), like in filter."""
+    text = ("*raw\n-A PREROUTING -p udp -j MARK --set-mark 5\n-A PREROUTING -m connmark --mark 1\n"
+            "-A OUTPUT -j CONNMARK --set-mark 2\nCOMMIT\n*filter\n-A INPUT -m mark --mark 5\nCOMMIT\n")
+    rs = parse_ruleset(text, "r.rules")
+    check_ruleset(rs, allow_conntrack=True)
+    plan = compile_plan(rs.table("filter"), raw=rs.table("raw"))
+    assert plan.skb_mark_rule.startswith("r.rules:2: -t raw -A PREROUTING -p udp -j MARK --set-xmark 0x5/0xffffffff")
+    assert sorted(plan.marks) == [0, 1, 2, 3] and plan.ct is not None     # connmark turns tracking on

@@ -35,6 +35,7 @@ EXTRA_CASES = [
     "sets",
     "raw",
     "connlimit",
+    "raw:build_marks",
 ]
 
 

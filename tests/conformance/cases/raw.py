@@ -58,3 +58,38 @@ def build() -> Case:
     ]
     return Case(name="raw", ruleset=RULES, source="(inline)", steps=steps, stateful=True,
                 listen=[Listen("dut", "0.0.0.0", 22), Listen("dut", "0.0.0.0", 8080), Listen("srv", SRV, 80)])
+
+
+MARK_RULES = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp -m udp --dport 54 -j MARK --set-xmark 0x5/0xffffffff
+-A PREROUTING -m mark --mark 0x5 -j NOTRACK
+-A PREROUTING -m connmark ! --mark 0x1
+-A PREROUTING -p tcp -m tcp --dport 80 -j CONNMARK --set-xmark 0x7/0xffffffff
+-A OUTPUT -p udp -m udp --dport 514 -j MARK --set-xmark 0x9/0xffffffff
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -m conntrack --ctstate UNTRACKED
+-A FORWARD -m mark --mark 0x5 -m state --state UNTRACKED
+-A FORWARD -m connmark --mark 0x7
+-A FORWARD -m conntrack --ctstate NEW
+-A OUTPUT -m mark --mark 0x9 -m conntrack --ctstate NEW
+COMMIT
+"""
+
+
+def build_marks() -> Case:
+    """MARK, -m mark, -m connmark and CONNMARK in the raw table (the ruleset runs at TC ingress:
+    MARK needs an skb). Raw has no connection yet: -m connmark never matches there, CONNMARK
+    does nothing; the filter table sees raw's mark."""
+    steps = [
+        Send("cli", [udp(NET, SRV, 54)] * 2, "forwarded udp 54: marked and untracked in raw"),
+        Connect("cli", SRV, 80, label="forwarded web: CONNMARK in raw is a no-op"),
+        Udp("dut", SRV, 514, label="host syslog: marked in raw OUTPUT"),
+    ]
+    return Case(name="raw-marks", ruleset=MARK_RULES, source="(inline)", steps=steps, stateful=True,
+                listen=[Listen("srv", SRV, 80)])
