@@ -148,8 +148,9 @@ def format_event(raw: bytes, names: dict[int, str]) -> str:
                     f"MACPROTO={frame[12:14].hex()} ")
         else:
             out += "MAC=" + frame[:14].hex(":") + "  "
-    # at ingress the frame is as it arrived; the kernel's FORWARD hook sees the TTL decremented
-    ttl_delta = 1 if hook == 1 and not egress else 0
+    # at ingress the frame is as it arrived; the kernel's FORWARD hook sees the TTL decremented;
+    # raw PREROUTING judged at egress (hook 3, a forwarded packet) saw it before the decrement
+    ttl_delta = 1 if hook == 1 and not egress else (-1 if hook == 3 else 0)
     dump = _dump_ipv4(frame[14:], flags, wire - 14, ttl_delta=ttl_delta)
     out += dump
     if mark and not isinstance(dump, _Cut):

@@ -186,6 +186,8 @@ BPF_PERCPU_ARRAY(ebpfw_pkt, struct pkt, 1);
 #define V_REJECT 4    /* drop and answer (EBPFW_F_REJECT): the walk left the rule's arg in walkstate.arg */
 #define V_RECENT 5    /* a -m recent rule needs its list: the recent program decides, then the walk goes on */
 #define V_CONNLIMIT 6 /* a -m connlimit rule needs its count: the connlimit program decides, likewise */
+#define V_RAWPASS 7   /* EBPFW_F_RAW: the post program wrote the raw rules' LOG events and hands the
+                       * packet on to the filter stage */
 
 /* Actions after the verdict (LOG events, building a REJECT answer) run in tail-called post
  * programs: code placed after the inlined walk would be verified once per way out of the walk,
@@ -1616,6 +1618,7 @@ BPF_PERCPU_ARRAY(ebpfw_walk, struct walkstate, 1);
 #define RAW_UNTRACKED 2   /* ... after a NOTRACK: connection tracking leaves it alone */
 #define RAW_HOOK_PRE  0
 #define RAW_HOOK_OUT  1
+#define EBPFW_HOOK_RAW_PRE_EGRESS 3   /* LOG events: raw PREROUTING of a forwarded packet seen at egress */
 struct rawres {
     __u32 state;      /* RAW_*: set by the raw program right before it tail-calls the entry program */
     __u32 slot;       /* the slot the raw stage judged with; classify() uses it for the filter table */
@@ -4392,6 +4395,17 @@ int ebpfw_xdp_post(struct xdp_md *ctx)
     log_events(ws, 0, data, data_end);   /* no skb mark before the stack (XDP) */
 #endif
     __u32 v = ws->verdict;
+#ifdef EBPFW_F_RAW
+    if (v == V_RAWPASS) {
+        /* the raw stage accepted the packet and left its result in ebpfw_rawres */
+        ebpfw_mainx.call(ctx, 0);
+        struct rawres *rr = ebpfw_rawres.lookup(&zero);
+        if (rr)
+            rr->state = RAW_NONE;
+        stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */
+        return XDP_DROP;
+    }
+#endif
 #ifdef EBPFW_F_REJECT
     if (v == V_REJECT)
         return xdp_reject_handoff(ctx, ws, p);   /* ebpfw_tc_xdprej answers (or not) and drops it */
@@ -4413,6 +4427,17 @@ int ebpfw_tc_post(struct __sk_buff *skb)
     log_events(ws, skb->mark, data, data_end);
 #endif
     __u32 v = ws->verdict;
+#ifdef EBPFW_F_RAW
+    if (v == V_RAWPASS) {
+        struct rawres *rr = ebpfw_rawres.lookup(&zero);
+        if (!rr)
+            return TC_ACT_SHOT;
+        ebpfw_maint.call(skb, rr->egress ? 1 : 0);
+        rr->state = RAW_NONE;
+        stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */
+        return TC_ACT_SHOT;
+    }
+#endif
 #ifdef EBPFW_F_REJECT
     if (v == V_REJECT) {
         struct rejinfo ri = {};
@@ -4556,6 +4581,7 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
         note_oif(p, 0);           /* PREROUTING: no output interface yet */
         chain = m->raw & 0xffff;
         iif = ifindex;
+        post_note(EBPFW_CHAIN_INPUT, ifindex, 0, 1, 0, 0);   /* LOG prints IN= and MAC= as for INPUT */
     } else if (rr->hook == RAW_HOOK_PRE) {
         /* a forwarded packet whose ingress ebpfw does not judge: raw PREROUTING saw it with
          * the TTL before ip_forward's decrement and no output interface */
@@ -4564,6 +4590,7 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
         note_oif(p, 0);
         p->ttl += 1;
         chain = m->raw & 0xffff;
+        post_note(EBPFW_HOOK_RAW_PRE_EGRESS, iif, 0, 1, 0, 1);
     } else {
         note_iif(p, 0);
 #ifdef EBPFW_F_OIF
@@ -4573,6 +4600,7 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
 #endif
         oif = ifindex;
         chain = m->raw >> 16;
+        post_note(EBPFW_CHAIN_OUTPUT, 0, ifindex, 1, 1, 1);
     }
     p->ctstate = EBPFW_CT_INVALID;   /* raw rules have no conntrack match (compiler) */
 #ifdef EBPFW_F_MARK
@@ -4610,9 +4638,18 @@ static __always_inline int raw_xdp(struct xdp_md *ctx, const int resume)
         walk_abandon();
         return XDP_DROP;
     }
-    if (v != V_ACCEPT)
+    if (v != V_ACCEPT) {
+#ifdef EBPFW_POST
+        if (post_due(V_DROP))
+            ebpfw_post_xdp.call(ctx, 0);   /* LOG events of the raw rules, then the drop */
+#endif
         return XDP_DROP;
+    }
     raw_result(rr);
+#ifdef EBPFW_POST
+    if (post_due(V_RAWPASS))
+        ebpfw_post_xdp.call(ctx, 0);       /* LOG events, then the post program hands it on */
+#endif
     ebpfw_mainx.call(ctx, 0);
     rr->state = RAW_NONE;
     stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */
@@ -4638,10 +4675,19 @@ static __always_inline int raw_tc(struct __sk_buff *skb, const int resume)
         walk_abandon();
         return TC_ACT_SHOT;
     }
-    if (v != V_ACCEPT)
+    if (v != V_ACCEPT) {
+#ifdef EBPFW_POST
+        if (post_due(V_DROP))
+            ebpfw_post_tc.call(skb, 0);    /* LOG events of the raw rules, then the drop */
+#endif
         return TC_ACT_SHOT;
+    }
     mark_out(skb, V_ACCEPT);   /* a raw MARK: the filter stage reads skb->mark again */
     raw_result(rr);
+#ifdef EBPFW_POST
+    if (post_due(V_RAWPASS))
+        ebpfw_post_tc.call(skb, 0);        /* LOG events, then the post program hands it on */
+#endif
     ebpfw_maint.call(skb, rr->egress ? 1 : 0);
     rr->state = RAW_NONE;
     stat_inc(EBPFW_STAT_WALK_LIMIT);   /* the entry program is missing: fail closed */

@@ -39,7 +39,7 @@ ACT = {"NONE": 0, "ACCEPT": 1, "DROP": 2, "RETURN": 3, "JUMP": 4, "GOTO": 5, "RE
        "MARK": 8, "CONNMARK": 9, "NOTRACK": 10, "CT": 10}
 RAW_BUILTINS = ("PREROUTING", "OUTPUT")
 # what the raw stage of the datapath enforces: targets, and matches it refuses (with why)
-RAW_TARGETS = ("NONE", "ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NOTRACK", "CT", "MARK", "CONNMARK")
+RAW_TARGETS = ("NONE", "ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "NOTRACK", "CT", "MARK", "CONNMARK", "LOG")
 RF_NEEDS_L4 = 1
 RF_MSS = 2          # a tcpmss match hotdrops a packet whose TCP header it cannot read
 RF_MAC = 4          # a mac match: fail closed where the datapath has no source MAC
@@ -572,7 +572,7 @@ def _raw_problems(r: Rule, problems: list[str]) -> None:
     t = r.target
     if t.kind not in RAW_TARGETS:
         problems.append(f"{r.pos}: target '{t.kind}' in the raw table is not supported by the datapath yet, "
-                        f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack, MARK, CONNMARK or a user-defined chain, "
+                        f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack, MARK, CONNMARK, LOG or a user-defined chain, "
                         f"found '-j {t.kind}'")
     for m in r.matches:
         if isinstance(m, ConntrackMatch):

@@ -257,3 +257,58 @@ def test_apply_with_and_without_raw(netns, ebpfw_env, tmp_path):
         assert c[untracked][0] == 1 and c[established][0] == 0
     finally:
         ebpfw(dut, "detach", timeout=60)
+
+
+LOG_RULES = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN -j LOG --log-prefix "raw-pre: "
+-A PREROUTING -p tcp -m tcp --dport 8080 -j NOTRACK
+-A PREROUTING -p icmp -m icmp --icmp-type 8 -j LOG --log-prefix "raw-drop: "
+-A PREROUTING -p icmp -m icmp --icmp-type 8 -j DROP
+-A OUTPUT -p tcp -m tcp --sport 8080 --tcp-flags SYN,ACK SYN,ACK -j LOG --log-prefix "raw-out: "
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 8080 --tcp-flags FIN,SYN,RST,ACK SYN -m conntrack --ctstate UNTRACKED -j LOG --log-prefix "filter-in: "
+COMMIT
+"""
+
+
+@pytest.mark.parametrize("mode", ["xdp-generic", "tc"])
+def test_log_in_raw(netns, ebpfw_env, tmp_path, mode):
+    """-j LOG in raw PREROUTING and OUTPUT: one kernel-format line per packet, with IN=/MAC= as
+    PREROUTING has them and OUT= as OUTPUT has it; the packet goes on (to NOTRACK, the filter
+    table's LOG, the socket) or is dropped after its line."""
+    from test_cli_kernel import ping, start_listener, tcp
+    client, dut = netns("elc"), netns("eld")
+    dev = dut + "d"
+    veth(client, client + "c", dut, dev, "10.205.1.2/24", "10.205.1.1/24")
+    listener = start_listener(dut, 8080)
+    try:
+        rules = tmp_path / "log.rules"
+        rules.write_text(LOG_RULES)
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dev, "--mode", mode))
+        assert tcp(client, "10.205.1.1", 8080) == "open"
+        assert not ping(client, "10.205.1.1")
+        lines = ok(ebpfw(dut, "log")).stdout.splitlines()
+        by = {p: [l for l in lines if l.startswith(p)] for p in ("raw-pre: ", "raw-drop: ", "raw-out: ", "filter-in: ")}
+        assert {p: len(v) for p, v in by.items()} == {"raw-pre: ": 1, "raw-drop: ": 1, "raw-out: ": 1,
+                                                       "filter-in: ": 1}, lines
+        mac = r"MAC=([0-9a-f]{2}:){13}[0-9a-f]{2}  "
+        assert re.fullmatch(rf"raw-pre: IN={dev} OUT= {mac}SRC=10\.205\.1\.2 DST=10\.205\.1\.1 LEN=60 TOS=0x00 "
+                            r"PREC=0x00 TTL=64 ID=\d+ DF PROTO=TCP SPT=\d+ DPT=8080 WINDOW=\d+ RES=0x00 SYN URGP=0 ",
+                            by["raw-pre: "][0]), by["raw-pre: "][0]
+        assert re.fullmatch(rf"raw-drop: IN={dev} OUT= {mac}SRC=10\.205\.1\.2 DST=10\.205\.1\.1 LEN=84 .* "
+                            r"PROTO=ICMP TYPE=8 CODE=0 ID=\d+ SEQ=1 ", by["raw-drop: "][0]), by["raw-drop: "][0]
+        assert re.fullmatch(rf"raw-out: IN= OUT={dev} SRC=10\.205\.1\.1 DST=10\.205\.1\.2 LEN=60 .* SPT=8080 "
+                            r"DPT=\d+ WINDOW=\d+ RES=0x00 ACK SYN URGP=0 ", by["raw-out: "][0]), by["raw-out: "][0]
+        assert lines.index(by["raw-pre: "][0]) < lines.index(by["filter-in: "][0])
+        c = table_counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        assert c[("raw", "-A PREROUTING -p icmp -m icmp --icmp-type 8 -j DROP")][0] == 1
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)
+        ebpfw(dut, "detach", timeout=60)

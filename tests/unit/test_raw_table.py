@@ -127,7 +127,6 @@ def test_refused_by_parser_or_check(line, message):
 
 
 @pytest.mark.parametrize("line,start", [
-    ("-A PREROUTING -j LOG", "r.rules:2: target 'LOG' in the raw table is not supported by the datapath yet"),
     ("-A PREROUTING -m conntrack --ctstate INVALID -j DROP", "r.rules:2: match 'conntrack' in the raw table is "
      "not supported by the datapath (raw runs before connection tracking"),
     ("-A PREROUTING -m state --state UNTRACKED", "r.rules:2: match 'state' in the raw table is not supported"),
@@ -183,3 +182,18 @@ def test_marks_in_raw_compile_and_need_tc():
     plan = compile_plan(rs.table("filter"), raw=rs.table("raw"))
     assert plan.skb_mark_rule.startswith("r.rules:2: -t raw -A PREROUTING -p udp -j MARK --set-xmark 0x5/0xffffffff")
     assert sorted(plan.marks) == [0, 1, 2, 3] and plan.ct is not None     # connmark turns tracking on
+
+
+def test_log_line_of_raw_prerouting_judged_at_egress():
+    """A forwarded packet whose ingress ebpfw does not judge gets raw PREROUTING at egress (hook 3):
+    its LOG line shows the TTL before ip_forward's decrement, IN= and no OUT=, as PREROUTING does."""
+    import struct
+    from ebpfw.datapath.abi import LOG_CAP, LOG_CFG, LOG_EV
+    from ebpfw.log import format_event
+    udp = struct.pack("!HHHH", 5, 53, 12, 0) + b"abcd"
+    ip = struct.pack("!BBHHHBBH", 0x45, 0, 32, 7, 0, 63, 17, 0) + bytes([10, 0, 0, 1, 10, 0, 0, 2]) + udp
+    frame = bytes(12) + b"\x08\x00" + ip
+    cfg = LOG_CFG.pack(b"p: ", 4, 0, 0, 0)
+    ev = LOG_EV.pack(1, 0, 3, 0, len(frame), 3, 0, len(frame), 1, 0, 0, cfg, frame.ljust(LOG_CAP, b"\0"))
+    line = format_event(ev, {3: "va"})
+    assert line.startswith("p: IN=va OUT= MAC=") and " TTL=64 " in line, line
