@@ -2,7 +2,9 @@
 DROP by source, a user chain with RETURN, and a stateful filter table that accepts UNTRACKED
 packets and must not see the exempted flows as ESTABLISHED. Both tables' counters are compared
 (the harness reads the raw table's chains as "raw CHAIN"). The kernel's own answers to exempted
-packets (port unreachable from the DUT and from the server) carry no connection on either side."""
+packets (port unreachable from the DUT and from the server) carry no connection on either side.
+REJECT answers pass raw OUTPUT: NOTRACK leaves them alone (they carry their original's connection,
+nf_ct_attach), so the reset to a tracked SYN is RELATED and the one to an untracked SYN INVALID."""
 
 from .common import CLI_ADMIN, DUT_WAN, SRV, Case, Connect, Send, Udp, icmp, tcp, udp
 from ..packets import Listen
@@ -18,7 +20,9 @@ RULES = f"""*raw
 -A PREROUTING -s {BLOCKED}/32 -j DROP
 -A PREROUTING -p tcp -j rawchk
 -A PREROUTING -p udp -m udp --dport 54 -j CT --notrack
+-A PREROUTING -p tcp -m tcp --dport 24 -j NOTRACK
 -A OUTPUT -p udp -m udp --sport 53 -j NOTRACK
+-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -j NOTRACK
 -A OUTPUT -p udp -m udp --dport 514 -j NOTRACK
 -A rawchk -s 192.168.50.0/24 -j RETURN
 -A rawchk -p tcp -m tcp --dport 8080 -j NOTRACK
@@ -27,6 +31,8 @@ COMMIT
 :INPUT DROP [0:0]
 :FORWARD DROP [0:0]
 :OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 23 -j REJECT --reject-with tcp-reset
+-A INPUT -p tcp -m tcp --dport 24 -j REJECT --reject-with tcp-reset
 -A INPUT -m conntrack --ctstate UNTRACKED -j ACCEPT
 -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A INPUT -p tcp -m tcp --dport 22 -j ACCEPT
@@ -38,6 +44,7 @@ COMMIT
 -A OUTPUT -m conntrack --ctstate NEW
 -A OUTPUT -m conntrack --ctstate ESTABLISHED
 -A OUTPUT -m conntrack --ctstate INVALID
+-A OUTPUT -m conntrack --ctstate RELATED
 COMMIT
 """
 
@@ -55,6 +62,8 @@ def build() -> Case:
         Send("cli", [udp(NET, SRV, 54)] * 2, "forwarded CT --notrack: accepted untracked"),
         Connect("cli", SRV, 80, label="forwarded web: tracked, NEW and ESTABLISHED"),
         Send("cli", [udp(NET, SRV, 55)], "forwarded udp, tracked NEW: FORWARD policy"),
+        Send("cli", [tcp(NET, DUT_WAN, 23)], "telnet rejected: the reset is RELATED, raw's NOTRACK a no-op"),
+        Send("cli", [tcp(NET, DUT_WAN, 24)], "an untracked SYN rejected: its reset is INVALID"),
     ]
     return Case(name="raw", ruleset=RULES, source="(inline)", steps=steps, stateful=True,
                 listen=[Listen("dut", "0.0.0.0", 22), Listen("dut", "0.0.0.0", 8080), Listen("srv", SRV, 80)])
