@@ -148,10 +148,10 @@ def test_restore_keeps_named_tables_like_xt_hashlimit(netns, ebpfw_env, tmp_path
 
 
 # --- byte rates, rate-match, --hashlimit-htable-max ----------------------------------------
-# Byte buckets refill continuously (16 bytes' worth of credit per jiffy at 4kb/s), so the sizes
-# below leave every decision a margin of at least 10 of a bucket's 65 chunks (>= 150 ms) against
-# the time a round takes; rate-match windows (1 s) and the collector (expiry 400 ms) are far
-# from the pauses.
+# Byte buckets refill continuously (about 4 bytes' worth of credit per jiffy at 1kb/s), so the
+# sizes below leave every decision a margin of at least 10 of a bucket's 65 chunks (>= 150 ms)
+# against the time a round takes; rate-match windows (1 s; 2 s for hlri, which the third round
+# ends) and the collector (expiry 400 ms) are far from the pauses.
 
 BYTES_RULES = f"""*filter
 :INPUT ACCEPT [0:0]
@@ -168,6 +168,8 @@ BYTES_RULES = f"""*filter
 -A INPUT -p udp -m udp --dport 7203 -j ACCEPT
 -A INPUT -p udp -m udp --dport 7204 -m hashlimit --hashlimit-upto 50/sec --hashlimit-mode srcip,srcport --hashlimit-name hlmax --hashlimit-htable-size 2 --hashlimit-htable-max 3 --hashlimit-htable-gcinterval 500 --hashlimit-htable-expire 400 -j ACCEPT
 -A INPUT -p udp -m udp --dport 7204 -j DROP
+-A INPUT -p udp -m udp --dport 7205 -m hashlimit --hashlimit-upto 3/sec --hashlimit-burst 1 --hashlimit-mode srcip --hashlimit-rate-match --hashlimit-rate-interval 2 --hashlimit-name hlri -j ACCEPT
+-A INPUT -p udp -m udp --dport 7205 -j DROP
 -A HLOK -s {SOURCES[0]}/32
 -A HLOK -s {SOURCES[1]}/32
 -A HLOK -j ACCEPT
@@ -182,15 +184,18 @@ BYTES_SCHEDULE = [
            (0, 7202, 8), (1, 7202, 6), (2, 7202, 3),
            (0, 7203, 3, 700), (1, 7203, 2, 1000), (2, 7203, 1, 1400),
            (0, 7204, 7, 1, 6001), (0, 7204, 1, 1, 6002), (0, 7204, 1, 1, 6003), (0, 7204, 2, 1, 6004),
-           (1, 7204, 1, 1, 6001), (0, 7204, 1, 1, 6002)]),
+           (1, 7204, 1, 1, 6001), (0, 7204, 1, 1, 6002),
+           (0, 7205, 3), (1, 7205, 1), (2, 7205, 6)]),
     (1.3, [(0, 7200, 5, 272), (1, 7200, 2, 600), (2, 7200, 1, 900),
            (0, 7201, 5, 272), (1, 7201, 1, 972),
            (0, 7202, 3), (1, 7202, 7), (2, 7202, 2),
            (0, 7203, 4, 700), (1, 7203, 2, 1000), (2, 7203, 2, 1400),
-           (1, 7204, 1, 1, 6001), (1, 7204, 1, 1, 6002), (1, 7204, 1, 1, 6003), (1, 7204, 1, 1, 6004)]),
+           (1, 7204, 1, 1, 6001), (1, 7204, 1, 1, 6002), (1, 7204, 1, 1, 6003), (1, 7204, 1, 1, 6004),
+           (0, 7205, 3), (1, 7205, 1)]),
     (1.2, [(0, 7200, 4, 272), (2, 7200, 2, 272), (0, 7201, 3, 272),
            (0, 7202, 4), (1, 7202, 2), (0, 7203, 2, 700), (1, 7203, 3, 1000),
-           (1, 7204, 1, 1, 6004), (2, 7204, 4, 1, 6005)]),
+           (1, 7204, 1, 1, 6004), (2, 7204, 4, 1, 6005),
+           (0, 7205, 3), (1, 7205, 5), (2, 7205, 2)]),
 ]
 
 
@@ -201,8 +206,8 @@ def test_bytes_rate_match_and_max_match_xt_hashlimit(netns, ebpfw_env, tmp_path)
     of at most 3 buckets (the kernel hotdrops new keys, counted by no rule, until its collector
     frees idle ones): every rule's packet and byte counters equal to xt_hashlimit's."""
     ref, got = _both(netns, tmp_path, [(BYTES_RULES, BYTES_SCHEDULE)], count=_rule_packets_bytes)
-    by = dict(zip(["ok", "drop", "above", "under", "rm", "rmdrop", "rbabove", "rbunder", "max", "maxdrop"],
-                  [p for _, p, _ in ref[:10]]))
+    by = dict(zip(["ok", "drop", "above", "under", "rm", "rmdrop", "rbabove", "rbunder", "max", "maxdrop",
+                   "ri", "ridrop"], [p for _, p, _ in ref[:12]]))
     # the kernel did what the schedule is made to show
     assert all(by[k] for k in by), ref
     sent_7204 = sum(it[2] for _, sends in BYTES_SCHEDULE for it in sends if it[1] == 7204)
