@@ -703,14 +703,22 @@ static __always_inline int ct_mark_io(__u32 *m, int write)
 static __always_inline void mark_ct_out(void);
 
 /* A packet the raw table exempted (NOTRACK, CT --notrack): no entry is looked up, created or
- * updated, and the filter table sees it UNTRACKED (nf_ct_set(skb, NULL, IP_CT_UNTRACKED)). */
-static __always_inline __u32 ct_untrack(void)
+ * updated, and the filter table sees it UNTRACKED (nf_ct_set(skb, NULL, IP_CT_UNTRACKED)). The
+ * kernel exempts a whole reassembled datagram; here an exempted first fragment leaves its label
+ * for the fragments that follow (which a port rule in raw cannot match), as ct_label does. */
+static __always_inline __u32 ct_untrack(struct pkt *p)
 {
     __u32 zero = 0;
     struct ctwork *w = ebpfw_ctw.lookup(&zero);
     if (w) {
         w->pending = 0;
         w->hasct = 0;
+    }
+    if (p->frag == 2) {
+        struct ctfrag_key fk = { .saddr = p->saddr, .daddr = p->daddr, .id = p->ipid, .proto = p->proto };
+        struct ctfrag_val fv = { .label = EBPFW_CT_UNTRACKED, .hasct = 0,
+                                 .expires = bpf_ktime_get_ns() + 30 * NS_PER_SEC };
+        ebpfw_ctfrag.update(&fk, &fv);
     }
     return EBPFW_CT_UNTRACKED;
 }
@@ -4067,7 +4075,7 @@ static __always_inline int judge_ingress(void *ctx, void *data, void *data_end, 
 #ifdef EBPFW_F_CT
 #ifdef EBPFW_F_RAW
     if (raw_untracked())
-        p->ctstate = ct_untrack();
+        p->ctstate = ct_untrack(p);
     else
 #endif
     p->ctstate = ct_label(p, data, data_end);
@@ -4338,7 +4346,7 @@ int ebpfw_tc_egress(struct __sk_buff *skb)
     } else {
 #ifdef EBPFW_F_RAW
         if (raw_untracked())
-            p->ctstate = ct_untrack();
+            p->ctstate = ct_untrack(p);
         else
 #endif
         p->ctstate = ct_label(p, data, data_end);

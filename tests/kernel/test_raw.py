@@ -327,3 +327,22 @@ def test_marks_in_raw(dut):
     assert r["ret"] == TC_OK and r["mark"] == 0x3
     assert r["hits"][("raw OUTPUT", 0)] == 1 and r["hits"][("OUTPUT", 4)] == 1
     assert state_of(r, "OUTPUT") == "NEW"
+
+
+def test_later_fragments_of_an_exempted_datagram(dp):
+    """The kernel reassembles before raw and exempts the whole datagram; ebpfw judges fragments
+    one by one: the first matches the port rule, the later ones (no ports) take its label."""
+    first = IP(src=PEER, dst=DUT, id=4242, flags="MF", frag=0) / UDP(sport=40020, dport=53, len=8 + 40) / (b"x" * 16)
+    later = IP(src=PEER, dst=DUT, id=4242, frag=3, proto=17) / (b"y" * 16)
+    r = dp.inbound(first)
+    assert r["hits"][("raw PREROUTING", 0)] == 1 and state_of(r, "INPUT") == "UNTRACKED"
+    r = dp.inbound(later)
+    assert ("raw PREROUTING", 0) not in r["hits"]
+    assert state_of(r, "INPUT") == "UNTRACKED"
+    assert dp.entries() == []
+    # a datagram whose first fragment was tracked: its later fragments are not exempted
+    first = IP(src=PEER, dst=DUT, id=4243, flags="MF", frag=0) / UDP(sport=40021, dport=80, len=8 + 40) / (b"x" * 16)
+    r = dp.inbound(first)
+    assert state_of(r, "INPUT") == "NEW"
+    r = dp.inbound(IP(src=PEER, dst=DUT, id=4243, frag=3, proto=17) / (b"y" * 16))
+    assert state_of(r, "INPUT") == "NEW"
