@@ -230,5 +230,5 @@ def test_fixed_rules_save_like_iptables_legacy(legacy_ns):
 @pytest.mark.kernel
 def test_random_rules_save_like_iptables_legacy(legacy_ns):
     rnd = random.Random(20261130)
-    problems = [p for p in (_check(legacy_ns, _random_rule(rnd, i)) for i in range(160)) if p]
+    problems = [p for p in (_check(legacy_ns, _random_rule(rnd, i)) for i in range(400)) if p]
     assert not problems, "\n".join(problems[:10])
