@@ -87,7 +87,7 @@ def dut():
 class Dp:
     def __init__(self, w: Worker, links: dict, rules: str = RULES):
         self.w, self.links = w, links
-        res = w.call(op="load", rules=rules)
+        res = self.loaded = w.call(op="load", rules=rules)
         self.rule_chain = [tuple(x) for x in res["rule_chain"]]
         self.chains = res["chains"]
         w.call(op="ct_flush")
@@ -346,3 +346,26 @@ def test_later_fragments_of_an_exempted_datagram(dp):
     assert state_of(r, "INPUT") == "NEW"
     r = dp.inbound(IP(src=PEER, dst=DUT, id=4243, frag=3, proto=17) / (b"y" * 16))
     assert state_of(r, "INPUT") == "NEW"
+
+
+def test_grouped_blocklists_in_both_tables(dut):
+    """Exact-match groups (hash lookups) hold rules of both tables: a raw PREROUTING blocklist
+    (an early drop before conntrack) and a filter INPUT blocklist of the same shape; each packet's
+    hits are computed for the raw walk and again for the filter walk."""
+    n = 40
+    rules = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+    rules += "".join(f"-A PREROUTING -s 10.77.0.{i}/32 -j DROP\n" for i in range(1, n + 1))
+    rules += "-A PREROUTING -p udp -m udp --dport 53 -j NOTRACK\nCOMMIT\n"
+    filt = RULES[RULES.index("*filter"):].replace("COMMIT", "".join(
+        f"-A INPUT -s 10.78.0.{i}/32 -j DROP\n" for i in range(1, n + 1)) + "COMMIT", 1)
+    d = Dp(*dut, rules=rules + filt)
+    assert d.loaded["groups"] >= 1 and d.loaded["grouped"] >= 2 * n, d.loaded
+    r = d.inbound(IP(src="10.77.0.5", dst=DUT) / UDP(sport=1, dport=53))
+    assert r["ret"] == XDP_DROP and r["hits"] == {("raw PREROUTING", 4): 1}
+    r = d.inbound(IP(src="10.78.0.7", dst=DUT) / UDP(sport=1, dport=53))
+    assert r["ret"] == XDP_DROP
+    assert r["hits"][("raw PREROUTING", n)] == 1 and state_of(r, "INPUT") == "UNTRACKED"
+    assert r["hits"][("INPUT", 5 + 6)] == 1
+    r = d.inbound(IP(src="10.78.0.99", dst=DUT) / UDP(sport=1, dport=80))
+    assert r["ret"] == XDP_PASS and state_of(r, "INPUT") == "NEW"
+    assert r["policies"] == {"raw PREROUTING": 1, "INPUT": 1}
