@@ -547,8 +547,10 @@ def _oracle_safe(rs):
     """Drop the few constructs where the two iptables backends print differently from each
     other (so neither can be the oracle) or that iptables refuses by design:
     `! -s 0.0.0.0/0` (nft refuses it), `! --dport 0:65535` (nft drops it), two tcp/udp/icmp
-    matches in one rule (nft merges them), -i in OUTPUT / -o in INPUT, jump loops, and -m mac
-    (the kernel refuses it in rules reached from OUTPUT; the corpus covers it)."""
+    matches in one rule (nft merges them), `--tcp-flags NONE ...` (nft drops a zero mask, even
+    `! --tcp-flags NONE NONE`, which never matches, becomes a plain `-p tcp`), -i in OUTPUT /
+    -o in INPUT, jump loops, and -m mac (the kernel refuses it in rules reached from OUTPUT;
+    the corpus covers it)."""
     import dataclasses as dc
 
     from ebpfw.ruleset import IcmpMatch, MacMatch, TcpMatch, UdpMatch
@@ -575,6 +577,8 @@ def _oracle_safe(rs):
                     if type(m) in seen:
                         continue
                     seen.add(type(m))
+                    if isinstance(m, TcpMatch) and m.flags is not None and m.flags[0] == 0:
+                        m = dc.replace(m, flags=None, flags_invert=False)
                     if isinstance(m, (TcpMatch, UdpMatch)):
                         if m.sport == (0, 65535):
                             m = dc.replace(m, sport=None, sport_invert=False)
