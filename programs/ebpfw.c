@@ -1982,8 +1982,8 @@ static __always_inline int hashlimit_pass(__u32 rk, struct pkt *p)
  * `nomatch` element; an expired element is skipped. The trie returns the longest prefix that
  * is not longer than the key's prefix length, so after an expired element of prefix length L
  * the lookup is repeated with the key's length L - 1: each repeat is shorter, so at most 33
- * lookups (/32 ... /1, then nothing) decide. The walk makes the first lookup; only when it
- * finds an expired element does it stop at the rule (V_CONT) and the continuation program
+ * lookups (/32 ... /1, then nothing) decide. The walk makes the first two lookups; only when
+ * both find an expired element does it stop at the rule (V_CONT) and the continuation program
  * run the repeated lookups (set_member, a loop verified once there rather than at every
  * state of the walk) and resume the walk at the rule with the answer, as for -m hashlimit.
  * Nothing is deleted here (a delete could race with a userspace `set add` renewing the
@@ -2103,7 +2103,9 @@ static __always_inline int set_key(struct ebpfw_setm *m, struct pkt *p, struct e
 }
 
 /* the longest element covering k decides when it is alive (a match unless it is `nomatch`):
- * 1 or 0; SET_EXPIRED when it expired (set_member then looks further) */
+ * 1 or 0; when it expired, the longest one below it is looked up too (an expired ban with
+ * nothing behind it, or inside a live net, is decided here); SET_EXPIRED when that one expired
+ * as well (set_member then looks further) */
 #define SET_EXPIRED 2
 static __always_inline int set_first(struct ebpfw_set_key *k)
 {
@@ -2112,6 +2114,16 @@ static __always_inline int set_first(struct ebpfw_set_key *k)
         return 0;
     __u64 expiry = v->expiry;
     if (expiry == 0 || bpf_ktime_get_boot_ns() <= expiry)     /* ip_set_timeout_expired */
+        return !(v->flags & EBPFW_SETV_NOMATCH);
+    __u32 plen = v->prefixlen;
+    if (plen <= 64 || plen > k->prefixlen)
+        return 0;
+    k->prefixlen = plen - 1;
+    v = ebpfw_sets.lookup(k);
+    if (!v)
+        return 0;
+    expiry = v->expiry;
+    if (expiry == 0 || bpf_ktime_get_boot_ns() <= expiry)
         return !(v->flags & EBPFW_SETV_NOMATCH);
     return SET_EXPIRED;
 }
