@@ -195,7 +195,7 @@ def random_sets(rng: random.Random, name: str, settype: str) -> tuple[str, list]
 def test_random_nested_prefixes_follow_mtype_test_cidrs(dut):
     """Random nested prefixes (several levels of expired ones above live ones, nomatch among
     them): once the 1 s elements expired, every probe is judged as the kernel's lookup judges
-    it, for hash:net and hash:net,port."""
+    it, for hash:net (also under `!`) and hash:net,port."""
     w, links = dut
     rng = random.Random(20261130)
     text_n, el_n = random_sets(rng, "rn", "hash:net")
@@ -208,6 +208,7 @@ def test_random_nested_prefixes_follow_mtype_test_cidrs(dut):
 -A INPUT -p udp -m udp --sport 1001 -m set --match-set rn src -j DROP
 -A INPUT -p tcp -m tcp --sport 1002 -m set --match-set rp src,dst -j DROP
 -A INPUT -p udp -m udp --sport 1002 -m set --match-set rp src,dst -j DROP
+-A INPUT -p tcp -m tcp --sport 1003 -m set ! --match-set rn src -j DROP
 COMMIT
 """
     r = w.call(op="load", rules=rules, sets=text_n + text_p)
@@ -226,6 +227,9 @@ COMMIT
         got = judge(w, links, "INPUT", Pkt(a, ip(ME), TCP, sport=1001, dport=80, iif="va"))
         if (got["ret"] == XDP_DROP) != want:
             mismatches.append(("rn", _ip(a), want))
+        got = judge(w, links, "INPUT", Pkt(a, ip(ME), TCP, sport=1003, dport=80, iif="va"))
+        if (got["ret"] == XDP_DROP) == want:           # ! --match-set: a nomatch element matches it
+            mismatches.append(("! rn", _ip(a), not want))
         proto, pt = rng.choice([(TCP, 22), (TCP, 80), (UDP, 53)])
         want = model(el_p, a, proto, pt)
         hits += want
