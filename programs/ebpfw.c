@@ -2591,10 +2591,24 @@ struct ebpfw_cl_list {
     __u32 count;
     __u32 last_gc;       /* (u32)jiffies of the last collection */
     __u32 last_gc_count; /* count then */
-    __u32 pad;
+    __u32 idx;           /* its slot in ebpfw_clidx */
     struct ebpfw_cl_ent ent[EBPFW_CL_CONNS];   /* [0, count) in the order they were added */
 };
-BPF_F_TABLE("hash", struct ebpfw_cl_key, struct ebpfw_cl_list, ebpfw_cl, EBPFW_CL_KEYS, BPF_F_NO_PREALLOC);
+/* room for the lists that lost their index slot in a race (see ebpfw_clidx) */
+BPF_F_TABLE("hash", struct ebpfw_cl_key, struct ebpfw_cl_list, ebpfw_cl, 2 * EBPFW_CL_KEYS, BPF_F_NO_PREALLOC);
+/* The index of the lists, EBPFW_CL_KEYS slots (a power of two), which bounds how many lists
+ * exist. A new list takes the first of CL_PROBES slots from its key's hash that is free, or
+ * whose list is gone, or whose list holds at most CL_RECLAIM connections, all ended (what the
+ * kernel's tree collector frees); none: the kernel's allocation failure (hotdrop). So the
+ * lists of keys that came once and left do not fill the map. */
+#define CL_PROBES 8
+#define CL_RECLAIM 8
+struct ebpfw_cl_slot {
+    struct ebpfw_cl_key key;
+    __u32 used;
+    __u32 pad;
+};
+BPF_ARRAY(ebpfw_clidx, struct ebpfw_cl_slot, EBPFW_CL_KEYS);
 BPF_ARRAY(ebpfw_clm, struct ebpfw_clm, NSLOTS * EBPFW_RCAP);
 BPF_PERCPU_ARRAY(ebpfw_clscr, struct ebpfw_cl_list, 1);   /* a new list is built here */
 /* the walk's state: in map memory, whose values the verifier does not track, so that its
@@ -2699,6 +2713,63 @@ static __always_inline void cl_walk_list(struct cl_walk *c, struct ebpfw_cl_list
     }
 }
 
+/* 1 when list o holds at most CL_RECLAIM connections and every one has ended as the walk
+ * judges it (gone and evictable, or TCP in TIME_WAIT / CLOSE); c is the walk's scratch */
+static __always_inline int cl_all_dead(struct cl_walk *c, struct ebpfw_cl_list *o)
+{
+    if (o->count > CL_RECLAIM)
+        return 0;
+    for (__u32 i = 0; i < CL_RECLAIM; i++) {
+        asm volatile("" ::: "memory");
+        if (i >= o->count)
+            break;
+        struct ebpfw_cl_ent *e = &o->ent[i & (EBPFW_CL_CONNS - 1)];
+        struct ebpfw_ct_val *v = ebpfw_ct.lookup(&e->key);
+        c->found = 0;
+        if (v) {
+            c->found = 1;
+            c->exp = v->expires;
+            c->state = v->state;
+        }
+        asm volatile("" ::: "memory");
+        __u64 exp = c->exp, now = c->now, st = c->state;
+        __u64 live = (c->found & 1) & (((now - exp) >> 63) | (((now ^ exp) >> 63) & (exp >> 63)));
+        __u64 closed = (cl_eq(st, EBPFW_TCP_TIME_WAIT) | cl_eq(st, EBPFW_TCP_CLOSE)) &
+                       cl_eq(e->key.proto, IPPROTO_TCP);
+        __u64 age = (__u32)(c->jif - e->jiffies);
+        __u64 evict = cl_eq(e->cpu, c->cpu) | cl_lt(1, age);
+        if (!(((1 - live) & evict) | (live & closed)))
+            return 0;
+    }
+    return 1;
+}
+
+/* a new list's index slot (see ebpfw_clidx): its position, or EBPFW_CL_KEYS when none */
+static __always_inline __u32 cl_claim(struct cl_walk *c, struct ebpfw_cl_key *k)
+{
+    __u32 h = (k->addr * 0x9E3779B1u) ^ (k->rk * 0x85EBCA6Bu);
+    h ^= h >> 15;
+    for (__u32 i = 0; i < CL_PROBES; i++) {
+        __u32 at = (h + i) & (EBPFW_CL_KEYS - 1);
+        struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
+        if (!sl)
+            return EBPFW_CL_KEYS;
+        int take = !sl->used;
+        if (!take) {
+            struct ebpfw_cl_list *o = ebpfw_cl.lookup(&sl->key);
+            take = !o || cl_all_dead(c, o);
+            if (take && o)
+                ebpfw_cl.delete(&sl->key);
+        }
+        if (take) {
+            sl->key = *k;
+            sl->used = 1;
+            return at;
+        }
+    }
+    return EBPFW_CL_KEYS;
+}
+
 /* connlimit_mt for rule rk and packet p: 1 match, 0 no match, 2 hotdrop. The walk's inputs
  * go through map memory (struct cl_walk) so that every kind of packet enters the one inlined
  * loop in the same verifier state. */
@@ -2753,14 +2824,22 @@ static __always_inline __u32 connlimit_pass(__u32 rk, struct pkt *p)
         struct ebpfw_cl_list *s = ebpfw_clscr.lookup(&zero);
         if (!s)
             return 2;
+        __u32 at = cl_claim(c, &k);
+        if (at >= EBPFW_CL_KEYS)
+            return 2;      /* no room for another list: the kernel's allocation failure */
         s->count = 1;
         s->last_gc = c->jif;
         s->last_gc_count = 0;
+        s->idx = at;
         __builtin_memcpy(&s->ent[0].key, &c->key, sizeof(c->key));
         s->ent[0].jiffies = c->jif;
         s->ent[0].cpu = c->cpu;
-        if (ebpfw_cl.insert(&k, s) != 0)
-            return 2;      /* EBPFW_CL_KEYS lists: the kernel's allocation failure */
+        if (ebpfw_cl.insert(&k, s) != 0) {
+            struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
+            if (sl)
+                sl->used = 0;
+            return 2;
+        }
         return (1 > m->limit) ^ m->invert;
     }
     __u32 n = l->count;
@@ -2795,6 +2874,10 @@ static __always_inline __u32 connlimit_pass(__u32 rk, struct pkt *p)
     }
     __u32 count = l->count;
     if (count == 0) {
+        __u32 at = l->idx;
+        struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
+        if (sl && sl->key.rk == k.rk && sl->key.addr == k.addr)
+            sl->used = 0;
         ebpfw_cl.delete(&k);
         return 2;          /* connections == 0: hotdrop */
     }

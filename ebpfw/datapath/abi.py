@@ -322,7 +322,8 @@ RECENT_PIN = "recent"                         # pin name under <pin_dir>, outsid
 CLM = struct.Struct("<4sIBBH")                # mask (be), limit, daddr, invert, pad
 CL_KEY = struct.Struct("<I4s")                # slot * rcap + rule, masked address (be)
 CL_ENT = struct.Struct("<4s4sHHBBHII")        # ebpfw_ct_key, jiffies, cpu
-CL_HDR = struct.Struct("<IIII")               # count, last_gc, last_gc_count, pad
+CL_HDR = struct.Struct("<IIII")               # count, last_gc, last_gc_count, index slot
+CL_SLOT = struct.Struct("<I4sII")             # ebpfw_clidx: key (rk, address), used, pad
 CL_KEYS = 16384                               # lists (rule, address group) at once (EBPFW_CL_KEYS)
 CL_CONNS_MIN, CL_CONNS_MAX = 128, 1024        # connections per list (EBPFW_CL_CONNS), by the largest limit
 
@@ -374,7 +375,7 @@ FIELD_MAPS = {
     # the raw table's stage (an action: Plan.actions): its result and the program arrays
     "raw": ("ebpfw_rawres", "ebpfw_rawx", "ebpfw_rawt", "ebpfw_rawcx", "ebpfw_rawct", "ebpfw_mainx", "ebpfw_maint"),
     # -m connlimit: the rules' settings, their lists (reset with every apply) and programs
-    "connlimit": ("ebpfw_clm", "ebpfw_cl", "ebpfw_clscr", "ebpfw_clx", "ebpfw_clt"),
+    "connlimit": ("ebpfw_clm", "ebpfw_cl", "ebpfw_clidx", "ebpfw_clscr", "ebpfw_clx", "ebpfw_clt"),
 }
 # fields whose shape name is also the Plan attribute holding their classes
 OPTIONAL_FIELDS = ("length", "ttl", "tos", "frag", "tcpmss", "pkttype", "mac", "atsrc", "atdst")
@@ -429,6 +430,7 @@ class Shape:
     hl_cap: int = 0           # hashlimit buckets (twice the tables' max, at most HL_CAP_MAX)
     cl_conns: int = 0         # connections per -m connlimit list (connlimit_conns); 0: no connlimit
     hl_abi: int = 0           # layout of the hashlimit maps (HL_ABI; 0: before byte rates and htable-max)
+    cl_keys: int = 0          # -m connlimit lists at once (a power of two); 0: CL_KEYS
 
     @property
     def nsum(self) -> int:
@@ -455,7 +457,7 @@ class Shape:
         if "hashlimit" in self.fields:
             flags += [f"-DEBPFW_HL_NT={HL_NT}", f"-DEBPFW_HL_CAP={max(self.hl_cap, 1024)}"]
         if "connlimit" in self.fields:
-            flags += [f"-DEBPFW_CL_CONNS={self.cl_conns or CL_CONNS_MIN}", f"-DEBPFW_CL_KEYS={CL_KEYS}"]
+            flags += [f"-DEBPFW_CL_CONNS={self.cl_conns or CL_CONNS_MIN}", f"-DEBPFW_CL_KEYS={self.cl_keys or CL_KEYS}"]
         if "atsrc" in self.fields or "atdst" in self.fields:
             flags.append(f"-DEBPFW_ATYPE_CAP={ATYPE_CAP}")
         return flags

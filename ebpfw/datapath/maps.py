@@ -631,10 +631,19 @@ class Datapath:
     def clear_connlimit(self, slot: int) -> int:
         """Delete the -m connlimit lists of `slot` (not the active one: packets may be adding);
         returns how many there were."""
+        from .abi import CL_KEYS, CL_SLOT
         fd = self.maps["ebpfw_cl"]
         lo, hi = slot * self.shape.rcap, (slot + 1) * self.shape.rcap
         gone = [k for k in bpfsys.keys(fd, CL_KEY.size) if lo <= CL_KEY.unpack(k)[0] < hi]
         bpfsys.delete_batch(fd, b"".join(gone), len(gone))
+        # their index slots (ebpfw_clidx) are free again
+        nkeys = self.shape.cl_keys or CL_KEYS
+        raw = bpfsys.lookup_array(self.maps["ebpfw_clidx"], 0, nkeys, CL_SLOT.size)
+        free = [i for i in range(nkeys)
+                if CL_SLOT.unpack_from(raw, i * CL_SLOT.size)[2]
+                and lo <= CL_SLOT.unpack_from(raw, i * CL_SLOT.size)[0] < hi]
+        if free:
+            self._batch("ebpfw_clidx", free, [bytes(CL_SLOT.size)] * len(free))
         return len(gone)
 
     def connlimit_lists(self, slot: int) -> dict[tuple[int, str], list]:

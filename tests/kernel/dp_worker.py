@@ -28,6 +28,7 @@ Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to 
 With EBPFW_TEST_CONNLIMIT=1 the programs have conntrack and -m connlimit compiled in (lists of
 128 connections), and {"op": "cl_lists"} -> {"lists": [[rule, address, [entry...]]...]} reads
 the active slot's connlimit lists (entry: a_addr, b_addr, a_port, b_port, proto, jiffies, cpu).
+EBPFW_TEST_CL_KEYS=N makes room for N connlimit lists (a power of two; default 16384).
 EBPFW_TEST_CPU=N pins the worker (and so every test run) to CPU N.
 """
 
@@ -61,7 +62,7 @@ if os.environ.get("EBPFW_TEST_RAW") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=SHAPE.fields + ("raw",))
 if os.environ.get("EBPFW_TEST_CONNLIMIT") == "1":
     SHAPE = dataclasses.replace(SHAPE, fields=tuple(dict.fromkeys(SHAPE.fields + ("ct", "connlimit"))),
-                                ct_size=4096, cl_conns=128)
+                                ct_size=4096, cl_conns=128, cl_keys=int(os.environ.get("EBPFW_TEST_CL_KEYS", "0")))
 
 
 def skb_ctx(ifindex: int, ingress_ifindex: int, mark: int = 0) -> bytes:

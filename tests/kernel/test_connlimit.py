@@ -199,3 +199,52 @@ def test_full_list_hotdrops(cdut):
     before = send(w, links, syn(A, 10000, 7, proto=UDP))[1]["stats"]["hotdrop"]   # listed: counted as 128
     dropped, got = send(w, links, syn(A, 20000, 7, proto=UDP))
     assert dropped and got["rules"] == [] and got["stats"]["hotdrop"] == before + 1
+
+
+@pytest.fixture(scope="module")
+def small():
+    """A datapath with room for 64 lists (EBPFW_CL_KEYS)."""
+    factory = nsh.NetnsFactory()
+    try:
+        d, peer = factory("eclim"), factory("eclim")
+        nsh.veth(d, "va", peer, "pa", "10.9.0.1/24", "10.9.0.2/24")
+        import json
+        info = json.loads(nsh.run_in(d, "ip -j link show").stdout)
+        links = {l["ifname"]: (l["ifindex"], bytes.fromhex(l["address"].replace(":", ""))) for l in info}
+        w = Worker(d, env={"EBPFW_TEST_CONNLIMIT": "1", "EBPFW_TEST_CPU": "0", "EBPFW_TEST_CL_KEYS": "64"},
+                   strict=True)
+        yield w, links
+        w.close()
+    finally:
+        factory.cleanup()
+
+
+def test_lists_of_ended_connections_make_room(small):
+    """Sources that came once and left do not fill the lists: a new key takes the index slot
+    of a list whose connections have all ended (the kernel's collector frees such lists);
+    300 sources one after the other through 64 slots, none hotdropped."""
+    w, links = small
+    load(w, "-A INPUT -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 1 -j DROP\n")
+    for n in range(300):
+        src = ip("10.20.0.0") + n
+        dropped, got = send(w, links, syn(src, 5000))
+        assert not dropped and got["stats"]["hotdrop"] == 0, n
+        assert not send(w, links, syn(src, 5000, flags=RST))[0]      # the connection ends
+    assert len(w.call(op="cl_lists")["lists"]) <= 64
+
+
+def test_lists_of_live_connections_fill_up(small):
+    """Live connections keep their lists: with every index slot taken by one, a new key is
+    the kernel's allocation failure (hotdrop); the keys already listed go on being counted."""
+    w, links = small
+    load(w, "-A INPUT -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN -m connlimit --connlimit-above 1 -j DROP\n")
+    hot = 0
+    for n in range(100):
+        dropped, got = send(w, links, syn(ip("10.21.0.0") + n, 5000))
+        hot += dropped
+    assert hot >= 100 - 64 and got["stats"]["hotdrop"] >= 100 - 64
+    listed = w.call(op="cl_lists")["lists"]
+    assert len(listed) <= 64
+    first = ip("10.21.0.0") + int(listed[0][1].split(".")[3])
+    dropped, got = send(w, links, syn(first, 5001))   # its second connection: above 1, dropped by the rule
+    assert dropped and got["rules"] == [[0, 1, 40]]
