@@ -2563,8 +2563,8 @@ static __always_inline int recent_pass(__u32 rk)
  *    and so does a list that would outgrow EBPFW_CL_CONNS or a new list when ebpfw_cl holds
  *    EBPFW_CL_KEYS lists: the capacities stand for the kernel's memory.
  *  - match = (count > limit) ^ --connlimit-upto.
- * A list that empties is deleted at once (the kernel frees an empty node later, from its
- * tree collector). Two CPUs judging packets of the same key at the same instant do not lock
+ * A list that empties stays until a new list takes its index slot (the kernel frees an empty
+ * node later, from its tree collector). Two CPUs judging packets of the same key at the same instant do not lock
  * the list against each other (nf_conncount does): one's update can overwrite the other's.
  * Time base: jiffies from bpf_jiffies64(), the counter nf_conncount reads. */
 #ifndef EBPFW_F_CT
@@ -2873,14 +2873,12 @@ static __always_inline __u32 connlimit_pass(__u32 rk, struct pkt *p)
         l->count = at + 1;
     }
     __u32 count = l->count;
-    if (count == 0) {
-        __u32 at = l->idx;
-        struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
-        if (sl && sl->key.rk == k.rk && sl->key.addr == k.addr)
-            sl->used = 0;
-        ebpfw_cl.delete(&k);
-        return 2;          /* connections == 0: hotdrop */
-    }
+    /* connections == 0 (the collection for an ASSURED packet emptied the list): hotdrop. The
+     * empty list stays, as the kernel's node stays until its tree collector frees it (here: a
+     * new list taking its index slot, or the next apply), and hotdrops the key's ASSURED
+     * packets until a new connection of the key is added */
+    if (count == 0)
+        return 2;
     return (count > m->limit) ^ m->invert;
 }
 #endif /* EBPFW_F_CONNLIMIT */

@@ -18,7 +18,7 @@ import pytest
 import netns as nsh
 from dpclient import Worker
 from reference import TCP, UDP, Pkt
-from test_datapath import XDP_DROP, ip, judge
+from test_datapath import TC_SHOT, XDP_DROP, ip, judge
 
 pytestmark = pytest.mark.kernel
 
@@ -64,7 +64,7 @@ def tick() -> None:
 
 def send(w, links, p, hook="INPUT") -> tuple[bool, dict]:
     got = judge(w, links, hook, p)
-    return got["ret"] == XDP_DROP, got
+    return got["ret"] == (TC_SHOT if hook == "OUTPUT" else XDP_DROP), got
 
 
 def lists(w) -> dict:
@@ -248,3 +248,35 @@ def test_lists_of_live_connections_fill_up(small):
     first = ip("10.21.0.0") + int(listed[0][1].split(".")[3])
     dropped, got = send(w, links, syn(first, 5001))   # its second connection: above 1, dropped by the rule
     assert dropped and got["rules"] == [[0, 1, 40]]
+
+
+def test_output_counts_per_destination_at_tc_egress(cdut):
+    """OUTPUT (the TC egress program): the host's own connections, counted per destination."""
+    w, links = cdut
+    load(w, "-A OUTPUT -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN "
+            "-m connlimit --connlimit-above 1 --connlimit-daddr -j DROP\n")
+    out = lambda dst, sport: Pkt(ME, dst, TCP, sport=sport, dport=443, flags=SYN, oif="va")   # noqa: E731
+    assert not send(w, links, out(A, 7001), "OUTPUT")[0]
+    assert send(w, links, out(A, 7002), "OUTPUT")[0]
+    assert not send(w, links, out(B, 7003), "OUTPUT")[0]
+    assert {k: len(v) for k, v in lists(w).items()} == {(0, "10.9.0.2"): 2, (0, "10.9.0.3"): 1}
+
+
+def test_emptied_list_hotdrops_assured_packets(cdut):
+    """nf_conncount's count of 0: the collection for an ASSURED packet evicts the key's last
+    connection (closed by the client's RST): that packet is hotdropped, and so is every ASSURED
+    packet of the key while the empty list stays; a new connection of the key ends it."""
+    w, links = cdut
+    load(w, "-A INPUT -p tcp -m tcp --dport 80 -m connlimit --connlimit-above 5 -j DROP\n")
+    handshake(w, links, A, 8001)
+    tick()
+    h0 = send(w, links, syn(A, 8001, flags=ACK))[1]["stats"]["hotdrop"]
+    tick()
+    dropped, got = send(w, links, syn(A, 8001, flags=RST | ACK))
+    assert dropped and got["rules"] == [] and got["stats"]["hotdrop"] == h0 + 1
+    assert lists(w) == {(0, "10.9.0.2"): []}
+    tick()
+    dropped, got = send(w, links, syn(A, 8001, flags=RST))
+    assert dropped and got["stats"]["hotdrop"] == h0 + 2
+    assert not send(w, links, syn(A, 8002))[0]
+    assert lists(w) == {(0, "10.9.0.2"): [8002]}

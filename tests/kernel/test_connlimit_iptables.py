@@ -2,7 +2,7 @@
 with real TCP connections held open.
 
 Two identical client/DUT namespace pairs: one DUT enforces the ruleset with
-iptables-legacy-restore, the other with `ebpfw apply` (XDP generic). A server in the DUT
+iptables-legacy-restore, the other with `ebpfw apply` (XDP generic, then TC ingress). A server in the DUT
 accepts connections on ports 5001-5004 and keeps them open until the client closes (then closes
 too: the FIN handshake leaves the DUT's conntrack entry in TIME_WAIT). The same client script
 runs against both and reports, for every connect, whether it was accepted or refused (the RST of
@@ -165,7 +165,8 @@ def _run(client: str, dut: str) -> list:
 
 @pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
                     reason="iptables-legacy not installed")
-def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path):
+@pytest.mark.parametrize("mode", ["xdp-generic", "tc"])
+def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path, mode):
     # the reference: the kernel's xt_connlimit
     client, dut = _pair(netns)
     run_in(dut, ["iptables-legacy-restore"], input=RULES)
@@ -180,7 +181,7 @@ def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path):
     rules = tmp_path / "r.v4"
     rules.write_text(RULES)
     try:
-        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", "xdp-generic"))
+        ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", mode))
         got = _run(client, dut)
         got_counts = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
     finally:
