@@ -280,3 +280,76 @@ def test_emptied_list_hotdrops_assured_packets(cdut):
     assert dropped and got["stats"]["hotdrop"] == h0 + 2
     assert not send(w, links, syn(A, 8002))[0]
     assert lists(w) == {(0, "10.9.0.2"): [8002]}
+
+
+# ---- against the model of nf_conncount (tests/connlimit_model.py), packet by packet ----------
+def _canon(src: str, sport: int, dst: str, dport: int) -> tuple:
+    """ebpfw_ct's direction-free key (ct_key_norm): the lower (address, port) first."""
+    a, b = (ip(src), sport), (ip(dst), dport)
+    lo, hi = (a, b) if a <= b else (b, a)
+    import ipaddress
+    return (str(ipaddress.IPv4Address(lo[0])), str(ipaddress.IPv4Address(hi[0])), lo[1], hi[1], 6)
+
+
+def _ct(w) -> dict:
+    return {_canon(e["src"], e["sport"], e["dst"], e["dport"]): e
+            for e in w.call(op="ct_list")["entries"] if e["proto"] == 6}
+
+
+MODEL_RULES = [
+    ("-A INPUT -p tcp -m tcp --dport 80 -m connlimit --connlimit-above 1 -j DROP\n", 1, lambda f: True),
+    ("-A INPUT -p tcp -m tcp --dport 80 --tcp-flags FIN,SYN,RST,ACK SYN "
+     "-m connlimit --connlimit-above 1 -j DROP\n", 1, lambda f: f & 0x17 == SYN),
+]
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("variant", range(len(MODEL_RULES)))
+def test_random_packets_against_the_model(cdut, seed, variant):
+    """Random client packets (SYN, ACK, RST, FIN) and server answers (SYN-ACK, FIN) for six
+    connections of two sources: after each packet the verdict and the lists equal the model's,
+    fed with the conntrack entries as the datapath has them (one CPU, a jiffy apart)."""
+    import random
+    from connlimit_model import Rule
+    w, links = cdut
+    rules, limit, reaches = MODEL_RULES[variant]
+    load(w, rules)
+    model = Rule(limit)
+    rng = random.Random(seed * 7919 + variant)
+    srcs = ["10.9.0.2", "10.9.0.7"]
+    acts = [("in", SYN)] * 4 + [("out", SYNACK)] * 2 + [("in", ACK)] * 3 + [("in", RST), ("in", FIN_ACK),
+                                                                          ("out", FIN_ACK)]
+    pre = _ct(w)
+    seen: dict = {}
+    for step in range(40):
+        src, sport = rng.choice(srcs), rng.choice((9001, 9002, 9003))
+        way, flags = rng.choice(acts)
+        conn = _canon(src, sport, "10.9.0.1", 80)
+        tick()
+        if way == "out":
+            send(w, links, reply(ip(src), sport, flags=flags), "OUTPUT")
+            pre = _ct(w)
+            continue
+        dropped, got = send(w, links, syn(ip(src), sport, flags=flags))
+        post = _ct(w)
+        what = f"seed {seed} step {step}: {src}:{sport} flags {flags:#x}"
+        if reaches(flags):
+            confirmed = conn in pre and conn in post and pre[conn]["created_ns"] == post[conn]["created_ns"]
+            assured = confirmed and bool(post[conn]["status"] & 2)
+
+            def ct(c, own=conn, confirmed=confirmed, post=post):
+                if c == own and not confirmed:
+                    return None                       # not in the table while it is judged
+                e = post.get(c)
+                return None if e is None else e["state"] in ("TIME_WAIT", "CLOSE")
+            want = model.match(src, conn, confirmed, assured, ct, jiffies=3 * step)
+            assert dropped == (want is not False), f"{what}: model {want}, datapath dropped={dropped}"
+            seen[want] = seen.get(want, 0) + 1
+        else:
+            assert not dropped, what
+        mine = {addr: [tuple(e[:5]) for e in ents] for _, addr, ents in w.call(op="cl_lists")["lists"]}
+        theirs = {k: [e.conn for e in v.ents] for k, v in model.lists.items()}
+        assert mine == theirs, what
+        pre = post
+    print(f"variant {variant} seed {seed}: match/no match/hotdrop {seen}")
+    assert seen.get(False) and seen.get(True), seen      # the sequence tested both outcomes

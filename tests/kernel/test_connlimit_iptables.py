@@ -124,7 +124,8 @@ try:
 except OSError as e:
     out.append(["k1 data", type(e).__name__])
 time.sleep(0.5)            # the delayed ACK of the echo goes out before the counters are read
-print(json.dumps(out))
+print(json.dumps(out), flush=True)
+sys.stdin.readline()       # the counters are read now, before the connections go away
 import struct
 for s in held.values():
     # an abortive close (RST): one packet, whatever the timing (the counters are compared)
@@ -150,17 +151,30 @@ def _pair(netns):
     return client, dut
 
 
-def _run(client: str, dut: str) -> list:
+def _run(client: str, dut: str, read_counters) -> tuple[list, dict]:
+    """The client's outcomes, and read_counters() taken once every connect is done and the
+    traffic has settled, before the held connections are torn down (the server's FIN
+    retransmissions to a connection whose packets are hotdropped would make them timing-bound)."""
     server = subprocess.Popen(nsenter_argv(dut) + [sys.executable, "-c", SERVER, f"{DUT},{DUT2}"],
                               stdout=subprocess.PIPE, text=True)
+    cli = None
     try:
         assert server.stdout.readline().strip() == "ready"
-        out = run_in(client, [sys.executable, "-c", CLIENT, DUT, DUT2, ME, ME2], timeout=120).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        cli = subprocess.Popen(nsenter_argv(client) + [sys.executable, "-c", CLIENT, DUT, DUT2, ME, ME2],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = cli.stdout.readline()
+        assert line, "the client script failed"
+        counts = read_counters()
+        cli.stdin.write("go\n")
+        cli.stdin.flush()
+        cli.wait(timeout=60)
+        return json.loads(line), counts
     finally:
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+            cli.wait(timeout=10)
         server.kill()
         server.wait(timeout=10)
-        time.sleep(1.0)            # every close handshake is over before the counters are read
 
 
 @pytest.mark.skipif(subprocess.run(["which", "iptables-legacy-restore"], capture_output=True).returncode != 0,
@@ -171,8 +185,8 @@ def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path, mode):
     client, dut = _pair(netns)
     run_in(dut, ["iptables-legacy-restore"], input=RULES)
     try:
-        ref = _run(client, dut)
-        ref_counts = counters(run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout)
+        ref, ref_counts = _run(client, dut, lambda: counters(
+            run_in(dut, ["iptables-legacy-save", "-c", "-t", "filter"]).stdout))
     finally:
         run_in(dut, ["iptables-legacy", "-F"], check=False)
     assert ref == WANT, ref          # the kernel did what the test expects
@@ -182,8 +196,7 @@ def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path, mode):
     rules.write_text(RULES)
     try:
         ok(ebpfw(dut, "apply", str(rules), "--iface", dut + "d", "--mode", mode))
-        got = _run(client, dut)
-        got_counts = counters(ok(ebpfw(dut, "save", "--counters")).stdout)
+        got, got_counts = _run(client, dut, lambda: counters(ok(ebpfw(dut, "save", "--counters")).stdout))
     finally:
         ebpfw(dut, "detach", timeout=60)
     assert got == ref
