@@ -2564,8 +2564,11 @@ static __always_inline int recent_pass(__u32 rk)
  *    EBPFW_CL_KEYS lists: the capacities stand for the kernel's memory.
  *  - match = (count > limit) ^ --connlimit-upto.
  * A list that empties stays until a new list takes its index slot (the kernel frees an empty
- * node later, from its tree collector). Two CPUs judging packets of the same key at the same instant do not lock
- * the list against each other (nf_conncount does): one's update can overwrite the other's.
+ * node later, from its tree collector). nf_conncount holds the list's spinlock while it walks
+ * and adds; a bpf_spin_lock cannot be held across the walk's map lookups, so a list has a busy
+ * word instead, taken with an atomic exchange (cl_lock): a CPU that finds it taken waits for
+ * it a bounded number of reads (the holder works for microseconds), and only past that bound
+ * goes ahead unserialized.
  * Time base: jiffies from bpf_jiffies64(), the counter nf_conncount reads. */
 #ifndef EBPFW_F_CT
 #error "-m connlimit counts tracked connections: it needs EBPFW_F_CT"
@@ -2592,6 +2595,7 @@ struct ebpfw_cl_list {
     __u32 last_gc;       /* (u32)jiffies of the last collection */
     __u32 last_gc_count; /* count then */
     __u32 idx;           /* its slot in ebpfw_clidx */
+    __u64 busy;          /* 1 while a CPU updates the list (see cl_lock) */
     struct ebpfw_cl_ent ent[EBPFW_CL_CONNS];   /* [0, count) in the order they were added */
 };
 /* room for the lists that lost their index slot in a race (see ebpfw_clidx) */
@@ -2631,7 +2635,7 @@ struct cl_walk {
     __u32 confirmed;     /* the packet's connection is in ebpfw_ct */
     __u32 assured;       /* ... and ASSURED */
     __u32 walk;          /* the list is walked */
-    __u32 pad;
+    __u32 locked;        /* the list's busy word was taken (cl_lock) */
 };
 BPF_PERCPU_ARRAY(ebpfw_clw, struct cl_walk, 1);
 /* the connlimit programs, one array per program type (see ebpfw_post_xdp) */
@@ -2713,6 +2717,24 @@ static __always_inline void cl_walk_list(struct cl_walk *c, struct ebpfw_cl_list
     }
 }
 
+/* take list l's busy word: 1 when taken, 0 when the wait ran out (then the update is not
+ * serialized with the other CPU's; that CPU would have had to stay on it for thousands of reads) */
+#define CL_SPIN 256
+static __always_inline int cl_lock(struct ebpfw_cl_list *l)
+{
+    for (__u32 i = 0; i < CL_SPIN; i++) {
+        if (__sync_lock_test_and_set(&l->busy, 1) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static __always_inline void cl_unlock(struct ebpfw_cl_list *l, int taken)
+{
+    if (taken)
+        __sync_lock_test_and_set(&l->busy, 0);
+}
+
 /* 1 when list o holds at most CL_RECLAIM connections and every one has ended as the walk
  * judges it (gone and evictable, or TCP in TIME_WAIT / CLOSE); c is the walk's scratch */
 static __always_inline int cl_all_dead(struct cl_walk *c, struct ebpfw_cl_list *o)
@@ -2769,6 +2791,8 @@ static __always_inline __u32 cl_claim(struct cl_walk *c, struct ebpfw_cl_key *k)
     }
     return EBPFW_CL_KEYS;
 }
+
+static __always_inline __u32 cl_update(struct cl_walk *c, struct ebpfw_cl_list *l, struct ebpfw_clm *m);
 
 /* connlimit_mt for rule rk and packet p: 1 match, 0 no match, 2 hotdrop. The walk's inputs
  * go through map memory (struct cl_walk) so that every kind of packet enters the one inlined
@@ -2831,17 +2855,32 @@ static __always_inline __u32 connlimit_pass(__u32 rk, struct pkt *p)
         s->last_gc = c->jif;
         s->last_gc_count = 0;
         s->idx = at;
+        s->busy = 0;
         __builtin_memcpy(&s->ent[0].key, &c->key, sizeof(c->key));
         s->ent[0].jiffies = c->jif;
         s->ent[0].cpu = c->cpu;
-        if (ebpfw_cl.insert(&k, s) != 0) {
-            struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
-            if (sl)
-                sl->used = 0;
+        if (ebpfw_cl.insert(&k, s) == 0)
+            return (1 > m->limit) ^ m->invert;
+        /* another CPU made the key's list meanwhile (or ebpfw_cl is full): use that one */
+        struct ebpfw_cl_slot *sl = ebpfw_clidx.lookup(&at);
+        if (sl)
+            sl->used = 0;
+        l = ebpfw_cl.lookup(&k);
+        if (!l)
             return 2;
-        }
-        return (1 > m->limit) ^ m->invert;
     }
+    /* whether the busy word was taken goes through map memory: one verifier state for the walk */
+    c->locked = cl_lock(l);
+    asm volatile("" ::: "memory");
+    __u32 res = cl_update(c, l, m);
+    asm volatile("" ::: "memory");
+    cl_unlock(l, c->locked);
+    return res;
+}
+
+/* the part of connlimit_pass that reads and changes an existing list l */
+static __always_inline __u32 cl_update(struct cl_walk *c, struct ebpfw_cl_list *l, struct ebpfw_clm *m)
+{
     __u32 n = l->count;
     c->n = n > EBPFW_CL_CONNS ? EBPFW_CL_CONNS : n;
     /* confirmed and ASSURED: -EEXIST, not added; nf_conncount_gc_list unless it ran in this

@@ -24,6 +24,8 @@ Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to 
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
   {"op": "run_cpus", "frame": HEX, "ifindex": N, "repeat": N, "cpus": [0, 1]} -> {"rules": [[p, b]...]}
     (the XDP program on several CPUs at once, for per-CPU safety tests)
+{"op": "run_frames_cpus", "jobs": {CPU: [HEX...]}, "ifindex": N} -> {"rets": {CPU: [ret...]}}
+    (different frames through the XDP program on several CPUs at once, one run each)
 -m hashlimit: {"op": "hl_list"} -> {"entries": [bucket as dict...], "j0": {table: jiffies it was made}}
 With EBPFW_TEST_CONNLIMIT=1 the programs have conntrack and -m connlimit compiled in (lists of
 128 connections), and {"op": "cl_lists"} -> {"lists": [[rule, address, [entry...]]...]} reads
@@ -154,6 +156,24 @@ def main() -> None:
             elif req["op"] == "cl_lists":
                 lists = dp.connlimit_lists(dp.active()[0])
                 out = {"lists": sorted([r, a, e] for (r, a), e in lists.items())}
+            elif req["op"] == "run_frames_cpus":
+                # different frames through the XDP program on several CPUs at once, one run each
+                import threading
+                jobs = {int(c): [bytes.fromhex(x) for x in fs] for c, fs in req["jobs"].items()}
+                rets: dict = {}
+                go = threading.Barrier(len(jobs))
+
+                def on_cpu(cpu: int) -> None:
+                    os.sched_setaffinity(0, {cpu})
+                    go.wait()
+                    rets[cpu] = [bpfsys.test_run(dp.progs["xdp"], f, 1, xdp_ctx(req["ifindex"], len(f)))[0]
+                                 for f in jobs[cpu]]
+                threads = [threading.Thread(target=on_cpu, args=(c,)) for c in jobs]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                out = {"rets": {str(c): r for c, r in rets.items()}}
             elif req["op"] == "hl_list":
                 slot = dp.active()[0]
                 names = [t.name for t in plan.hl_tables]
