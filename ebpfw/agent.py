@@ -19,6 +19,9 @@ Contract:
   A full re-read also runs every RESYNC_SECONDS, and after a netlink buffer overrun.
 - Control socket: `ebpfw apply` hands its ruleset to the agent of its namespace over a
   root-only unix socket (ebpfw.control), and the agent applies it between its other work.
+- Sets: every SET_GC_SECONDS (EBPFW_SET_GC_SECONDS, default 30) the expired elements of ipset
+  sets with timeouts are deleted, as the kernel's ipset collector does (a CrowdSec or fail2ban
+  ban that ran out would otherwise stay in the trie until `ebpfw set list` or an add).
 - SIGHUP: re-read configuration and ruleset and apply them atomically; if either is bad the
   problems are logged (FILE:LINE lines) and the old ruleset keeps enforcing.
 - SIGTERM/SIGINT: exit 0, leaving the programs enforcing (on_stop = "keep") or detaching
@@ -43,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from . import api, control, state
+from . import api, control, sets, state
 from .config import CT_ENV, Config, conntrack_env, load_config
 from .datapath import Datapath, Shape
 from .errors import EbpfwError
@@ -54,6 +57,7 @@ RTMGRP_IPV4_IFADDR = 0x10
 EVENT_SETTLE = 0.05       # seconds to let a burst of netlink events finish before acting
 RESYNC_SECONDS = 10.0     # full re-read even without events (a safety net)
 RETRY_SECONDS = 5.0       # after a failed re-apply
+SET_GC_SECONDS = float(os.environ.get("EBPFW_SET_GC_SECONDS", "30"))   # expired ipset elements deleted
 LOCK_TIMEOUT = 10.0
 
 log = logging.getLogger("ebpfw.agent")
@@ -328,6 +332,19 @@ class Agent:
             except EbpfwError as exc:
                 _log_error("updating the local address map failed", exc)
 
+    def gc_sets(self) -> None:
+        """Delete expired ipset elements (the kernel's ipset collector runs every
+        min(timeout/3, 180) s): until then an expired element costs its -m set rule a second
+        lookup per packet. Skipped, for the next round, while an apply holds the lock."""
+        try:
+            with state.ApplyLock(timeout=0.5):
+                freed = sets.gc_expired()
+        except EbpfwError as exc:
+            log.debug("set gc skipped: %s", exc)
+            return
+        for name, n in sorted(freed.items()):
+            log.info("set %s: %d expired element%s deleted", name, n, "" if n == 1 else "s")
+
     def reload(self) -> None:
         sd_notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         log.info("SIGHUP: reloading %s", self.config_path or os.environ.get("EBPFW_CONFIG") or "the configuration")
@@ -379,12 +396,13 @@ class Agent:
             self.apply_now(self.text, why=" (start)")
             sd_notify("READY=1")
             self.next_resync = time.monotonic() + RESYNC_SECONDS
+            next_gc = time.monotonic() + SET_GC_SECONDS
             while not self.stop:
                 if self.hup:
                     self.hup = False
                     self.reload()
                     continue
-                timeout = max(0.0, self.next_resync - time.monotonic())
+                timeout = max(0.0, min(self.next_resync, next_gc) - time.monotonic())
                 if self.retry_at is not None:
                     timeout = min(timeout, max(0.0, self.retry_at - time.monotonic()))
                 ready, _, _ = select.select([sock, wake_r] + ([ctl] if ctl else []), [], [], min(timeout, 1.0))
@@ -415,6 +433,9 @@ class Agent:
                     except EbpfwError as exc:
                         _log_error("reading the host's interfaces failed", exc)
                     self.next_resync = time.monotonic() + RESYNC_SECONDS
+                if time.monotonic() >= next_gc:
+                    self.gc_sets()
+                    next_gc = time.monotonic() + SET_GC_SECONDS
         finally:
             sock.close()
             if ctl is not None:

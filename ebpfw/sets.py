@@ -221,6 +221,36 @@ class SetStore:
             self._write_def(set_id, st, len(live))
         return before - len(live)
 
+    def gc_expired(self) -> dict[str, int]:
+        """What the kernel's ipset garbage collector does, for every set with timeouts at once:
+        delete the expired elements and correct the counts (one pass over the trie's keys).
+        Returns name -> elements deleted, for the sets that had some; {} for old pins."""
+        if self.old_layout:
+            return {}
+        timed = {i: (name, st, count) for name, (i, st, count) in self.definitions().items()
+                 if st.timeout is not None}
+        if not timed:
+            return {}
+        now = now_ns()
+        live = {i: 0 for i in timed}
+        freed: dict[int, int] = {}
+        for k in bpfsys.keys(self.trie, KEY.size):
+            set_id = struct.unpack(">I", k[4:8])[0]
+            if set_id not in timed:
+                continue
+            v = self._value(k)
+            if v is None:
+                continue
+            if remaining(v[0], now) is None:
+                bpfsys.delete(self.trie, k)
+                freed[set_id] = freed.get(set_id, 0) + 1
+            else:
+                live[set_id] += 1
+        for set_id, (name, st, count) in timed.items():
+            if live[set_id] != count:
+                self._write_def(set_id, st, live[set_id])
+        return {timed[i][0]: n for i, n in freed.items()}
+
     def _check_layout(self) -> None:
         if self.old_layout:
             raise EbpfwError("the set maps were pinned by an older ebpfw (elements without timeouts)",
@@ -370,6 +400,16 @@ def list_sets(name: Optional[str] = None) -> str:
     with state.ApplyLock(timeout=10), _store() as s:
         names = [name] if name else list(s.definitions())
         return save_ipsets([s.get(n) for n in names])
+
+
+def gc_expired(pins: Optional[Path] = None) -> dict[str, int]:
+    """Delete the expired elements of every loaded set (the caller holds the apply lock);
+    name -> elements deleted. {} when no sets are loaded here."""
+    pins = pins or state.pin_dir()
+    if not (pins / SETS_PIN).exists():
+        return {}
+    with SetStore(pins) as s:
+        return s.gc_expired()
 
 
 def loaded_definitions(pins: Optional[Path] = None) -> dict[str, IpSet]:

@@ -22,6 +22,7 @@ With EBPFW_TEST_CT=1 in the environment the programs have connection tracking co
 Sets (private, unpinned maps): "load" takes "sets": TEXT (ipset save format) to load first, and
   {"op": "set_add"|"set_del", "name": NAME, "element": TEXT} -> {"n": entries, "seconds": time}
   {"op": "set_list", "name": NAME}                    -> {"text": ipset save text}
+  {"op": "set_gc"}                                    -> {"freed": {name: n}, "counts": {name: count}, "keys": n}
   {"op": "run_cpus", "frame": HEX, "ifindex": N, "repeat": N, "cpus": [0, 1]} -> {"rules": [[p, b]...]}
     (the XDP program on several CPUs at once, for per-CPU safety tests)
 {"op": "run_frames_cpus", "jobs": {CPU: [HEX...]}, "ifindex": N} -> {"rets": {CPU: [ret...]}}
@@ -185,6 +186,10 @@ def main() -> None:
                 fn = store.add if req["op"] == "set_add" else store.delete
                 n = fn(req["name"], req["element"])
                 out = {"n": n, "seconds": time.perf_counter() - t0}
+            elif req["op"] == "set_gc":
+                freed = store.gc_expired()
+                out = {"freed": freed, "counts": {n: d[2] for n, d in store.definitions().items()},
+                       "keys": len(bpfsys.keys(store.trie, 16))}
             elif req["op"] == "set_list":
                 from ebpfw.ipset import save_ipsets
                 out = {"text": save_ipsets([store.get(req["name"])])}

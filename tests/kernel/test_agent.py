@@ -471,3 +471,34 @@ def test_start_after_a_reboot_with_state_but_no_pins(rig, ebpfw_env):
     assert "state from an earlier boot" in agent2.text()
     assert tcp(client, "10.201.1.1") == "timeout"
     assert prog_ids(dut, "ag0")["tc_egress"]
+
+
+SET_RULES = RULES.replace("COMMIT", "-A INPUT -p udp -m set --match-set ban src -j DROP\nCOMMIT")
+SETS = "create ban hash:ip family inet hashsize 1024 maxelem 65536 timeout 0\nadd ban 10.201.1.66 timeout 0\n"
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, f"{proc.args}: {proc.stdout}{proc.stderr}"
+    return proc
+
+
+def test_agent_deletes_expired_set_elements(rig, monkeypatch):
+    """A ban that ran out is deleted by the agent's set collector (as the kernel's ipset gc
+    deletes it), without anyone listing the set; permanent elements stay."""
+    dut = rig["dut"]
+    monkeypatch.setenv("EBPFW_SET_GC_SECONDS", "1")
+    rig["rules"].write_text(SET_RULES)
+    sets = rig["tmp"] / "ban.ipset"
+    sets.write_text(SETS)
+    _ok(ebpfw(dut, "apply", str(rig["rules"]), "--sets", str(sets), "--iface", "ag0"))
+    _ok(ebpfw(dut, "set", "add", "ban", "10.201.1.77", "timeout", "1"))
+    _ok(ebpfw(dut, "set", "add", "ban", "10.201.1.78", "timeout", "600"))
+    agent = rig["agent"]().start()                     # applies SET_RULES against the loaded sets
+    deadline = time.monotonic() + 20
+    while "set ban: 1 expired element deleted" not in agent.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "set ban: 1 expired element deleted" in agent.text(), agent.text()
+    listed = _ok(ebpfw(dut, "set", "list", "ban")).stdout
+    assert "add ban 10.201.1.66" in listed and "add ban 10.201.1.78 timeout" in listed, listed
+    assert "10.201.1.77" not in listed
+    assert agent.text().count("expired element") == 1, agent.text()   # nothing left to delete

@@ -115,3 +115,27 @@ def test_timeouts_expire_in_the_datapath(dut):
     bad = w.call(op="set_add", name="plain", element="10.9.0.5 timeout 5")
     assert "created without timeout" in bad.get("error", ""), bad
 
+
+
+def test_gc_deletes_expired_elements_and_corrects_counts(dut):
+    """SetStore.gc_expired (the agent's set collector): every set with timeouts loses its
+    expired elements in one pass and its count follows; permanent and live elements stay, a
+    set without timeouts is not touched, and a second pass finds nothing."""
+    w, links = dut
+    sets = SETS + "create plain hash:ip family inet hashsize 1024 maxelem 65536\nadd plain 10.9.0.99\n"
+    r = w.call(op="load", rules=RULES, sets=sets)
+    assert "error" not in r, r.get("error")
+    t0 = time.monotonic()
+    add(w, "f2b-sshd", "10.9.0.71 timeout 1")
+    add(w, "short", "10.9.0.80,tcp:22 timeout 1")
+    add(w, "short", "10.9.0.81,tcp:22 timeout 0")
+    keys0 = w.call(op="set_gc")["keys"] if time.monotonic() - t0 < 0.9 else None   # before anything expired
+    wait_past(t0, 2)                                    # 10.9.0.67 (2 s), .71 and .80 (1 s) ran out
+    got = w.call(op="set_gc")
+    assert got["freed"] == {"f2b-sshd": 2, "short": 1}, got
+    assert got["counts"] == {"f2b-sshd": 1, "short": 1, "ports": 0, "plain": 1}, got
+    if keys0 is not None:
+        assert got["keys"] == keys0 - 3
+    assert w.call(op="set_gc")["freed"] == {}
+    assert dropped(w, links, "10.9.0.66") and not dropped(w, links, "10.9.0.71")
+    assert set(listed(w, "f2b-sshd")) == {"10.9.0.66"}
