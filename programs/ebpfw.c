@@ -1595,6 +1595,8 @@ struct walkstate {
     __u32 rres;
 #ifdef EBPFW_F_RAW
     __u32 untracked;  /* the raw walk reached a NOTRACK / CT --notrack rule */
+    __u32 rawct;      /* the EBPFW_RF_CT_*_OK bit of the packet's state in raw before a NOTRACK */
+    __u32 rawct_nt;   /* ... and after one */
     __u32 rawpad;
 #endif
     /* -m connlimit (EBPFW_F_CONNLIMIT): likewise for the connlimit program */
@@ -3039,6 +3041,14 @@ static __always_inline int walk(__u32 slot, __u32 chain_id, struct pkt *p, struc
             ws->pos = r + 1;   /* xt_udp, xt_multiport, xt_icmp: a non-first fragment never matches */
             continue;
         }
+#ifdef EBPFW_F_RAW
+        /* -m conntrack / -m state in raw: conntrack has not run, the state is INVALID (RELATED
+         * for a REJECT answer), UNTRACKED once a NOTRACK ran (xt_conntrack without a ct) */
+        if ((rule->flags & EBPFW_RF_RAWCT) && !(rule->flags & (ws->untracked ? ws->rawct_nt : ws->rawct))) {
+            ws->pos = r + 1;
+            continue;
+        }
+#endif
         /* xt_tcp / xt_tcpmss hotdrop; -m mac without a source MAC fails closed */
         __u32 hit = rule->flags & ws->hot;
 #ifdef EBPFW_F_SET
@@ -4742,7 +4752,12 @@ static __always_inline int raw_judge(void *data, void *data_end, __u32 wire_len,
         chain = m->raw >> 16;
         post_note(EBPFW_CHAIN_OUTPUT, 0, ifindex, 1, 1, 1);
     }
-    p->ctstate = EBPFW_CT_INVALID;   /* raw rules have no conntrack match (compiler) */
+    p->ctstate = EBPFW_CT_INVALID;   /* raw rules have no conntrack atom: the walk judges them */
+    /* a REJECT answer of a tracked original carries its connection (RELATED), and NOTRACK leaves
+     * every answer alone (it has an nfct); other packets are INVALID until a NOTRACK */
+    int rel = rr->ctorig >= 0 && rr->ctorig != EBPFW_CT_INVALID && rr->ctorig != EBPFW_CT_UNTRACKED;
+    ws->rawct = rel ? EBPFW_RF_CT_REL_OK : EBPFW_RF_CT_INV_OK;
+    ws->rawct_nt = rr->ctorig >= 0 ? ws->rawct : EBPFW_RF_CT_UNT_OK;
 #ifdef EBPFW_F_MARK
     /* the packet's mark as raw sees it (skb->mark at TC, 0 at XDP); there is no connection yet,
      * so CONNMARK does nothing and -m connmark never matches (xt_connmark without a ct) */

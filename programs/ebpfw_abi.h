@@ -38,6 +38,11 @@
 #define EBPFW_RF_HASHLIMIT 256   /* -m hashlimit: the per-key token bucket decides */
 #define EBPFW_RF_CONNLIMIT 512   /* -m connlimit: the per-key connection count decides */
 #define EBPFW_RF_MARK      1024  /* -m mark / -m connmark: the packet's or connection's mark decides */
+/* a conntrack/state match in the raw table, judged in the walk (there is no connection yet) */
+#define EBPFW_RF_RAWCT     2048
+#define EBPFW_RF_CT_INV_OK 4096   /* ... it holds for INVALID (no connection attached) */
+#define EBPFW_RF_CT_UNT_OK 8192   /* ... for UNTRACKED (after a NOTRACK) */
+#define EBPFW_RF_CT_REL_OK 16384  /* ... for RELATED (a REJECT answer carries its original's connection) */
 /* walk-state bit (not a rule flag): the packet is a TCP fragment at offset 8 */
 #define EBPFW_HOT_FRAG1   0x100
 

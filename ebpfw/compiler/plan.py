@@ -51,6 +51,9 @@ RF_RECENT = 128     # a recent match (the rule's last): its list decides (and is
 RF_HASHLIMIT = 256  # a hashlimit match (the rule's last): its per-key bucket decides after the others
 RF_CONNLIMIT = 512  # a connlimit match (the rule's last): the per-key connection count decides
 RF_MARK = 1024      # a mark/connmark match: the packet's or connection's mark decides after the vectors
+# a conntrack/state match in the raw table: judged in the walk (INVALID until a NOTRACK, then
+# UNTRACKED; RELATED for a REJECT answer), with the states it holds for
+RF_RAWCT, RF_CT_INV_OK, RF_CT_UNT_OK, RF_CT_REL_OK = 2048, 4096, 8192, 16384
 HOTDROP_MATCHES = (TcpMatch, UdpMatch, IcmpMatch, MultiportMatch, TcpmssMatch, MacMatch)
 SET_KINDS = {"hash:ip": 1, "hash:net": 1, "hash:ip,port": 2, "hash:net,port": 2, "bitmap:port": 3}
 # the matches the datapath enforces (each one a field, see fields.py)
@@ -575,15 +578,36 @@ def _raw_problems(r: Rule, problems: list[str]) -> None:
                         f"expected ACCEPT, DROP, RETURN, NOTRACK, CT --notrack, MARK, CONNMARK, LOG or a user-defined chain, "
                         f"found '-j {t.kind}'")
     for m in r.matches:
-        if isinstance(m, ConntrackMatch):
-            problems.append(f"{r.pos}: match '{m.module}' in the raw table is not supported by the datapath "
-                            "(raw runs before connection tracking: every packet is INVALID there until a "
-                            "NOTRACK makes it UNTRACKED, which ebpfw's raw stage does not follow), expected "
-                            f"no -m {m.module} in *raw, found '-m {m.module}'")
-        elif isinstance(m, (HashlimitMatch, RecentMatch, ConnlimitMatch)):
+        if isinstance(m, (HashlimitMatch, RecentMatch, ConnlimitMatch)):
             name = type(m).__name__.removesuffix("Match").lower()
             problems.append(f"{r.pos}: match '{name}' in the raw table is not supported by the datapath yet, "
                             f"expected it only in *filter, found '-m {name}'")
+
+
+def _raw_ct_flags(r: Rule, problems: list[str]) -> int:
+    """RF_RAWCT and the RF_CT_*_OK bits of a raw rule's conntrack/state match (0 without one)."""
+    from ..ruleset import CT_INVALID, CT_RELATED, CT_UNTRACKED
+    found = [m for m in r.matches if isinstance(m, ConntrackMatch)]
+    if not found:
+        return 0
+    if len(found) > 1:
+        problems.append(f"{r.pos}: more than one -m conntrack/-m state in a raw rule is not supported by the "
+                        f"datapath, expected at most one, found {len(found)}")
+        return 0
+    m = found[0]
+    f = RF_RAWCT
+    for bit, ok in ((CT_INVALID, RF_CT_INV_OK), (CT_UNTRACKED, RF_CT_UNT_OK), (CT_RELATED, RF_CT_REL_OK)):
+        if bool((m.states or 0) & bit) != m.states_invert:
+            f |= ok
+    return f
+
+
+def _without_ct(r: Rule) -> Rule:
+    """The rule for the field vectors: a raw rule's conntrack match is judged in the walk."""
+    from dataclasses import replace
+    if not any(isinstance(m, ConntrackMatch) for m in r.matches):
+        return r
+    return replace(r, matches=tuple(m for m in r.matches if not isinstance(m, ConntrackMatch)))
 
 
 def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool = True,
@@ -670,6 +694,8 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
     for rn, r in enumerate(rules):
         kind, arg, f, log, lim, sm, hl, mk, skb, rc, cl = rule_entry(
             r, chain_id if rn < nfilter else raw_chain_id, sets, hl_index, problems)
+        if rn >= nfilter:
+            f |= _raw_ct_flags(r, problems)
         kinds.append(kind)
         args.append(arg)
         flags.append(f)
@@ -709,7 +735,9 @@ def compile_state(table: Table, ifnames: Iterable[str] | dict = (), group: bool 
         raw_chains=raw_chains,
         connlimits=connlimits,
     )
-    residual_fields(plan, rules, resid, iface_names, problems, uses_conn)
+    # the vectors never see a raw rule's conntrack match (the walk judges it, RF_RAWCT)
+    atom_rules = rules if nfilter == n else rules[:nfilter] + [_without_ct(r) for r in rules[nfilter:]]
+    residual_fields(plan, atom_rules, resid, iface_names, problems, uses_conn)
     if skb_mark:
         first = min(skb_mark, key=lambda r: r.pos.line)
         chain = next(c for (c, i), r in zip(rule_chain, rules) if r is first)

@@ -369,3 +369,33 @@ def test_grouped_blocklists_in_both_tables(dut):
     r = d.inbound(IP(src="10.78.0.99", dst=DUT) / UDP(sport=1, dport=80))
     assert r["ret"] == XDP_PASS and state_of(r, "INPUT") == "NEW"
     assert r["policies"] == {"raw PREROUTING": 1, "INPUT": 1}
+
+
+RAW_CT = """*raw
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+-A PREROUTING -p udp -m udp --dport 70 -m conntrack --ctstate INVALID
+-A PREROUTING -p udp -m udp --dport 70 -m conntrack ! --ctstate INVALID
+-A PREROUTING -p udp -m udp --dport 70 -j NOTRACK
+-A PREROUTING -p udp -m udp --dport 70 -m state --state UNTRACKED
+-A PREROUTING -p udp -m udp --dport 70 -m state --state INVALID
+-A PREROUTING -p udp -m udp --dport 71 -m state --state UNTRACKED
+-A OUTPUT -m conntrack --ctstate NEW,ESTABLISHED,RELATED
+-A OUTPUT -m conntrack --ctstate INVALID
+COMMIT
+"""
+
+
+def test_conntrack_matches_inside_raw(dut):
+    """In raw, conntrack has not run: xt_conntrack finds no connection (INVALID); after NOTRACK
+    the packet is UNTRACKED for the rest of the raw table."""
+    d = Dp(*dut, rules=RAW_CT + RULES[RULES.index("*filter"):])
+    r = d.inbound(IP(src=PEER, dst=DUT) / UDP(sport=40030, dport=70))
+    assert {k: v for k, v in r["hits"].items() if k[0] == "raw PREROUTING"} == {
+        ("raw PREROUTING", 0): 1, ("raw PREROUTING", 2): 1, ("raw PREROUTING", 3): 1}
+    assert state_of(r, "INPUT") == "UNTRACKED"
+    r = d.inbound(IP(src=PEER, dst=DUT) / UDP(sport=40031, dport=71))
+    assert not any(k[0] == "raw PREROUTING" for k in r["hits"]) and state_of(r, "INPUT") == "NEW"
+    r = d.outbound(IP(src=DUT, dst=PEER) / UDP(sport=71, dport=40031))
+    assert r["hits"].get(("raw OUTPUT", 1)) == 1 and ("raw OUTPUT", 0) not in r["hits"]
+    assert state_of(r, "OUTPUT") == "ESTABLISHED"

@@ -127,9 +127,6 @@ def test_refused_by_parser_or_check(line, message):
 
 
 @pytest.mark.parametrize("line,start", [
-    ("-A PREROUTING -m conntrack --ctstate INVALID -j DROP", "r.rules:2: match 'conntrack' in the raw table is "
-     "not supported by the datapath (raw runs before connection tracking"),
-    ("-A PREROUTING -m state --state UNTRACKED", "r.rules:2: match 'state' in the raw table is not supported"),
     ("-A PREROUTING -m recent --set", "r.rules:2: match 'recent' in the raw table is not supported"),
 ])
 def test_refused_by_compiler(line, start):
@@ -197,3 +194,21 @@ def test_log_line_of_raw_prerouting_judged_at_egress():
     ev = LOG_EV.pack(1, 0, 3, 0, len(frame), 3, 0, len(frame), 1, 0, 0, cfg, frame.ljust(LOG_CAP, b"\0"))
     line = format_event(ev, {3: "va"})
     assert line.startswith("p: IN=va OUT= MAC=") and " TTL=64 " in line, line
+
+
+def test_conntrack_in_raw_is_judged_in_the_walk():
+    """A raw rule's conntrack/state match is not in the vectors: its flags say which of the states
+    raw can see (INVALID before NOTRACK, UNTRACKED after, RELATED for a REJECT answer) it holds for."""
+    from ebpfw.compiler.plan import RF_CT_INV_OK, RF_CT_REL_OK, RF_CT_UNT_OK, RF_RAWCT
+    text = ("*raw\n-A PREROUTING -m conntrack --ctstate INVALID\n-A PREROUTING -m state ! --state INVALID\n"
+            "-A PREROUTING -m state --state UNTRACKED,RELATED\n-A PREROUTING -m conntrack --ctstate NEW\n"
+            "COMMIT\n*filter\n-A INPUT -m conntrack --ctstate NEW\nCOMMIT\n")
+    rs = parse_ruleset(text, "r.rules")
+    check_ruleset(rs, allow_conntrack=True)
+    plan = compile_plan(rs.table("filter"), raw=rs.table("raw"))
+    mask = RF_RAWCT | RF_CT_INV_OK | RF_CT_UNT_OK | RF_CT_REL_OK
+    assert [f & mask for f in plan.rule_flags] == [
+        0, RF_RAWCT | RF_CT_INV_OK, RF_RAWCT | RF_CT_UNT_OK | RF_CT_REL_OK, RF_RAWCT | RF_CT_UNT_OK | RF_CT_REL_OK,
+        RF_RAWCT]
+    # in the vectors the raw rules pass every state: only the filter rule has a ct atom
+    assert plan.ct is not None and all(plan.vectors[c] & 0b11110 == 0b11110 for c in plan.ct)
