@@ -4,7 +4,9 @@ packets and must not see the exempted flows as ESTABLISHED. Both tables' counter
 (the harness reads the raw table's chains as "raw CHAIN"). The kernel's own answers to exempted
 packets (port unreachable from the DUT and from the server) carry no connection on either side.
 REJECT answers pass raw OUTPUT: NOTRACK leaves them alone (they carry their original's connection,
-nf_ct_attach), so the reset to a tracked SYN is RELATED and the one to an untracked SYN INVALID."""
+nf_ct_attach), so the reset to a tracked SYN is RELATED and the one to an untracked SYN INVALID.
+Conntrack matches inside raw see no connection (INVALID), UNTRACKED after a NOTRACK, and the
+answers' states, which NOTRACK does not change."""
 
 from .common import CLI_ADMIN, DUT_WAN, SRV, Case, Connect, Send, Udp, icmp, tcp, udp
 from ..packets import Listen
@@ -16,13 +18,21 @@ RULES = f"""*raw
 :PREROUTING ACCEPT [0:0]
 :OUTPUT ACCEPT [0:0]
 :rawchk - [0:0]
+-A PREROUTING -p udp -m udp --dport 53 -m conntrack --ctstate INVALID
+-A PREROUTING -p udp -m udp --dport 53 -m conntrack ! --ctstate INVALID
 -A PREROUTING -p udp -m udp --dport 53 -j NOTRACK
+-A PREROUTING -p udp -m udp --dport 53 -m state --state UNTRACKED
+-A PREROUTING -p udp -m udp --dport 53 -m state --state INVALID
 -A PREROUTING -s {BLOCKED}/32 -j DROP
 -A PREROUTING -p tcp -j rawchk
 -A PREROUTING -p udp -m udp --dport 54 -j CT --notrack
 -A PREROUTING -p tcp -m tcp --dport 24 -j NOTRACK
 -A OUTPUT -p udp -m udp --sport 53 -j NOTRACK
+-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED
+-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate INVALID
 -A OUTPUT -p tcp -m tcp --tcp-flags RST RST -j NOTRACK
+-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate RELATED,INVALID
+-A OUTPUT -p tcp -m tcp --tcp-flags RST RST -m conntrack --ctstate UNTRACKED
 -A OUTPUT -p udp -m udp --dport 514 -j NOTRACK
 -A rawchk -s 192.168.50.0/24 -j RETURN
 -A rawchk -p tcp -m tcp --dport 8080 -j NOTRACK
