@@ -458,6 +458,12 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
                 base = sess.slots.get(slot) if known else None
                 token = _write_token()
                 dp.write_slot(slot, plan, links, init, base=base)
+                if ("connlimit" in cur_shape.fields and counters and expect_applied_at is not None
+                        and _enforced_canonical() == canonical):
+                    # the enforced ruleset again, re-applied by the agent (an interface changed,
+                    # or a reload of the same file): iptables' rules, and their connlimit lists,
+                    # would not have changed, so the lists go on in the new slot
+                    dp.copy_connlimit(1 - slot, slot)
                 # the union while interfaces change, so no forwarded packet escapes judgement
                 dp.write_host(links, addrs, judged | {r["ifindex"] for r in prev_ifaces.values()})
                 # an interface re-created under the same name has a new ifindex: attach again
@@ -550,6 +556,13 @@ def apply(text: str, filename: str, ifaces: list[str], mode: str = "auto", count
             "rules": plan.nrules, "seconds": round(time.monotonic() - t0, 3),
             # only the changed lines parsed and compiled / only changed map entries written
             "incremental": fast is not None, "maps_diffed": reuse and base is not None}
+
+
+def _enforced_canonical() -> Optional[str]:
+    try:
+        return (state.state_dir() / RULES_FILE).read_text()
+    except OSError:
+        return None
 
 
 def _load_recent(plan, dp: Datapath) -> None:

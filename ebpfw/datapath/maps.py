@@ -646,6 +646,44 @@ class Datapath:
             self._batch("ebpfw_clidx", free, [bytes(CL_SLOT.size)] * len(free))
         return len(gone)
 
+    def copy_connlimit(self, src: int, dst: int) -> int:
+        """Copy slot `src`'s -m connlimit lists to slot `dst` (the same ruleset written into both:
+        rule numbers agree), each into an index slot of its own as the datapath would pick it
+        (cl_claim); returns how many were copied. Packets still add to `src` meanwhile: what they
+        add between this copy and the flip is not carried over."""
+        import sys
+        from .abi import CL_ENT, CL_HDR, CL_KEYS, CL_SLOT
+        sh = self.shape
+        fd, ifd = self.maps["ebpfw_cl"], self.maps["ebpfw_clidx"]
+        nkeys = sh.cl_keys or CL_KEYS
+        vsize = CL_HDR.size + CL_ENT.size * (sh.cl_conns or 128)
+        raw = bytearray(bpfsys.lookup_array(ifd, 0, nkeys, CL_SLOT.size))
+        used = [CL_SLOT.unpack_from(raw, i * CL_SLOT.size)[2] != 0 for i in range(nkeys)]
+        copied = 0
+        for k in list(bpfsys.keys(fd, CL_KEY.size)):
+            rk, addr = CL_KEY.unpack(k)
+            if rk // sh.rcap != src:
+                continue
+            val = bpfsys.lookup(fd, k, vsize)
+            if val is None:
+                continue
+            nrk = dst * sh.rcap + rk % sh.rcap
+            # cl_claim's hash of the key (the address as the datapath reads its u32)
+            a = int.from_bytes(addr, sys.byteorder)
+            h = ((a * 0x9E3779B1) ^ (nrk * 0x85EBCA6B)) & 0xFFFFFFFF
+            h ^= h >> 15
+            at = next(((h + i) & (nkeys - 1) for i in range(8) if not used[(h + i) & (nkeys - 1)]), None)
+            if at is None:
+                continue
+            used[at] = True
+            nk = CL_KEY.pack(nrk, addr)
+            count, last_gc, last_gc_count, _idx, _busy = CL_HDR.unpack_from(val)
+            nval = CL_HDR.pack(count, last_gc, last_gc_count, at, 0) + val[CL_HDR.size:]
+            bpfsys.update(ifd, struct.pack("<I", at), CL_SLOT.pack(nrk, addr, 1, 0), "ebpfw_clidx")
+            bpfsys.update(fd, nk, nval, "ebpfw_cl")
+            copied += 1
+        return copied
+
     def connlimit_lists(self, slot: int) -> dict[tuple[int, str], list]:
         """The -m connlimit lists of `slot`: (rule, address group) -> [(a_addr, b_addr, a_port,
         b_port, proto, jiffies, cpu)] in list order (tests, diagnostics)."""
