@@ -43,8 +43,9 @@
 #define EBPFW_RF_CT_INV_OK 4096   /* ... it holds for INVALID (no connection attached) */
 #define EBPFW_RF_CT_UNT_OK 8192   /* ... for UNTRACKED (after a NOTRACK) */
 #define EBPFW_RF_CT_REL_OK 16384  /* ... for RELATED (a REJECT answer carries its original's connection) */
-/* walk-state bit (not a rule flag): the packet is a TCP fragment at offset 8 */
-#define EBPFW_HOT_FRAG1   0x100
+/* walk-state bit above the 16 rule-flag bits (rule->flags & ws->hot must never see it): the
+ * packet is a TCP fragment at offset 8 */
+#define EBPFW_HOT_FRAG1   0x10000
 
 /* chain ids of the built-in chains (user chains follow) */
 #define EBPFW_CHAIN_INPUT   0

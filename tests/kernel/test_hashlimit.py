@@ -381,3 +381,25 @@ def test_hashlimit_kept_table_of_another_kind_is_refused(dut):
     assert "hashlimit table 'hlby' is in use with a byte rate, the new rules give it a packet rate" in \
         r.get("error", ""), r
     load_fresh(w, packets)      # once no ruleset holds the table, it is made anew
+
+
+FRAG_RULES = """*filter
+:INPUT DROP [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m hashlimit --hashlimit-upto 100/sec --hashlimit-burst 5 --hashlimit-mode srcip --hashlimit-name frag -j ACCEPT
+COMMIT
+"""
+
+
+def test_tcp_fragment_at_offset_8_is_not_hotdropped_by_hashlimit(dut):
+    """xt_tcp hotdrops a TCP fragment at offset 8 ("evil" fragment); xt_hashlimit does not: a
+    rule with a hashlimit but no tcp match takes it like any packet (as the reference does)."""
+    w, links = dut
+    load_fresh(w, FRAG_RULES)
+    p = Pkt(ip(SOURCES[0]), ip("10.9.0.1"), TCP, sport=1, dport=1, iif="va", frag=1)
+    table = parse_ruleset(FRAG_RULES, "frag.rules").tables[0]
+    verdict, counted, _ = evaluate(table, "INPUT", p, hl=Hashlimits(host_hz()).prepare(table, j0={"frag": 0}))
+    assert verdict == "ACCEPT" and counted == [("INPUT", 0)], (verdict, counted)
+    got = judge(w, links, "INPUT", p)
+    assert got["ret"] != XDP_DROP, got
