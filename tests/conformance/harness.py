@@ -71,6 +71,12 @@ class IptablesSide:
         return run([self.cmd, "--version"]).stdout.strip()
 
     def load(self, ruleset: str, sets: str = "") -> None:
+        if self.raw and not has_raw(ruleset):
+            # a restore replaces only the tables it names: the previous case's raw table would
+            # stay, its NOTRACK rules exempting packets and keeping conntrack (and its
+            # defragmentation) on for every later case
+            self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=RAW_EMPTY)
+            self.raw = False
         if sets:
             # rules naming the old sets go first, then the sets are replaced by the case's
             self.unload()
@@ -96,9 +102,11 @@ class IptablesSide:
         self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
             "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
         if self.raw:
-            self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=(
-                "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"))
+            self.topo.in_dut([f"{self.cmd}-restore", "-w"], input=RAW_EMPTY)
             self.raw = False
+
+
+RAW_EMPTY = "*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
 
 
 def ebpfw_argv() -> list[str]:
