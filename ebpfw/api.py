@@ -605,6 +605,21 @@ def _load_sets(plan, pins: Path, set_defs: dict, set_load: Optional[dict]) -> No
 
 # ---- reading back --------------------------------------------------------------------------------
 
+def reapply_enforced() -> Optional[dict]:
+    """Apply the enforced ruleset again, counters kept, on the same interfaces in the same
+    modes (compare-and-swap on the state read here: ChangedMeanwhile if another apply lands
+    first): for changes the rules read at apply time, such as which set id a set name stands
+    for after `ebpfw set swap`. None when nothing is enforced."""
+    cur = status()
+    if not cur or not Path(cur.get("gen_dir", "")).is_dir():
+        return None
+    text = save(counters=True)
+    names = [r["name"] for r in cur["ifaces"]]
+    modes = {r["name"]: r.get("mode") or "auto" for r in cur["ifaces"]}
+    return apply(text, cur.get("source") or "<enforced>", names, counters=True, modes=modes,
+                 expect_applied_at=cur.get("applied_at", 0.0))
+
+
 def status() -> Optional[dict]:
     """The applied state of this namespace, or None when nothing is applied. A damaged
     state file is an error (StateError with the file and line), not "nothing applied"."""

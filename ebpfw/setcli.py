@@ -11,8 +11,11 @@
   ebpfw set list [NAME]                   the loaded sets in `ipset save` format (an element of a
                                           set with timeouts shows the seconds it has left)
   ebpfw set flush NAME                    remove every element
+  ebpfw set swap FROM TO                  exchange the two sets' names (ipset swap): the rules
+                                          naming FROM read TO's elements and the other way round
 
-Each change is one map update the next packet sees; the sets outlive re-applies. Registered in
+Each change but swap is one map update the next packet sees (swap re-applies the enforced
+ruleset, maps only, so that every rule switches at once); the sets outlive re-applies. Registered in
 ebpfw/cli.py with `app.add_typer(set_app, name="set")`.
 """
 
@@ -25,7 +28,7 @@ import typer
 
 from .cliedge import edge, sub_app
 
-set_app = sub_app("set", "Add, delete, list and flush elements of the sets that -m set rules name (live).")
+set_app = sub_app("set", "Add, delete, list, flush and swap the sets that -m set rules name (live).")
 
 
 _edge = edge
@@ -84,3 +87,19 @@ def flush_cmd(name: Annotated[str, typer.Argument(metavar="NAME")]) -> None:
     from . import sets
     n = sets.flush(name)
     print(f"flushed {n} entries from {name}")
+
+
+@set_app.command("swap")
+@_edge
+def swap_cmd(
+    from_name: Annotated[str, typer.Argument(metavar="FROM")],
+    to_name: Annotated[str, typer.Argument(metavar="TO")],
+) -> None:
+    """Exchange the names of sets FROM and TO, as `ipset swap` does: the rules that name FROM
+    then match TO's elements and the other way round (sets of the same type only)."""
+    from . import sets
+    res = sets.swap(from_name, to_name)
+    how = ("no ruleset is enforced" if res is None else
+           f"rules re-applied: generation {res['generation']}, "
+           f"{'new programs' if res['recompiled'] else 'maps only'}, {res['seconds']:.3f} s")
+    print(f"swapped {from_name} and {to_name} ({how})")

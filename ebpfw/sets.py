@@ -356,6 +356,22 @@ class SetStore:
         self._write_def(set_id, st, 0)
         return n
 
+    def swap_names(self, a: str, b: str) -> None:
+        """ipset swap's part in the set maps: the two definitions exchange their names, each
+        keeping its elements and settings, so name A now stands for B's set. Rules read sets by
+        id: until they are written again (swap() below) they still read the same elements. Only
+        sets of the same type (ipset: the same features and family); symmetric (a second call
+        undoes the first)."""
+        ia, sa, ca = self._get(a)
+        ib, sb, cb = self._get(b)
+        if ia == ib:
+            raise EbpfwError(f"cannot swap set '{a}' with itself")
+        if sa.type != sb.type:
+            raise EbpfwError(f"sets '{a}' ({sa.type}) and '{b}' ({sb.type}) cannot be swapped: their type "
+                             "does not match", hint="ipset swaps only sets of the same type")
+        self._write_def(ia, replace(sa, name=b), ca)
+        self._write_def(ib, replace(sb, name=a), cb)
+
     def get(self, name: str) -> IpSet:
         """The set with its live elements, each with the seconds it has left when the set has
         timeouts (as `ipset save` prints them); expired elements are deleted here."""
@@ -392,6 +408,32 @@ def delete(name: str, element: str, exist: bool = False) -> int:
 def flush(name: str) -> int:
     with state.ApplyLock(timeout=10), _store() as s:
         return s.flush(name)
+
+
+def swap(a: str, b: str) -> Optional[dict]:
+    """`ebpfw set swap A B` (ipset swap): the sets exchange their names, then the enforced
+    ruleset is applied again with its counters (maps only when the programs fit) so that rules
+    naming A read the set now called A: every rule switches at once, at the slot flip, as
+    every apply does. Returns api.apply's result (None when nothing is enforced). If that
+    apply fails the names are swapped back and the error is raised."""
+    from . import api
+    with state.ApplyLock(timeout=10), _store() as s:
+        s.swap_names(a, b)
+    try:
+        res = None
+        for attempt in range(3):
+            try:
+                res = api.reapply_enforced()
+                break
+            except api.ChangedMeanwhile:
+                if attempt == 2:
+                    raise
+        state.wait_background()
+        return res
+    except BaseException:
+        with state.ApplyLock(timeout=10), _store() as s:
+            s.swap_names(a, b)
+        raise
 
 
 def list_sets(name: Optional[str] = None) -> str:

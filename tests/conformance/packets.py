@@ -58,7 +58,8 @@ class Udp:
 @dataclass
 class SetOp:
     """A live change of an ipset set between two packets: `ipset OP NAME [ELEMENT]` under
-    iptables, `ebpfw set OP NAME [ELEMENT]` under ebpfw (op: add, del, flush)."""
+    iptables, `ebpfw set OP NAME [ELEMENT]` under ebpfw (op: add, del, flush; swap with the
+    other set's name as ELEMENT)."""
     op: str
     name: str
     element: str = ""

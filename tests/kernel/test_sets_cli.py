@@ -70,3 +70,36 @@ def test_apply_with_sets_and_live_membership(topo, tmp_path):
     median_ms, max_ms = float(out[0]), float(out[1])
     print(f"live set add from a running process: median {median_ms:.3f} ms, max {max_ms:.3f} ms")
     assert median_ms < 5.0
+
+
+SWAP_SETS = SETS + f"""create deny-next hash:net family inet hashsize 1024 maxelem 65536
+add deny-next {CLIENT_IP}
+"""
+
+
+def test_set_swap_end_to_end(topo, tmp_path):
+    """`ebpfw set swap`: the rule naming deny reads deny-next's elements after the swap (and
+    the counters survive the re-apply it makes), names keep the other's elements for later
+    changes, other types and the set itself are refused, and nothing changes on a refusal."""
+    client, dut, dev, _ = topo
+    rules, sets_file = tmp_path / "r.v4", tmp_path / "sets"
+    rules.write_text(RULES)
+    sets_file.write_text(SWAP_SETS)
+    ok(ebpfw(dut, "apply", str(rules), "--iface", dev, "--mode", "xdp-generic", "--sets", str(sets_file)))
+    assert tcp(client, DUT_IP, OPEN_PORT) == "open"
+    before = ok(ebpfw(dut, "save", "--counters")).stdout
+    out = ok(ebpfw(dut, "set", "swap", "deny", "deny-next")).stdout
+    assert "swapped deny and deny-next (rules re-applied: generation" in out and "maps only" in out, out
+    assert tcp(client, DUT_IP, OPEN_PORT) == "timeout"           # deny now holds the client
+    after = ok(ebpfw(dut, "save", "--counters")).stdout
+    web = [l for l in before.splitlines() if "--match-set web" in l][0]
+    assert web in after                                           # counters kept by the re-apply
+    assert f"add deny {CLIENT_IP}" in ok(ebpfw(dut, "set", "list", "deny")).stdout
+    assert "add deny-next" not in ok(ebpfw(dut, "set", "list", "deny-next")).stdout
+    for a, b, why in (("deny", "web", "cannot be swapped: their type does not match"),
+                      ("deny", "deny", "with itself"), ("deny", "nope", "does not exist")):
+        bad = ebpfw(dut, "set", "swap", a, b)
+        assert bad.returncode == 1 and why in bad.stderr, bad.stderr
+    assert tcp(client, DUT_IP, OPEN_PORT) == "timeout"
+    ok(ebpfw(dut, "set", "swap", "deny-next", "deny"))
+    assert tcp(client, DUT_IP, OPEN_PORT) == "open"

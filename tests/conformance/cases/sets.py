@@ -3,7 +3,8 @@ action and CrowdSec's firewall bouncer write): bans and unbans happen between pa
 `ipset add/del/flush` under iptables and `ebpfw set add/del/flush` under ebpfw, and the
 counters, the REJECT answers and the connections' outcomes must agree step by step. The
 bouncer's blocklist is a hash:net set created with a timeout (as the bouncer creates it), with
-an allowlisted `nomatch` /24 inside a blocklisted /15 and a ban inside that again. (The
+an allowlisted `nomatch` /24 inside a blocklisted /15 and a ban inside that again; a rebuilt
+list is swapped in and out (`ipset swap` / `ebpfw set swap`). (The
 harness has no step that waits, so elements expiring mid-script are tested in
 tests/kernel/test_sets_net_timeout_iptables.py.)"""
 
@@ -35,6 +36,8 @@ add crowdsec-blacklists 198.18.0.0/15 timeout 3600
 add crowdsec-blacklists 198.18.5.0/24 timeout 0 nomatch
 create lan-services hash:ip,port family inet hashsize 1024 maxelem 65536 bucketsize 12 initval 0x5a1c0e45
 add lan-services 10.91.2.2,udp:53
+create crowdsec-blacklists-new hash:net family inet hashsize 1024 maxelem 65536 timeout 300 bucketsize 12 initval 0x5a1c0e46
+add crowdsec-blacklists-new 203.0.113.0/24 timeout 3600
 """
 
 
@@ -67,6 +70,15 @@ def build() -> Case:
         Send("cli", [tcp("203.0.113.200", DUT_WAN, 80)], "the /24 is reachable again"),
         SetOp("flush", "f2b-nginx", "", "the nginx jail is flushed"),
         Connect("cli", DUT_WAN, 443, src=CLI_PUBLIC, label="https from the former ban: accepted"),
+        # a bouncer that rebuilds its list in a second set and swaps it in (ipset swap)
+        SetOp("swap", "crowdsec-blacklists", "crowdsec-blacklists-new", "the rebuilt blocklist is swapped in"),
+        Send("cli", [tcp("203.0.113.200", DUT_WAN, 80), udp("198.19.7.7", SRV, 53), tcp("198.18.5.77", DUT_WAN, 22)],
+             "the rules now read the rebuilt list: its /24 dropped, the old list's nets not"),
+        SetOp("add", "crowdsec-blacklists", "198.51.100.7", "a ban goes to the set now named crowdsec-blacklists"),
+        Send("cli", [tcp("198.51.100.7", DUT_WAN, 22)], "dropped"),
+        SetOp("swap", "crowdsec-blacklists-new", "crowdsec-blacklists", "swapped back"),
+        Send("cli", [tcp("198.51.100.7", DUT_WAN, 22), udp("198.19.7.7", SRV, 53)],
+             "the old list again: the new ban is not in it, its /15 is"),
     ]
     return Case(name="sets-live", ruleset=RULES, sets=SETS, source="(inline)", steps=steps,
                 listen=[Listen("dut", "0.0.0.0", 22), Listen("dut", "0.0.0.0", 80),
