@@ -202,4 +202,10 @@ def test_connlimit_matches_xt_connlimit(netns, ebpfw_env, tmp_path, mode):
     assert got == ref
     rule_counts = {k: v for k, v in ref_counts.items() if k.startswith("-A")}
     assert {k: got_counts.get(k) for k in rule_counts} == rule_counts, got_counts
-    assert got_counts == ref_counts, (got_counts, ref_counts)
+    # OUTPUT has no rules: its policy counts what the DUT's own TCP stack sends (delayed ACKs,
+    # a FIN retransmitted after the client's RST was hotdropped), whose number follows the
+    # stack's timers, not the firewall; it differed by one ACK in a CI run. Everything the
+    # rules decide is compared exactly.
+    assert {k: v for k, v in got_counts.items() if k != ":OUTPUT"} == \
+        {k: v for k, v in ref_counts.items() if k != ":OUTPUT"}, (got_counts, ref_counts)
+    assert abs(got_counts[":OUTPUT"][0] - ref_counts[":OUTPUT"][0]) <= 2, (got_counts, ref_counts)
